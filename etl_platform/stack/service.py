@@ -42,6 +42,7 @@ class LocalService:
 
     name: str = ""
     start_timeout_s: float = 60.0
+    stop_signal: int = signal.SIGTERM
 
     def __init__(self, paths: StackPaths | None = None) -> None:
         self.paths = paths or StackPaths.default()
@@ -133,7 +134,7 @@ class LocalService:
             self.pid_path.unlink(missing_ok=True)
             return
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, self.stop_signal)
         except ProcessLookupError:
             pass
         deadline = time.monotonic() + 20

@@ -1,0 +1,196 @@
+"""The event envelope: its fields, its polars schema, validation and deterministic ids, in one place.
+
+Every stage (decoding, analytics, lake, warehouse, search) agrees on these names and types, so they
+are defined once here. A producer puts a JSON *envelope* on the stream; decoding validates it with
+`validate_envelope` and adds the stream metadata (shard, sequence number, sub-sequence, arrival time,
+partition key) to make a *decoded event*.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable, Mapping
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import polars as pl
+
+SOURCES: frozenset[str] = frozenset({"app_log", "iot", "cdc", "api", "web"})
+
+# The seed's stream definition: user_id VARCHAR(64), event_type VARCHAR(32). Enforced here so a
+# warehouse column sized from the seed never truncates or rejects a row late in the pipeline.
+MAX_USER_ID_LEN = 64
+MAX_EVENT_TYPE_LEN = 32
+MAX_EVENT_ID_LEN = 128
+
+# Kinesis sequence numbers are decimal strings of up to 128-bit integers (39 digits); padding them to
+# a fixed width makes lexicographic order (polars, SQL, object keys) equal to numeric order.
+SEQUENCE_WIDTH = 40
+
+EVENT_SCHEMA: dict[str, pl.DataType] = {
+    "event_id": pl.String(),
+    "source": pl.String(),
+    "user_id": pl.String(),
+    "event_type": pl.String(),
+    "event_time": pl.Datetime("us", "UTC"),
+    "value": pl.Float64(),
+    "attributes": pl.String(),
+    "shard_id": pl.String(),
+    "sequence_number": pl.String(),
+    "sub_sequence": pl.Int64(),
+    "arrival_time": pl.Datetime("us", "UTC"),
+    "partition_key": pl.String(),
+}
+EVENT_FIELDS: tuple[str, ...] = tuple(EVENT_SCHEMA)
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+class InvalidEvent(ValueError):
+    """An envelope that must not enter the pipeline; `reason` names the offending field."""
+
+    def __init__(self, field: str, message: str) -> None:
+        self.field = field
+        self.message = message
+        self.reason = f"field {field}: {message}"
+        super().__init__(self.reason)
+
+
+def _required_string(obj: Mapping[str, Any], field: str, max_len: int) -> str:
+    if field not in obj or obj[field] is None:
+        raise InvalidEvent(field, "missing")
+    value = obj[field]
+    if not isinstance(value, str):
+        raise InvalidEvent(field, f"must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise InvalidEvent(field, "must be a non-empty string")
+    if len(value) > max_len:
+        raise InvalidEvent(field, f"longer than {max_len} characters ({len(value)})")
+    return value
+
+
+def parse_event_time(raw: Any, field: str = "event_time") -> datetime:
+    """ISO-8601 with an offset, or epoch milliseconds, to an aware UTC datetime (microseconds).
+
+    Naive timestamps are refused rather than guessed: a wrong guess shifts every partition.
+    """
+    if raw is None:
+        raise InvalidEvent(field, "missing")
+    if isinstance(raw, bool):
+        raise InvalidEvent(field, "must be an ISO-8601 string or epoch milliseconds, got bool")
+    if isinstance(raw, int | float):
+        if isinstance(raw, float) and not math.isfinite(raw):
+            raise InvalidEvent(field, f"epoch milliseconds must be finite, got {raw}")
+        try:
+            if isinstance(raw, int):
+                return _EPOCH + timedelta(milliseconds=raw)
+            return _EPOCH + timedelta(microseconds=round(raw * 1000))
+        except OverflowError:
+            raise InvalidEvent(field, f"epoch milliseconds out of range: {raw}") from None
+    if isinstance(raw, str):
+        try:
+            parsed = datetime.fromisoformat(raw.strip())
+        except ValueError:
+            raise InvalidEvent(field, f"not an ISO-8601 timestamp: {raw[:64]!r}") from None
+        if parsed.tzinfo is None or parsed.utcoffset() is None:
+            raise InvalidEvent(field, f"timestamp has no timezone offset: {raw[:64]!r}")
+        try:
+            return parsed.astimezone(UTC)
+        except OverflowError:
+            raise InvalidEvent(field, f"timestamp out of range in UTC: {raw[:64]!r}") from None
+    raise InvalidEvent(field, f"must be an ISO-8601 string or epoch milliseconds, got {type(raw).__name__}")
+
+
+def _value(obj: Mapping[str, Any]) -> float:
+    if "value" not in obj or obj["value"] is None:
+        raise InvalidEvent("value", "missing")
+    raw = obj["value"]
+    if isinstance(raw, bool) or not isinstance(raw, int | float):
+        raise InvalidEvent("value", f"must be a number, got {type(raw).__name__}")
+    try:
+        value = float(raw)
+    except OverflowError:
+        raise InvalidEvent("value", "integer too large for float64") from None
+    if not math.isfinite(value):
+        raise InvalidEvent("value", f"must be finite, got {value}")
+    return value
+
+
+def _attributes(obj: Mapping[str, Any]) -> str:
+    raw = obj.get("attributes")
+    if raw is None:
+        return "{}"
+    if not isinstance(raw, dict):
+        raise InvalidEvent("attributes", f"must be an object, got {type(raw).__name__}")
+    try:
+        # Canonical form (sorted keys, no spaces): equal attributes give equal strings on replay.
+        return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InvalidEvent("attributes", "contains a non-finite number (NaN or Infinity)") from None
+
+
+def validate_envelope(obj: Any) -> dict[str, Any]:
+    """Check a parsed JSON envelope and normalise it; raise `InvalidEvent` naming the field.
+
+    Returns `event_id` (None when the producer supplied none), `source`, `user_id`, `event_type`,
+    `event_time` (UTC datetime), `value` (float), `attributes` (canonical JSON string). Unknown
+    top-level fields are ignored; put extra data in `attributes`.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidEvent("<root>", f"must be a JSON object, got {type(obj).__name__}")
+    source = obj.get("source")
+    if source is None:
+        raise InvalidEvent("source", "missing")
+    if not isinstance(source, str) or source not in SOURCES:
+        raise InvalidEvent("source", f"{str(source)[:64]!r} is not one of {', '.join(sorted(SOURCES))}")
+    event_id = obj.get("event_id")
+    if event_id is not None:
+        event_id = _required_string(obj, "event_id", MAX_EVENT_ID_LEN)
+    return {
+        "event_id": event_id,
+        "source": source,
+        "user_id": _required_string(obj, "user_id", MAX_USER_ID_LEN),
+        "event_type": _required_string(obj, "event_type", MAX_EVENT_TYPE_LEN),
+        "event_time": parse_event_time(obj.get("event_time")),
+        "value": _value(obj),
+        "attributes": _attributes(obj),
+    }
+
+
+def derive_event_id(shard_id: str, sequence_number: str, sub_sequence: int) -> str:
+    """A stable id from the stream position, for events whose producer supplied none.
+
+    The position is unique and survives replays, so re-reading a record after a crash yields the
+    same id and the sinks (deterministic S3 keys, OpenSearch `_id`, MERGE) stay idempotent.
+    """
+    key = f"{shard_id}:{sequence_number}:{int(sub_sequence)}"
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()
+
+
+def sequence_sort_key(sequence_number: str) -> str:
+    """Zero-padded form of a sequence number whose string order is its numeric order."""
+    if not sequence_number.isdigit() or not sequence_number.isascii():
+        raise ValueError(f"sequence number must be decimal digits, got {sequence_number!r}")
+    if len(sequence_number) > SEQUENCE_WIDTH:
+        raise ValueError(f"sequence number longer than {SEQUENCE_WIDTH} digits: {sequence_number}")
+    return sequence_number.zfill(SEQUENCE_WIDTH)
+
+
+def sequence_sort_expr(column: str = "sequence_number") -> pl.Expr:
+    """The polars twin of `sequence_sort_key`, for sorting frames by stream position."""
+    return pl.col(column).str.zfill(SEQUENCE_WIDTH)
+
+
+def events_to_frame(events: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
+    """Decoded events to a DataFrame with exactly `EVENT_SCHEMA` (names, order, dtypes).
+
+    Built column by column so an empty batch still has the full schema and a missing field fails
+    loudly (KeyError) instead of becoming a silent null column.
+    """
+    columns: dict[str, list[Any]] = {name: [] for name in EVENT_FIELDS}
+    for event in events:
+        for name in EVENT_FIELDS:
+            columns[name].append(event[name])
+    return pl.DataFrame(columns, schema=EVENT_SCHEMA, strict=True)

@@ -1,0 +1,71 @@
+"""Shared fixtures: clients for the real local stack (started by `make test`)."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from etl_platform import aws
+from etl_platform.config import Settings, load_settings
+from etl_platform.provisioning import ensure_bucket, ensure_stream
+
+
+def _require_stack(settings: Settings) -> None:
+    from etl_platform.stack import LocalStack
+
+    down = [name for name, ok in LocalStack().health().items() if not ok]
+    if down:
+        pytest.fail(
+            f"local stack services down: {', '.join(down)}. Start them with `etl-platform stack up` "
+            "(or run the suite with `make test`, which does).",
+            pytrace=False,
+        )
+
+
+@pytest.fixture(scope="session")
+def settings() -> Settings:
+    s = load_settings({})  # the local profile with default ports, whatever the shell exports
+    _require_stack(s)
+    return s
+
+
+@pytest.fixture(scope="session")
+def kinesis(settings):
+    return aws.client("kinesis", settings)
+
+
+@pytest.fixture(scope="session")
+def s3(settings):
+    return aws.client("s3", settings)
+
+
+@pytest.fixture(scope="session")
+def cloudwatch(settings):
+    return aws.client("cloudwatch", settings)
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"t-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def stream(kinesis, unique_name):
+    """A fresh 2-shard stream, deleted afterwards."""
+    ensure_stream(kinesis, unique_name, shards=2)
+    yield unique_name
+    kinesis.delete_stream(StreamName=unique_name, EnforceConsumerDeletion=True)
+
+
+@pytest.fixture
+def bucket(s3, settings, unique_name):
+    """A fresh, empty bucket, emptied and deleted afterwards."""
+    ensure_bucket(s3, unique_name, settings.aws_region)
+    yield unique_name
+    paginator = s3.get_paginator("list_objects_v2")
+    for page in paginator.paginate(Bucket=unique_name):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=unique_name, Delete={"Objects": keys})
+    s3.delete_bucket(Bucket=unique_name)

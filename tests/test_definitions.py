@@ -1,0 +1,52 @@
+"""The Dagster code location loads for both profiles, with the resources every asset relies on."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+
+from tests.unit.test_config import AWS_ENV
+
+EXPECTED_RESOURCES = {"kinesis", "s3", "lake", "warehouse", "opensearch"}
+
+
+def test_definitions_load_with_local_resources(monkeypatch):
+    monkeypatch.delenv("ETL_PROFILE", raising=False)
+    import definitions
+
+    defs = importlib.reload(definitions).defs
+    assert EXPECTED_RESOURCES <= set(defs.resources)
+    assert defs.resources["kinesis"].endpoint_url == "http://127.0.0.1:4568"
+    assert defs.resources["warehouse"].dialect == "postgres"
+
+
+def test_definitions_load_for_aws_profile(monkeypatch):
+    for key, value in AWS_ENV.items():
+        monkeypatch.setenv(key, value)
+    import definitions
+
+    defs = importlib.reload(definitions).defs
+    assert defs.resources["warehouse"].dialect == "redshift"
+    assert defs.resources["kinesis"].endpoint_url is None
+    monkeypatch.delenv("ETL_PROFILE")
+    importlib.reload(definitions)
+
+
+def test_dagster_validates_the_workspace(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "dagster", "definitions", "validate", "-w", "workspace.yaml"],
+        capture_output=True, text=True, env={"DAGSTER_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "All code locations passed validation" in result.stdout + result.stderr
+
+
+def test_a_bad_profile_fails_loading_naming_the_setting(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-c", "import definitions"], capture_output=True, text=True,
+        env={"ETL_PROFILE": "aws", "PATH": "/usr/bin:/bin"}, timeout=120,
+    )
+    assert result.returncode != 0
+    assert "AWS_REGION" in result.stderr

@@ -1,0 +1,69 @@
+"""Profiles: local defaults, aws from the environment, and start-up errors that name the setting."""
+
+from __future__ import annotations
+
+import pytest
+
+from etl_platform.config import ConfigError, load_settings
+
+AWS_ENV = {
+    "ETL_PROFILE": "aws",
+    "AWS_REGION": "eu-west-1",
+    "ETL_STREAM_NAME": "events",
+    "ETL_LAKE_BUCKET": "acme-lake",
+    "ETL_REDSHIFT_HOST": "wh.example.internal",
+    "ETL_REDSHIFT_USER": "etl",
+    "ETL_REDSHIFT_DATABASE": "analytics",
+    "ETL_REDSHIFT_IAM_ROLE": "arn:aws:iam::123456789012:role/etl-loader",
+    "ETL_OPENSEARCH_URL": "https://search.example.internal",
+}
+
+
+def test_local_profile_is_the_default_and_points_at_loopback():
+    s = load_settings({})
+    assert s.profile == "local"
+    assert s.kinesis_endpoint == "http://127.0.0.1:4568"
+    assert s.s3_endpoint == "http://127.0.0.1:5050"
+    assert s.warehouse_dsn == "postgresql://postgres@127.0.0.1:5439/warehouse"
+    assert s.opensearch_url == "http://127.0.0.1:9200"
+    assert s.warehouse_dialect == "postgres" and not s.tls
+
+
+def test_local_ports_can_be_moved():
+    s = load_settings({"ETL_KINESIS_PORT": "14568", "ETL_POSTGRES_PORT": "15439"})
+    assert s.kinesis_endpoint == "http://127.0.0.1:14568"
+    assert ":15439/" in s.warehouse_dsn
+
+
+def test_aws_profile_reads_the_environment_with_tls():
+    s = load_settings(AWS_ENV)
+    assert s.profile == "aws" and s.tls
+    assert s.kinesis_endpoint is None and s.s3_endpoint is None  # AWS's own endpoints
+    assert s.warehouse_dialect == "redshift"
+    assert s.warehouse_dsn == "redshift://etl@wh.example.internal:5439/analytics?sslmode=verify-full"
+    assert s.local_credentials == {}  # the standard AWS chain, never static keys
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"ETL_PROFILE": "prod"}, "ETL_PROFILE"),
+        ({"ETL_KINESIS_PORT": "abc"}, "ETL_KINESIS_PORT"),
+        ({**AWS_ENV, "ETL_LAKE_BUCKET": ""}, "ETL_LAKE_BUCKET"),
+        ({k: v for k, v in AWS_ENV.items() if k != "AWS_REGION"}, "AWS_REGION"),
+        ({**AWS_ENV, "ETL_OPENSEARCH_URL": "http://search.example.internal"}, "ETL_OPENSEARCH_URL"),
+        ({**AWS_ENV, "ETL_REDSHIFT_IAM_ROLE": "loader"}, "ETL_REDSHIFT_IAM_ROLE"),
+        ({k: v for k, v in AWS_ENV.items() if k != "ETL_REDSHIFT_HOST"}, "ETL_REDSHIFT_HOST"),
+    ],
+)
+def test_bad_settings_fail_naming_the_setting(env, named):
+    with pytest.raises(ConfigError, match=named):
+        load_settings(env)
+
+
+def test_cli_reports_a_bad_setting_and_exits_2(monkeypatch, capsys):
+    from etl_platform.cli import main
+
+    monkeypatch.setenv("ETL_PROFILE", "staging")
+    assert main(["stack", "status"]) == 2
+    assert "ETL_PROFILE" in capsys.readouterr().err

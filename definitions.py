@@ -4,9 +4,16 @@ from __future__ import annotations
 
 from dagster import Definitions
 
+from assets import lake_assets
 from etl_platform.config import load_settings
 from resources import build_resources
+from sensors import all_sensors, jobs
 
 settings = load_settings()  # fails here, at load, with the name of any bad setting
 
-defs = Definitions(resources=build_resources(settings))
+defs = Definitions(
+    assets=[*lake_assets],
+    jobs=jobs,
+    sensors=all_sensors,
+    resources=build_resources(settings),
+)

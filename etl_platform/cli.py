@@ -57,6 +57,140 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if all(core.values()) else 1
 
 
+class Progress:
+    """One self-rewriting status line on stderr (a plain line per update when not a terminal)."""
+
+    def __init__(self, quiet: bool = False) -> None:
+        self.quiet = quiet
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, text: str) -> None:
+        if self.quiet:
+            return
+        if self.tty:
+            sys.stderr.write(f"\r{text}\033[K")
+        else:
+            sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+    def done(self) -> None:
+        if self.tty and not self.quiet:
+            sys.stderr.write("\n")
+
+
+def _events_from_file(path: str):
+    """Envelope events, one JSON object per line; '-' reads stdin. Blank lines are skipped."""
+    stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
+    with stream:
+        for number, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise SystemExit(f"{path}:{number}: not a JSON object: {exc}") from None
+
+
+def _demo_events(rate: float, duration: float, seed: int):
+    """Live demo traffic from all five sources at about `rate` events/s (forever when duration is 0)."""
+    import time
+    from datetime import UTC, datetime
+
+    from etl_platform.sources import demo_mix
+
+    started = time.monotonic()
+    tick = 0
+    while duration <= 0 or time.monotonic() - started < duration:
+        batch = max(1, round(rate))
+        yield from demo_mix(batch, seed=seed * 1_000_003 + tick, start=datetime.now(UTC))
+        tick += 1
+        time.sleep(max(0.0, started + tick - time.monotonic()))
+
+
+def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from etl_platform.producer import KinesisProducer, ProducerError
+
+    progress = Progress(args.quiet)
+    producer = KinesisProducer(
+        aws.client("kinesis", settings), args.stream or settings.stream_name, compress=args.gzip,
+        progress=lambda st: progress(f"produce: {st.summary()}"),
+    )
+    if args.file:
+        events = _events_from_file(args.file)
+    else:
+        events = _demo_events(args.rate, args.duration, args.seed)
+    try:
+        if args.kpl:
+            stats = producer.send_kpl_aggregated(events)
+        else:
+            stats = producer.send(events)  # lazily: live demo events flow as generated
+    except ProducerError as exc:
+        progress.done()
+        print(f"produce: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        progress.done()
+        return 0
+    progress.done()
+    for rejected in stats.rejected[:10]:
+        print(f"rejected: {rejected.reason}", file=sys.stderr)
+    print(json.dumps({"sent": stats.sent, "failed": stats.failed, "retried": stats.retried,
+                      "rejected": len(stats.rejected), "requests": stats.requests, "bytes": stats.bytes}))
+    return 0 if not stats.rejected else 1
+
+
+def make_consumer(settings: Settings, on_stage=None):
+    from etl_platform.consumer import ConsumerConfig, StreamConsumer
+
+    return StreamConsumer(
+        aws.client("kinesis", settings), aws.client("s3", settings), settings.lake_bucket, settings.stream_name,
+        ConsumerConfig.from_env(profile=settings.profile), on_stage=on_stage,
+    )
+
+
+def _fault_injector(stage_name: str | None):
+    """ETL_FAULT_KILL_AFTER=raw|processed: SIGKILL this process right after that stage is durable.
+
+    A real crash for the exactly-once tests; unset in every normal run.
+    """
+    if not stage_name:
+        return None
+    import os
+    import signal
+
+    def on_stage(stage: str, result) -> None:
+        if stage == stage_name:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return on_stage
+
+
+def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
+    import os
+    import time
+
+    progress = Progress(args.quiet)
+    consumer = make_consumer(settings, on_stage=_fault_injector(os.environ.get("ETL_FAULT_KILL_AFTER")))
+    totals = {"batches": 0, "records": 0, "events": 0, "errors": 0, "anomalies": 0}
+    shards_seen: set[str] = set()
+    started = time.monotonic()
+
+    def report(result) -> None:
+        totals["batches"] += 1
+        for name in ("records", "events", "errors", "anomalies"):
+            totals[name] += getattr(result, name)
+        shards_seen.add(result.shard_id)
+        progress(f"consume: batches={totals['batches']} records={totals['records']} events={totals['events']} "
+                 f"errors={totals['errors']} anomalies={totals['anomalies']} shard={result.shard_id}")
+
+    consumer.drain(progress=report)
+    progress.done()
+    elapsed = time.monotonic() - started
+    print(json.dumps({**totals, "shards": sorted(shards_seen), "seconds": round(elapsed, 3),
+                      "events_per_s": round(totals["events"] / elapsed, 1) if elapsed else None}))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="etl-platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -66,6 +200,27 @@ def build_parser() -> argparse.ArgumentParser:
     stack.add_argument("--json", action="store_true", help="status as JSON")
     stack.add_argument("services", nargs="*", help="only these services (up)")
     stack.set_defaults(func=cmd_stack)
+
+    produce = sub.add_parser("produce", help="put events on the stream (demo sources or a JSONL file)")
+    what = produce.add_mutually_exclusive_group(required=True)
+    what.add_argument("--source", choices=["demo"], help="simulated traffic from the five source kinds")
+    what.add_argument("--file", help="envelope events, one JSON object per line ('-' for stdin)")
+    produce.add_argument("--rate", type=float, default=50.0, help="demo events per second")
+    produce.add_argument("--duration", type=float, default=10.0, help="demo seconds (0 = until Ctrl-C)")
+    produce.add_argument("--seed", type=int, default=0)
+    produce.add_argument("--gzip", action="store_true", help="gzip each record, as the seed's producer does")
+    produce.add_argument("--kpl", action="store_true", help="KPL-aggregate records")
+    produce.add_argument("--stream", help="stream name (default: the profile's)")
+    produce.add_argument("--quiet", action="store_true", help="no progress line")
+    produce.set_defaults(func=cmd_produce)
+
+    consume = sub.add_parser(
+        "consume", help="drain the stream in-process with the sensor's micro-batch code path"
+    )
+    consume.add_argument("--until-caught-up", action="store_true", required=True,
+                         help="process batches until every shard is caught up, then exit")
+    consume.add_argument("--quiet", action="store_true", help="no progress line")
+    consume.set_defaults(func=cmd_consume)
 
     return parser
 

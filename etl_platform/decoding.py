@@ -120,6 +120,9 @@ class _Shard:
         except _Bad as exc:
             self.error(seq, sub, arrival, key, payload, str(exc))
             return
+        except Exception as exc:  # a decoder bug must not drop the aggregate's other sub-records
+            self.error(seq, sub, arrival, key, payload, f"internal: {type(exc).__name__}: {exc}")
+            return
         self.result.events.append({
             "event_id": env["event_id"] or derive_event_id(self.shard_id, seq, sub),
             "source": env["source"], "user_id": env["user_id"], "event_type": env["event_type"],
@@ -161,7 +164,7 @@ class _Shard:
         arrival: datetime | None = None
         try:
             arrival = _arrival(record.get("ApproximateArrivalTimestamp"))
-            if seq is None or not seq.isdigit():
+            if seq is None or not (seq.isascii() and seq.isdigit()):
                 raise _Bad(f"record: SequenceNumber must be decimal digits, got {seq!r}")
             if not isinstance(key, str):
                 raise _Bad(f"record: PartitionKey must be a string, got {type(key).__name__}")
@@ -173,7 +176,7 @@ class _Shard:
                 self.one(seq, 0, arrival, key, data)
         except _Bad as exc:
             self.error(seq, 0, arrival, key if isinstance(key, str) else None, data, str(exc))
-        except Exception as exc:  # noqa: BLE001 - a decoder bug must not stop the shard either
+        except Exception as exc:  # a decoder bug must not stop the shard either
             self.error(seq, 0, arrival, key if isinstance(key, str) else None, data,
                        f"internal: {type(exc).__name__}: {exc}")
 

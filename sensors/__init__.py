@@ -1,0 +1,8 @@
+"""Sensors, schedules and the jobs they launch."""
+
+from sensors.kinesis import kinesis_microbatch_job, kinesis_microbatch_sensor
+
+jobs = [kinesis_microbatch_job]
+all_sensors = [kinesis_microbatch_sensor]
+
+__all__ = ["jobs", "all_sensors"]

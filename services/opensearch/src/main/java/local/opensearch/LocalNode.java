@@ -48,6 +48,8 @@ public final class LocalNode {
         PainlessPlugin.class
     );
 
+    static final String DEFAULT_REPLICAS = "cluster.default_number_of_replicas";
+
     /** Node's constructor that takes classpath plugins is protected. */
     static final class EmbeddedNode extends Node {
         EmbeddedNode(Environment environment, Collection<Class<? extends Plugin>> plugins) {
@@ -83,8 +85,6 @@ public final class LocalNode {
             .put("transport.port", transportPort)
             // A local disk may be nearly full; never refuse to allocate shards or go read-only.
             .put("cluster.routing.allocation.disk.threshold_enabled", false)
-            // One node: replicas could never be assigned, so indices would stay yellow.
-            .put("cluster.default_number_of_replicas", 0)
             .put("action.auto_create_index", true)
             .build();
 
@@ -116,6 +116,15 @@ public final class LocalNode {
         } catch (Throwable t) {
             logger.error("node failed to start", t);
             System.exit(1);
+        }
+        // One node: replicas could never be assigned and every index would stay yellow. This
+        // setting is only read from the cluster state, so it cannot go in the node settings.
+        try {
+            node.client().admin().cluster().prepareUpdateSettings()
+                .setPersistentSettings(Settings.builder().put(DEFAULT_REPLICAS, 0))
+                .get();
+        } catch (Exception e) {
+            logger.warn("could not set " + DEFAULT_REPLICAS + "=0; new indices will be yellow", e);
         }
         logger.info("etl-local node started: http://127.0.0.1:{}", httpPort);
         closed.await();

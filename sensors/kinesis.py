@@ -1,0 +1,147 @@
+"""The Kinesis micro-batch sensor and the job it launches: one run = one bounded batch of one shard.
+
+Each tick the sensor lists the shards, keeps those that may be read (children only after their
+parents are fully consumed), skips a shard with a run still queued or running (at most one in flight
+per shard; the run queue also limits the `etl/shard` tag to one), and launches a run when the shard's
+buffer is due: the last batch stopped at its size cap, or the buffer interval has passed and new
+records are waiting (Firehose's size-or-interval buffering), or a closed parent must be finished.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime
+
+from dagster import (
+    AssetKey,
+    AssetMaterialization,
+    Backoff,
+    Config,
+    DagsterRunStatus,
+    DefaultSensorStatus,
+    OpExecutionContext,
+    RetryPolicy,
+    RunRequest,
+    RunsFilter,
+    SensorEvaluationContext,
+    SkipReason,
+    job,
+    op,
+    sensor,
+)
+
+from etl_platform.config import load_settings
+from etl_platform.consumer import BatchResult, ConsumerConfig, StreamConsumer
+from etl_platform.shards import readable_shards
+from resources import KinesisResource, LakeResource
+
+SHARD_TAG = "etl/shard"
+IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
+             DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
+FAILED_RETRY_AFTER_S = 60  # after a run exhausts its retries, try the shard again this much later
+
+
+def consumer_for(kinesis: KinesisResource, lake: LakeResource) -> StreamConsumer:
+    return StreamConsumer(
+        kinesis.client(), lake.client(), lake.bucket, kinesis.stream_name,
+        ConsumerConfig.from_env(profile=load_settings().profile),
+    )
+
+
+class ShardBatchConfig(Config):
+    shard_id: str
+
+
+def log_materializations(context: OpExecutionContext, result: BatchResult) -> None:
+    """Report the lake partitions this batch wrote, with counts and latency, for the UI."""
+    for day, rows in sorted(result.rows_by_day.items()):
+        common = {"rows": rows, "shard_id": result.shard_id, "first_sequence": result.first_sequence or ""}
+        context.log_event(AssetMaterialization(
+            AssetKey("raw_events"), partition=day,
+            metadata={**common, "errors_in_batch": result.errors, "objects": len(result.raw_objects)},
+        ))
+        context.log_event(AssetMaterialization(
+            AssetKey("processed_events"), partition=day,
+            metadata={**common, "anomalies_in_batch": result.anomalies,
+                      "latency_s": round(result.max_latency_s, 3),
+                      "batch_seconds": round(result.timings.get("total", 0.0), 3)},
+        ))
+
+
+@op(retry_policy=RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL))
+def consume_shard_batch(
+    context: OpExecutionContext, config: ShardBatchConfig, kinesis: KinesisResource, lake: LakeResource
+) -> None:
+    result = consumer_for(kinesis, lake).process_shard(config.shard_id)
+    context.log.info(
+        f"shard {result.shard_id}: {result.records} records -> {result.events} events, {result.errors} errors, "
+        f"{result.anomalies} anomalies; ended={result.ended} cut={result.cut} "
+        f"behind={result.millis_behind_latest}ms timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
+    )
+    log_materializations(context, result)
+
+
+@job(description="One micro-batch of one shard: read, decode, deliver raw, analyse, deliver processed, commit.")
+def kinesis_microbatch_job() -> None:
+    consume_shard_batch()
+
+
+def _latest_run(context: SensorEvaluationContext, shard_id: str):
+    runs = context.instance.get_runs(filters=RunsFilter(tags={SHARD_TAG: shard_id}), limit=1)
+    return runs[0] if runs else None
+
+
+def _has_new_records(consumer: StreamConsumer, shard_id: str, after: str | None) -> bool:
+    kwargs = {"StreamName": consumer.stream_name, "ShardId": shard_id}
+    if after is None:
+        kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+    else:
+        kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
+    iterator = consumer.kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
+    return bool(consumer.kinesis.get_records(ShardIterator=iterator, Limit=1)["Records"])
+
+
+@sensor(job=kinesis_microbatch_job, minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING,
+        description="Launches micro-batch runs per Kinesis shard (lineage-ordered, one in flight per shard).")
+def kinesis_microbatch_sensor(context: SensorEvaluationContext, kinesis: KinesisResource, lake: LakeResource):
+    consumer = consumer_for(kinesis, lake)
+    cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
+    now = time.time()
+    shards = consumer.shards()
+    checkpoints = consumer.checkpoints.load_all()
+    finished = {sid for sid, cp in checkpoints.items() if cp.finished}
+    requests = []
+    for shard in readable_shards(shards, finished):
+        sid = shard.shard_id
+        state = cursor.setdefault(sid, {"launched_at": 0.0, "attempt": 0})
+        latest = _latest_run(context, sid)
+        if latest is not None and latest.status in IN_FLIGHT:
+            continue
+        cp = checkpoints.get(sid)
+        position = cp.sequence_number if cp and cp.sequence_number else "start"
+        if latest is not None and latest.status == DagsterRunStatus.FAILURE:
+            if latest.tags.get("etl/position") == position:
+                if now - state["launched_at"] < FAILED_RETRY_AFTER_S:
+                    continue
+                state["attempt"] += 1
+        due = (
+            (cp is not None and cp.more_available)
+            or shard.closed
+            or now - state["launched_at"] >= consumer.config.buffer_interval_s
+        )
+        if not due:
+            continue
+        if not shard.closed and not _has_new_records(consumer, sid, cp.sequence_number if cp else None):
+            continue
+        state["launched_at"] = now
+        requests.append(RunRequest(
+            run_key=f"{sid}:{position}:{state['attempt']}",
+            run_config={"ops": {"consume_shard_batch": {"config": {"shard_id": sid}}}},
+            tags={SHARD_TAG: sid, "etl/position": position},
+        ))
+    context.update_cursor(json.dumps(cursor))
+    if not requests:
+        return SkipReason(f"{len(shards)} shards, {len(finished)} finished: nothing due at "
+                          f"{datetime.now(UTC).isoformat(timespec='seconds')}")
+    return requests

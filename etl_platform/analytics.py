@@ -63,6 +63,7 @@ ANOMALY_STATUS = "anomaly_status"
 # of equal values ending there, x1..x3 = last three values, c = pivot of its block, tp1/tp2/cp = the
 # previous block's final prefix sums and pivot.
 _INT_STATE = ("n", "rs")
+_OPT = pl.QueryOptFlags.none()
 _FLOAT_STATE = ("x1", "x2", "x3", "c", "tp1", "tp2", "cp")
 
 
@@ -424,7 +425,7 @@ class RollingAnomalyDetector:
         w = w.with_columns(avg=avg, anom=anom.fill_null(False))
 
         # ---- state after the batch
-        w = w.with_columns(last=(col("kid") != col("kid").shift(-1)).fill_null(True)).collect()
+        w = w.with_columns(last=(col("kid") != col("kid").shift(-1)).fill_null(True)).collect(optimizations=_OPT)
         lastrows = w.filter(col("last")).select(
             "kid",
             (col("pos") + 1).alias("n"),

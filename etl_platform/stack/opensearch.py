@@ -56,11 +56,23 @@ JVM_FLAGS = [
 ]
 
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+# A dynamic CDS archive starts with this magic; the JVM writes the header last, so an archive cut
+# short (node killed while it was being written) does not have it.
+_CDS_MAGIC = (0xF00BABA8).to_bytes(4, "little")
+
+
+def _complete_archive(path: Path) -> bool:
+    try:
+        with open(path, "rb") as archive:
+            return archive.read(4) == _CDS_MAGIC
+    except OSError:
+        return False
 
 
 class OpenSearchService(LocalService):
     name = "opensearch"
     start_timeout_s = 120.0
+    stop_timeout_s = 60.0  # the first stop writes the class-data-sharing archive (~85 MB)
 
     @property
     def port(self) -> int:
@@ -111,10 +123,19 @@ class OpenSearchService(LocalService):
         return os.environ.get("ETL_OPENSEARCH_JAVA", "java")
 
     def _cds_flags(self, classpath: str) -> list[str]:
-        """Application class-data sharing: the first start records the loaded classes, later ones map them."""
-        digest = hashlib.sha1((classpath + " ".join(JVM_FLAGS)).encode()).hexdigest()[:12]
+        """Application class-data sharing: the first start records the loaded classes, later ones map them.
+
+        Starts about twice as fast. The JVM writes the archive (~75 MB) when the node exits. It is only
+        valid for this exact classpath, jars included (a rebuilt node jar invalidates it), hence the key.
+        ETL_OPENSEARCH_CDS=0 turns it off.
+        """
+        if os.environ.get("ETL_OPENSEARCH_CDS", "1") == "0":
+            return []
+        jar = NODE_JAR.stat()
+        key = f"{classpath} {jar.st_size} {jar.st_mtime_ns} {' '.join(JVM_FLAGS)}"
+        digest = hashlib.sha1(key.encode()).hexdigest()[:12]
         archive = self.dir / f"classes-{digest}.jsa"
-        if archive.exists():
+        if _complete_archive(archive):
             return [f"-XX:SharedArchiveFile={archive}", "-Xshare:auto", "-Xlog:cds=off", "-Xlog:cds+dynamic=off"]
         for stale in self.dir.glob("classes-*.jsa"):
             stale.unlink(missing_ok=True)

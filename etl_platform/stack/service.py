@@ -43,6 +43,7 @@ class LocalService:
     name: str = ""
     start_timeout_s: float = 60.0
     stop_signal: int = signal.SIGTERM
+    stop_timeout_s: float = 20.0  # then SIGKILL
 
     def __init__(self, paths: StackPaths | None = None) -> None:
         self.paths = paths or StackPaths.default()
@@ -137,7 +138,7 @@ class LocalService:
             os.killpg(pid, self.stop_signal)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + 20
+        deadline = time.monotonic() + self.stop_timeout_s
         while time.monotonic() < deadline and self.pid() is not None:
             time.sleep(0.2)
         if self.pid() is not None:

@@ -4,7 +4,6 @@ The Kinesis sensor's micro-batch runs write both lake datasets and report materi
 days they touched; materializing `processed_events` here (a UI backfill) replays it from raw.
 """
 
-from __future__ import annotations
 
 from datetime import date
 

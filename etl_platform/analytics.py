@@ -63,7 +63,6 @@ ANOMALY_STATUS = "anomaly_status"
 # of equal values ending there, x1..x3 = last three values, c = pivot of its block, tp1/tp2/cp = the
 # previous block's final prefix sums and pivot.
 _INT_STATE = ("n", "rs")
-_OPT = pl.QueryOptFlags.none()
 _FLOAT_STATE = ("x1", "x2", "x3", "c", "tp1", "tp2", "cp")
 
 
@@ -140,6 +139,7 @@ class RollingAnomalyDetector:
         self._floats: dict[str, pl.Series] = {k: pl.Series(k, [], pl.Float64) for k in _FLOAT_STATE}
         self._e1 = pl.Series("e1", [], pl.Float64)  # ring of E1, slot kid * ring + pos % ring
         self._e2 = pl.Series("e2", [], pl.Float64)
+        self._plans: dict[int, list[list[pl.Expr]]] = {}
 
     # ------------------------------------------------------------------ introspection
     def __len__(self) -> int:
@@ -282,153 +282,213 @@ class RollingAnomalyDetector:
         ).to_series()
         return batch.with_columns(avg.alias(AVG_VALUE), status.alias(ANOMALY_STATUS))
 
-    def _compute(self, kid: pl.Series, value: pl.Series) -> tuple[pl.DataFrame, Callable[[], None]]:
-        """Compute the windows for one batch; returns rows sorted by key and a commit closure."""
-        B, R = self._block, self._ring
+    def _stages(self, steps: int) -> list[list[pl.Expr]]:
+        """The per-batch plan as flat expression stages (built once per scan depth, then cached).
+
+        Rows arrive sorted by key, so "k rows earlier for the same key" is a plain shift guarded by
+        ``loc >= k`` (loc = index of the row among its key's rows in this batch). Expressions stay
+        flat, one stage per dependency level, because polars expands shared sub-expressions.
+        """
+        cached = self._plans.get(steps)
+        if cached is not None:
+            return cached
+        B = self._block
         Wa, Wb = self.avg_rows, self.baseline_rows
         col, when, lit = pl.col, pl.when, pl.lit
-        n = len(kid)
-
-        w = pl.LazyFrame({"kid": kid, "x": value}).with_row_index("i").sort("kid", maintain_order=True)
-        # State of every row's key, gathered with sorted (cache-friendly) ids.
-        gid = col("kid")
-        last_slot = gid * R + (lit(self._ints["n"]).gather(gid) + (R - 1)) % R
-        w = w.with_columns(
-            *(lit(s).gather(gid).alias(f"s_{k}") for k, s in self._ints.items()),
-            *(lit(s).gather(gid).alias(f"s_{k}") for k, s in self._floats.items()),
-            lit(self._e1).gather(last_slot).alias("s_e1"),
-            lit(self._e2).gather(last_slot).alias("s_e2"),
-        )
-
-        r = pl.int_range(pl.len(), dtype=pl.Int64)
-        w = w.with_columns(gs=(col("kid") != col("kid").shift(1)).fill_null(True)).with_columns(
-            loc=r - when(col("gs")).then(r).forward_fill()
-        )
-        w = w.with_columns(pos=col("s_n") + col("loc"))
-        w = w.with_columns(bstart=col("pos") % B == 0, blk=col("pos") // B)
+        x, loc, pos, gs, bstart = (col(c) for c in ("x", "loc", "pos", "gs", "bstart"))
 
         def prev(name: str, k: int, fallback: pl.Expr) -> pl.Expr:
-            """Value of ``name`` k rows earlier for the same key (rows are sorted by key)."""
-            return when(col("loc") >= k).then(col(name).shift(k)).otherwise(fallback)
+            """Value of ``name`` k rows earlier for the same key, else the fallback (from state)."""
+            return when(loc >= k).then(col(name).shift(k)).otherwise(fallback)
 
         def carry(start_value: pl.Expr, state: str) -> pl.Expr:
-            """Forward fill within a key, seeded with the key's state value."""
-            return when(col("gs") & start_value.is_null()).then(col(state)).otherwise(start_value).forward_fill()
+            """Forward fill within a key, seeded at the key's first row with its state value."""
+            return when(gs & start_value.is_null()).then(col(state)).otherwise(start_value).forward_fill()
 
-        # Previous values (for the pivot median and run detection).
-        w = w.with_columns(
-            xp1=prev("x", 1, when(col("s_n") >= 1).then(col("s_x1"))),
-            xp2=prev("x", 2, when(col("loc") == 1).then(col("s_x1")).otherwise(col("s_x2"))),
-            xp3=prev(
-                "x",
-                3,
-                when(col("loc") == 2)
-                .then(col("s_x1"))
-                .when(col("loc") == 1)
-                .then(col("s_x2"))
-                .otherwise(col("s_x3")),
-            ),
+        stages: list[list[pl.Expr]] = []
+        stages.append(
+            [
+                (pos % B == 0).alias("bstart"),
+                (pos // B).alias("blk"),
+                prev("x", 1, when(col("s_n") >= 1).then(col("s_x1"))).alias("xp1"),
+                prev("x", 2, when(loc == 1).then(col("s_x1")).otherwise(col("s_x2"))).alias("xp2"),
+                prev(
+                    "x",
+                    3,
+                    when(loc == 2).then(col("s_x1")).when(loc == 1).then(col("s_x2")).otherwise(col("s_x3")),
+                ).alias("xp3"),
+                pl.max_horizontal(pos - Wa, lit(0, pl.Int64)).alias("sa"),
+                pl.min_horizontal(pos, lit(Wb, pl.Int64)).alias("nb"),
+            ]
         )
         median3 = pl.max_horizontal(
             pl.min_horizontal("xp1", "xp2"), pl.min_horizontal(pl.max_horizontal("xp1", "xp2"), "xp3")
         )
-        newrun = col("xp1").is_null() | (col("x") != col("xp1"))
-        w = w.with_columns(
-            c=carry(when(col("bstart")).then(when(col("pos") == 0).then(col("x")).otherwise(median3)), "s_c"),
-            rsr=carry(when(newrun).then(col("pos")), "s_rs"),
+        newrun = col("xp1").is_null() | (x != col("xp1"))
+        r = col("r")
+        stages.append(
+            [
+                # Block pivot: the key's first value, then the median of the 3 values before the block.
+                carry(when(bstart).then(when(pos == 0).then(x).otherwise(median3)), "s_c").alias("c"),
+                # Start position of the run of equal values ending at this row.
+                carry(when(newrun).then(pos), "s_rs").alias("rsr"),
+                (r - when(gs | bstart).then(r).forward_fill()).alias("ql"),
+                (pos - col("nb")).alias("sb"),
+                (pos - col("sa") + 1).alias("na"),
+            ]
         )
-        d = col("x") - col("c")
-        cont = col("gs") & ~col("bstart")
-        w = w.with_columns(
-            v1=when(cont).then(col("s_e1") + d).otherwise(d),
-            v2=when(cont).then(col("s_e2") + d * d).otherwise(d * d),
-            ql=r - when(col("gs") | col("bstart")).then(r).forward_fill(),
+        d = x - col("c")
+        cont = gs & ~bstart
+        stages.append(
+            [
+                when(cont).then(col("s_e1") + d).otherwise(d).alias("E1"),
+                when(cont).then(col("s_e2") + d * d).otherwise(d * d).alias("E2"),
+            ]
         )
         # Segmented inclusive scan (Hillis-Steele) inside each (key, block) run of rows.
-        step = 1
-        while step < min(B, n):
+        for i in range(steps):
+            step = 1 << i
             has = col("ql") >= step
-            w = w.with_columns(
-                v1=col("v1") + when(has).then(col("v1").shift(step)).otherwise(0.0),
-                v2=col("v2") + when(has).then(col("v2").shift(step)).otherwise(0.0),
+            stages.append(
+                [
+                    (col("E1") + when(has).then(col("E1").shift(step)).otherwise(0.0)).alias("E1"),
+                    (col("E2") + when(has).then(col("E2").shift(step)).otherwise(0.0)).alias("E2"),
+                ]
             )
-            step *= 2
-        w = w.rename({"v1": "E1", "v2": "E2"})
 
-        w = w.with_columns(
-            E1p=prev("E1", 1, col("s_e1")),
-            E2p=prev("E2", 1, col("s_e2")),
-            cpr=prev("c", 1, col("s_c")),
-            rsp=prev("rsr", 1, col("s_rs")),
+        def older(name: str, k: int) -> pl.Expr:
+            """Prefix value k positions back: a shift inside the batch, else the ring value gathered."""
+            return when(loc >= k).then(col(name).shift(k)).otherwise(col(f"g_{name}_{k}"))
+
+        stages.append(
+            [
+                prev("E1", 1, col("s_e1")).alias("E1p"),
+                prev("E2", 1, col("s_e2")).alias("E2p"),
+                prev("c", 1, col("s_c")).alias("cpr"),
+                prev("rsr", 1, col("s_rs")).alias("rsp"),
+                older("E1", Wa + 1).alias("E1a"),
+                older("E1", Wb + 1).alias("E1b"),
+                older("E2", Wb + 1).alias("E2b"),
+            ]
         )
-        w = w.with_columns(
-            Tp1=carry(when(col("bstart")).then(col("E1p")), "s_tp1"),
-            Tp2=carry(when(col("bstart")).then(col("E2p")), "s_tp2"),
-            cp=carry(when(col("bstart")).then(col("cpr")), "s_cp"),
+        stages.append(
+            [
+                # Final prefix sums and pivot of the block before each row's block.
+                carry(when(bstart).then(col("E1p")), "s_tp1").alias("Tp1"),
+                carry(when(bstart).then(col("E2p")), "s_tp2").alias("Tp2"),
+                carry(when(bstart).then(col("cpr")), "s_cp").alias("cp"),
+                # avg window [sa, pos]: does it reach into the previous block?
+                (col("sa") // B != col("blk")).alias("xa"),
+                when(col("sa") % B != 0).then(col("E1a")).otherwise(0.0).alias("e1sa"),
+                # baseline window [sb, pos - 1]
+                (col("sb") // B != (pos - 1) // B).alias("xb"),
+                when(col("sb") % B != 0).then(col("E1b")).otherwise(0.0).alias("e1sb"),
+                when(col("sb") % B != 0).then(col("E2b")).otherwise(0.0).alias("e2sb"),
+            ]
         )
-
-        def older(name: str, ring: pl.Series, k: int) -> pl.Expr:
-            """Prefix value k positions back: a shift inside the batch, else a ring gather."""
-            slot = when((col("loc") < k) & (col("pos") >= k)).then(col("kid") * R + (col("pos") - k) % R)
-            return when(col("loc") >= k).then(col(name).shift(k)).otherwise(lit(ring).gather(slot))
-
-        w = w.with_columns(
-            Tp1p=prev("Tp1", 1, col("s_tp1")),
-            Tp2p=prev("Tp2", 1, col("s_tp2")),
-            cpp=prev("cp", 1, col("s_cp")),
-            E1a=older("E1", self._e1, Wa + 1),
-            E1b=older("E1", self._e1, Wb + 1),
-            E2b=older("E2", self._e2, Wb + 1),
-            sa=pl.max_horizontal(col("pos") - Wa, lit(0, pl.Int64)),
-            nb=pl.min_horizontal(col("pos"), lit(Wb, pl.Int64)),
+        # Each window = part A (tail of the previous block; empty unless crossing) + part B.
+        stages.append(
+            [
+                prev("Tp1", 1, col("s_tp1")).alias("Tp1p"),
+                prev("Tp2", 1, col("s_tp2")).alias("Tp2p"),
+                prev("cp", 1, col("s_cp")).alias("cpp"),
+                when(col("xa")).then(col("blk") * B - col("sa")).otherwise(0).alias("naA"),
+                when(col("xa")).then(col("Tp1") - col("e1sa")).otherwise(0.0).alias("a1a"),
+                when(col("xa")).then(col("E1")).otherwise(col("E1") - col("e1sa")).alias("b1a"),
+                when(col("xb")).then((pos - 1) // B * B - col("sb")).otherwise(0).alias("nbA"),
+                when(col("xb")).then(col("E1p")).otherwise(col("E1p") - col("e1sb")).alias("b1b"),
+                when(col("xb")).then(col("E2p")).otherwise(col("E2p") - col("e2sb")).alias("b2b"),
+            ]
         )
-        w = w.with_columns(sb=col("pos") - col("nb"), na=col("pos") - col("sa") + 1)
-
-        # ---- avg_value over [sa, pos]
-        e1s_a = when(col("sa") % B != 0).then(col("E1a")).otherwise(0.0)
-        na_a = col("blk") * B - col("sa")
-        avg_same = col("c") + (col("E1") - e1s_a) / col("na")
-        avg_cross = col("c") + ((col("Tp1") - e1s_a) + col("E1") + na_a * (col("cp") - col("c"))) / col("na")
-        avg = (
-            when(col("rsr") <= col("sa"))
-            .then(col("x"))
-            .when(col("sa") // B != col("blk"))
-            .then(avg_cross)
-            .otherwise(avg_same)
+        stages.append(
+            [
+                when(col("rsr") <= col("sa"))
+                .then(x)
+                .otherwise(
+                    col("c") + (col("a1a") + col("b1a") + col("naA") * (col("cp") - col("c"))) / col("na")
+                )
+                .alias("avg"),
+                when(col("xb")).then(col("Tp1p") - col("e1sb")).otherwise(0.0).alias("a1b"),
+                when(col("xb")).then(col("Tp2p") - col("e2sb")).otherwise(0.0).alias("a2b"),
+                (col("nb") - col("nbA")).alias("nbB"),
+            ]
         )
+        stages.append(
+            [
+                when(col("xb")).then(col("a1b") / col("nbA")).otherwise(0.0).alias("mA"),
+                (col("b1b") / col("nbB")).alias("mB"),
+            ]
+        )
+        # Chan et al.: M2 = M2_A + M2_B + delta^2 * nA * nB / n, with both parts shifted by their pivots.
+        mean = col("cpr") + (col("a1b") + col("b1b") + col("nbA") * (col("cpp") - col("cpr"))) / col("nb")
+        delta = (col("cpr") - col("cpp")) + (col("mB") - col("mA"))
+        constant = col("rsp") <= col("sb")
+        stages.append(
+            [
+                when(constant).then(col("xp1")).otherwise(mean).alias("mean"),
+                when(constant)
+                .then(0.0)
+                .otherwise(
+                    (col("a2b") - col("a1b") * col("mA"))
+                    + (col("b2b") - col("b1b") * col("mB"))
+                    + delta * delta * (col("nbA") * col("nbB")) / col("nb")
+                )
+                .alias("m2"),
+            ]
+        )
+        std = (pl.max_horizontal("m2", lit(0.0)) / (col("nb") - 1)).sqrt()
+        stages.append(
+            [
+                ((col("nb") >= 2) & ((x - col("mean")).abs() > self.sigmas * std)).fill_null(False).alias("anom"),
+                (col("kid") != col("kid").shift(-1)).fill_null(True).alias("last"),
+            ]
+        )
+        self._plans[steps] = stages
+        return stages
 
-        # ---- baseline over [sb, pos - 1]
-        nb = col("nb")
-        e1s_b = when(col("sb") % B != 0).then(col("E1b")).otherwise(0.0)
-        e2s_b = when(col("sb") % B != 0).then(col("E2b")).otherwise(0.0)
-        be = (col("pos") - 1) // B
-        cross_b = (col("sb") // B) != be
-        s1 = col("E1p") - e1s_b
-        s2 = col("E2p") - e2s_b
-        mean_same = col("cpr") + s1 / nb
-        m2_same = s2 - s1 * s1 / nb
-        n_a = be * B - col("sb")
-        n_b = nb - n_a
-        a1 = col("Tp1p") - e1s_b
-        a2 = col("Tp2p") - e2s_b
-        m_a = a1 / n_a
-        m_b = col("E1p") / n_b
-        delta = (col("cpr") - col("cpp")) + (m_b - m_a)
-        m2_cross = (a2 - a1 * m_a) + (col("E2p") - col("E1p") * m_b) + delta * delta * n_a * n_b / nb
-        mean_cross = col("cpr") + (a1 + col("E1p") + n_a * (col("cpp") - col("cpr"))) / nb
-        constant_b = col("rsp") <= col("sb")
-        mean_b = when(constant_b).then(col("xp1")).when(cross_b).then(mean_cross).otherwise(mean_same)
-        m2_b = when(constant_b).then(0.0).when(cross_b).then(m2_cross).otherwise(m2_same)
-        std_b = (pl.max_horizontal(m2_b, lit(0.0)) / (nb - 1)).sqrt()
-        anom = (nb >= 2) & ((col("x") - mean_b).abs() > self.sigmas * std_b)
+    def _compute(self, kid: pl.Series, value: pl.Series) -> tuple[pl.DataFrame, Callable[[], None]]:
+        """Compute the windows for one batch; returns rows sorted by key and a commit closure."""
+        R = self._ring
+        Wa, Wb = self.avg_rows, self.baseline_rows
+        col, when = pl.col, pl.when
+        n = len(kid)
+        w = pl.DataFrame({"kid": kid, "x": value}).with_row_index("i").sort("kid", maintain_order=True)
+        skid = w.get_column("kid")
+        # State of every row's key, gathered with sorted (cache-friendly) ids.
+        state = [s.gather(skid).alias(f"s_{k}") for k, s in self._ints.items()]
+        state += [s.gather(skid).alias(f"s_{k}") for k, s in self._floats.items()]
+        w = w.hstack(state)
+        r = pl.int_range(pl.len(), dtype=pl.Int64)
+        gs = (col("kid") != col("kid").shift(1)).fill_null(True)
+        w = w.with_columns(r.alias("r"), gs.alias("gs"), (r - when(gs).then(r).forward_fill()).alias("loc"))
+        w = w.with_columns((col("s_n") + col("loc")).alias("pos"))
 
-        w = w.with_columns(avg=avg, anom=anom.fill_null(False))
+        def slot(k: int) -> pl.Expr:
+            # Ring slot of the prefix k positions back, for rows whose predecessor precedes the batch.
+            return when((col("loc") < k) & (col("pos") >= k)).then(col("kid") * R + (col("pos") - k) % R)
+
+        last_slot = col("kid") * R + (col("s_n") + (R - 1)) % R
+        slots = w.select(last_slot.alias("l"), slot(Wa + 1).alias("a"), slot(Wb + 1).alias("b"))
+        w = w.hstack(
+            [
+                self._e1.gather(slots.get_column("l")).alias("s_e1"),
+                self._e2.gather(slots.get_column("l")).alias("s_e2"),
+                self._e1.gather(slots.get_column("a")).alias(f"g_E1_{Wa + 1}"),
+                self._e1.gather(slots.get_column("b")).alias(f"g_E1_{Wb + 1}"),
+                self._e2.gather(slots.get_column("b")).alias(f"g_E2_{Wb + 1}"),
+            ]
+        )
+        steps = max(0, (min(self._block, n) - 1).bit_length())
+        lf = w.lazy()
+        for stage in self._stages(steps):
+            lf = lf.with_columns(stage)
+        w = lf.collect(engine="in-memory")
 
         # ---- state after the batch
-        w = w.with_columns(last=(col("kid") != col("kid").shift(-1)).fill_null(True)).collect(optimizations=_OPT)
+        pos = col("pos")
         lastrows = w.filter(col("last")).select(
             "kid",
-            (col("pos") + 1).alias("n"),
+            (pos + 1).alias("n"),
             col("rsr").alias("rs"),
             col("x").alias("x1"),
             col("xp1").fill_null(0.0).alias("x2"),
@@ -438,12 +498,9 @@ class RollingAnomalyDetector:
             col("Tp2").fill_null(0.0).alias("tp2"),
             col("cp").fill_null(0.0).alias("cp"),
         )
-        n_after = when(col("last")).then(col("pos") + 1).backward_fill()
-        ringrows = w.filter(col("pos") >= n_after - R).select(
-            (col("kid") * R + col("pos") % R).alias("slot"), "E1", "E2"
-        )
+        n_after = when(col("last")).then(pos + 1).backward_fill()
+        ringrows = w.filter(pos >= n_after - R).select((col("kid") * R + pos % R).alias("slot"), "E1", "E2")
         sorted_rows = w.select("i", "avg", "anom")
-        assert sorted_rows.height == n
 
         def commit() -> None:
             ids = lastrows.get_column("kid")

@@ -300,9 +300,8 @@ class StreamConsumer:
         parts: list[tuple[str, pl.Series]] = []
         if frame.height == 0:
             return parts
-        indexed = frame.with_row_index("_row")
-        hour = pl.col("event_time").dt.truncate("1h")
-        for (moment,), group in indexed.group_by(hour.alias("_hour"), maintain_order=True):
+        indexed = frame.with_row_index("_row").with_columns(pl.col("event_time").dt.truncate("1h").alias("_hour"))
+        for (moment,), group in indexed.group_by("_hour", maintain_order=True):
             partition = lake.HourPartition.of(moment)
             rows = group.drop("_hour")
             lines = rows.drop("_row").write_ndjson().splitlines()

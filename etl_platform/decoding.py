@@ -24,7 +24,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 import aws_kinesis_agg
-from aws_kinesis_agg import messages_pb2
+import aws_kinesis_agg.deaggregator  # noqa: F401  its import puts the package folder on sys.path,
+from aws_kinesis_agg import messages_pb2  # which messages_pb2's own `import config_pb2` needs
 from google.protobuf.message import DecodeError
 
 from etl_platform.events import InvalidEvent, derive_event_id, validate_envelope

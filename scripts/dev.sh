@@ -29,10 +29,9 @@ port=${ETL_DAGSTER_PORT:-3000}
 setsid dagster dev -w workspace.yaml -h 127.0.0.1 -p "$port" &
 pids+=($!)
 
-if [ -f etl_platform/demo.py ]; then
-  setsid etl-platform produce --source demo --rate "${ETL_DEMO_RATE:-20}" --duration 0 --quiet &
-  pids+=($!)
-fi
+# Demo traffic from the five simulated sources; the Kinesis sensor picks it up within seconds.
+setsid etl-platform produce --source demo --rate "${ETL_DEMO_RATE:-20}" --duration 0 --gzip --quiet &
+pids+=($!)
 
 echo "dev: Dagster UI at http://127.0.0.1:${port} (Ctrl-C stops everything)"
 wait "${pids[0]}"

@@ -7,7 +7,6 @@ buffer is due: the last batch stopped at its size cap, or the buffer interval ha
 records are waiting (Firehose's size-or-interval buffering), or a closed parent must be finished.
 """
 
-from __future__ import annotations
 
 import json
 import time

@@ -17,7 +17,7 @@ from tests.integration.pipeline_helpers import assert_same_results, cli, lake_ro
 
 pytestmark = pytest.mark.stack
 
-START = datetime(2026, 3, 1, 22, 30, tzinfo=UTC)  # crosses midnight: two days, several hours
+START = datetime(2026, 3, 1, 23, 59, 55, tzinfo=UTC)  # crosses midnight: two days, two hours
 
 
 def events(n: int, seed: int, users: int = 12):

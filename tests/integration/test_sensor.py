@@ -3,6 +3,7 @@ a UI-style backfill of `processed_events` replays a day from raw and reproduces 
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime
 
 import pytest
@@ -21,19 +22,16 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture
 def resources(settings, stream, bucket):
-    res = build_resources(settings)
-    res["kinesis"] = res["kinesis"].model_copy(update={"stream_name": stream})
-    res["lake"] = res["lake"].model_copy(update={"bucket": bucket})
-    return res
+    return build_resources(dataclasses.replace(settings, stream_name=stream, lake_bucket=bucket))
 
 
 def run_sensor_until_idle(instance, resources, max_ticks: int = 20) -> list:
     """Evaluate the sensor and execute each requested run in-process, until it requests nothing."""
     cursor, runs = None, []
     for _ in range(max_ticks):
-        ctx = build_sensor_context(instance=instance, cursor=cursor, resources=resources)
-        result = kinesis_microbatch_sensor(ctx)
-        cursor = ctx.cursor
+        with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
+            result = kinesis_microbatch_sensor(ctx)
+            cursor = ctx.cursor
         requests = result if isinstance(result, list) else []
         if not requests:
             return runs

@@ -1,0 +1,57 @@
+"""Warehouse loading: processed lake partitions into `events` and `anomalies`, idempotently.
+
+One interface (`Warehouse`), two dialects (DESIGN.md §3): Redshift in production
+(redshift_connector; `COPY ... FORMAT AS PARQUET MANIFEST` into staging, then delete-day + `MERGE`)
+and PostgreSQL locally (psycopg; binary `COPY FROM STDIN` into staging, then delete-day +
+`INSERT ... ON CONFLICT`). `connect` picks the dialect from configuration:
+
+    with connect("postgres", "postgresql://postgres@127.0.0.1:5439/warehouse", schema="etl") as wh:
+        results = wh.load_day(s3, bucket, date(2024, 3, 5))   # {"events": LoadResult, "anomalies": ...}
+"""
+
+from __future__ import annotations
+
+from etl_platform.warehouse.base import (
+    DEFAULT_SCHEMA,
+    LoadResult,
+    PartitionMismatchError,
+    Warehouse,
+    WarehouseLoadError,
+    default_drift_policy,
+    default_schema,
+)
+from etl_platform.warehouse.schema import (
+    DEFAULT_DRIFT_POLICY,
+    DIALECTS,
+    DRIFT_POLICIES,
+    TABLE_COLUMNS,
+    TABLES,
+    SchemaDriftError,
+)
+from etl_platform.warehouse.source import PartitionCounts, partition_counts
+
+__all__ = [
+    "DEFAULT_DRIFT_POLICY", "DEFAULT_SCHEMA", "DIALECTS", "DRIFT_POLICIES", "TABLES", "TABLE_COLUMNS",
+    "LoadResult", "PartitionCounts", "PartitionMismatchError", "SchemaDriftError", "Warehouse",
+    "WarehouseLoadError", "connect", "default_drift_policy", "default_schema", "partition_counts",
+]
+
+
+def connect(
+    dialect: str, dsn: str, *, schema: str | None = None, password: str | None = None,
+    iam_role: str | None = None,
+) -> Warehouse:
+    """A connected warehouse for `dialect` ("postgres" | "redshift"); schema defaults to
+    ETL_WAREHOUSE_SCHEMA or `etl`. Redshift needs the IAM role its COPY assumes to read the lake."""
+    schema = schema or default_schema()
+    if dialect == "postgres":
+        from etl_platform.warehouse.postgres import PostgresWarehouse
+
+        return PostgresWarehouse(dsn, schema, password=password)
+    if dialect == "redshift":
+        from etl_platform.warehouse.redshift import RedshiftWarehouse
+
+        if not iam_role:
+            raise ValueError("the redshift dialect needs iam_role (ETL_REDSHIFT_IAM_ROLE) for COPY from S3")
+        return RedshiftWarehouse(dsn, schema, iam_role=iam_role, password=password)
+    raise ValueError(f"unknown warehouse dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")

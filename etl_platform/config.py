@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import urlparse
 
 PROFILES = ("local", "aws")
@@ -64,6 +65,20 @@ class Settings:
             "opensearch_url": self.opensearch_url,
             "dagster_url": self.dagster_url,
         }
+
+
+def env_number(env: Mapping[str, str], var: str, default: Any, kind: type, minimum: float) -> Any:
+    """A numeric setting from the environment: the default when unset, else parsed and range-checked."""
+    raw = env.get(var)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = kind(raw)
+    except ValueError:
+        raise ConfigError(f"{var}={raw!r} is not a {kind.__name__}") from None
+    if value < minimum:
+        raise ConfigError(f"{var}={raw!r} must be at least {minimum}")
+    return value
 
 
 def local_port(service: str, env: Mapping[str, str] | None = None) -> int:

@@ -24,7 +24,7 @@ import polars as pl
 from etl_platform import lake
 from etl_platform.analytics import RollingAnomalyDetector
 from etl_platform.checkpoints import Checkpoint, CheckpointStore
-from etl_platform.config import ConfigError
+from etl_platform.config import env_number
 from etl_platform.decoding import decode_records
 from etl_platform.events import events_to_frame, sequence_sort_expr
 from etl_platform.shards import Shard, lineage_order, list_shards, readable_shards
@@ -50,25 +50,13 @@ class ConsumerConfig:
         env = os.environ if env is None else env
         defaults = cls(buffer_interval_s=10.0) if profile == "local" else cls()
 
-        def number(var: str, default: float, kind: type, minimum: float) -> Any:
-            raw = env.get(var)
-            if raw in (None, ""):
-                return default
-            try:
-                value = kind(raw)
-            except ValueError:
-                raise ConfigError(f"{var}={raw!r} is not a {kind.__name__}") from None
-            if value < minimum:
-                raise ConfigError(f"{var}={raw!r} must be at least {minimum}")
-            return value
-
         return cls(
-            max_records=number("ETL_BATCH_MAX_RECORDS", defaults.max_records, int, 1),
-            buffer_bytes=number("ETL_BUFFER_BYTES", defaults.buffer_bytes, int, 1024),
-            buffer_interval_s=number("ETL_BUFFER_INTERVAL_S", defaults.buffer_interval_s, float, 0),
-            avg_rows=number("ETL_AVG_ROWS", defaults.avg_rows, int, 0),
-            baseline_rows=number("ETL_BASELINE_ROWS", defaults.baseline_rows, int, 2),
-            sigmas=number("ETL_ANOMALY_SIGMAS", defaults.sigmas, float, 0),
+            max_records=env_number(env, "ETL_BATCH_MAX_RECORDS", defaults.max_records, int, 1),
+            buffer_bytes=env_number(env, "ETL_BUFFER_BYTES", defaults.buffer_bytes, int, 1024),
+            buffer_interval_s=env_number(env, "ETL_BUFFER_INTERVAL_S", defaults.buffer_interval_s, float, 0),
+            avg_rows=env_number(env, "ETL_AVG_ROWS", defaults.avg_rows, int, 0),
+            baseline_rows=env_number(env, "ETL_BASELINE_ROWS", defaults.baseline_rows, int, 2),
+            sigmas=env_number(env, "ETL_ANOMALY_SIGMAS", defaults.sigmas, float, 0),
         )
 
     def new_detector(self) -> RollingAnomalyDetector:

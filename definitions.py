@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions
 
-from assets import lake_assets
+from assets import all_assets, all_checks
 from etl_platform.config import load_settings
 from resources import build_resources
 from sensors import all_sensors, jobs
@@ -12,7 +12,8 @@ from sensors import all_sensors, jobs
 settings = load_settings()  # fails here, at load, with the name of any bad setting
 
 defs = Definitions(
-    assets=[*lake_assets],
+    assets=all_assets,
+    asset_checks=all_checks,
     jobs=jobs,
     sensors=all_sensors,
     resources=build_resources(settings),

@@ -1,7 +1,10 @@
-"""Dagster assets, grouped by domain; each module is thin glue over etl_platform."""
+"""Dagster assets and checks, grouped by domain; each module is thin glue over etl_platform."""
 
 from assets.ingestion import kinesis_stream, processed_events, raw_events, source_specs
+from assets.search import search_assets, search_checks
 
 lake_assets = [*source_specs, kinesis_stream, raw_events, processed_events]
+all_assets = [*lake_assets, *search_assets]
+all_checks = [*search_checks]
 
-__all__ = ["lake_assets"]
+__all__ = ["all_assets", "all_checks", "lake_assets"]

@@ -139,12 +139,16 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not stats.rejected else 1
 
 
-def make_consumer(settings: Settings, on_stage=None):
+def make_consumer(settings: Settings, on_stage=None, index: bool = True):
     from etl_platform.consumer import ConsumerConfig, StreamConsumer
+    from etl_platform.search.client import make_client
+    from etl_platform.search.indexer import search_sink
 
+    s3 = aws.client("s3", settings)
     return StreamConsumer(
-        aws.client("kinesis", settings), aws.client("s3", settings), settings.lake_bucket, settings.stream_name,
+        aws.client("kinesis", settings), s3, settings.lake_bucket, settings.stream_name,
         ConsumerConfig.from_env(profile=settings.profile), on_stage=on_stage,
+        search_sink=search_sink(make_client(settings), s3, settings.lake_bucket) if index else None,
     )
 
 
@@ -170,7 +174,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     progress = Progress(args.quiet)
-    consumer = make_consumer(settings, on_stage=_fault_injector(os.environ.get("ETL_FAULT_KILL_AFTER")))
+    consumer = make_consumer(settings, on_stage=_fault_injector(os.environ.get("ETL_FAULT_KILL_AFTER")),
+                             index=not args.no_index)
     totals = {"batches": 0, "records": 0, "events": 0, "errors": 0, "anomalies": 0}
     shards_seen: set[str] = set()
     started = time.monotonic()
@@ -220,8 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--until-caught-up", action="store_true", required=True,
                          help="process batches until every shard is caught up, then exit")
     consume.add_argument("--quiet", action="store_true", help="no progress line")
+    consume.add_argument("--no-index", action="store_true", help="skip near-real-time OpenSearch indexing")
     consume.set_defaults(func=cmd_consume)
 
+    from etl_platform.search.cli import add_search_parser
+
+    add_search_parser(sub)
     return parser
 
 

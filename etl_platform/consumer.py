@@ -132,6 +132,8 @@ class BatchResult:
     processed_objects: list[str] = field(default_factory=list)
     error_objects: list[str] = field(default_factory=list)
     rows_by_day: dict[str, int] = field(default_factory=dict)
+    search_indexed: int = 0
+    search_failed: int = 0  # backed up under search-failed/ in the lake, never dropped
     max_latency_s: float = 0.0  # arrival -> processed object durable, for the batch's oldest record
     timings: dict[str, float] = field(default_factory=dict)
 
@@ -175,8 +177,12 @@ class StreamConsumer:
         stream_name: str,
         config: ConsumerConfig | None = None,
         on_stage: Callable[[str, BatchResult], None] | None = None,
+        search_sink: Callable[[pl.DataFrame], Any] | None = None,
     ) -> None:
         self.kinesis, self.s3, self.bucket, self.stream_name = kinesis, s3, bucket, stream_name
+        # Near-real-time indexing of each processed batch (before the commit, so a retry re-indexes the
+        # same _ids); it must not raise for documents it could not index, only back them up.
+        self.search_sink = search_sink
         self.config = config or ConsumerConfig()
         self.checkpoints = CheckpointStore(s3, bucket, stream_name)
         # Called after each durable stage ("raw", "processed", "committed"); fault-injection tests use it.
@@ -262,6 +268,11 @@ class StreamConsumer:
                 oldest = frame["arrival_time"].min()
                 result.max_latency_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds())  # type: ignore[operator]
             self.on_stage("processed", result)
+            if self.search_sink is not None and processed.height:
+                t0 = time.monotonic()
+                stats = self.search_sink(processed)
+                result.search_indexed, result.search_failed = stats.indexed, stats.failed
+                result.timings["search_indexing"] = time.monotonic() - t0
 
         t0 = time.monotonic()
         self.checkpoints.commit(

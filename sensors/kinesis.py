@@ -32,8 +32,9 @@ from dagster import (
 
 from etl_platform.config import load_settings
 from etl_platform.consumer import BatchResult, ConsumerConfig, StreamConsumer
+from etl_platform.search.indexer import search_sink
 from etl_platform.shards import readable_shards
-from resources import KinesisResource, LakeResource
+from resources import KinesisResource, LakeResource, OpenSearchResource
 
 SHARD_TAG = "etl/shard"
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
@@ -41,10 +42,14 @@ IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunSt
 FAILED_RETRY_AFTER_S = 60  # after a run exhausts its retries, try the shard again this much later
 
 
-def consumer_for(kinesis: KinesisResource, lake: LakeResource) -> StreamConsumer:
+def consumer_for(
+    kinesis: KinesisResource, lake: LakeResource, opensearch: OpenSearchResource | None = None
+) -> StreamConsumer:
+    s3 = lake.client()
     return StreamConsumer(
-        kinesis.client(), lake.client(), lake.bucket, kinesis.stream_name,
+        kinesis.client(), s3, lake.bucket, kinesis.stream_name,
         ConsumerConfig.from_env(profile=load_settings().profile),
+        search_sink=search_sink(opensearch.client(), s3, lake.bucket) if opensearch else None,
     )
 
 
@@ -70,12 +75,14 @@ def log_materializations(context: OpExecutionContext, result: BatchResult) -> No
 
 @op(retry_policy=RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL))
 def consume_shard_batch(
-    context: OpExecutionContext, config: ShardBatchConfig, kinesis: KinesisResource, lake: LakeResource
+    context: OpExecutionContext, config: ShardBatchConfig, kinesis: KinesisResource, lake: LakeResource,
+    opensearch: OpenSearchResource,
 ) -> None:
-    result = consumer_for(kinesis, lake).process_shard(config.shard_id)
+    result = consumer_for(kinesis, lake, opensearch).process_shard(config.shard_id)
     context.log.info(
         f"shard {result.shard_id}: {result.records} records -> {result.events} events, {result.errors} errors, "
-        f"{result.anomalies} anomalies; ended={result.ended} cut={result.cut} "
+        f"{result.anomalies} anomalies, {result.search_indexed} indexed ({result.search_failed} backed up); "
+        f"ended={result.ended} cut={result.cut} "
         f"behind={result.millis_behind_latest}ms timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
     )
     log_materializations(context, result)

@@ -1,0 +1,1 @@
+"""OpenSearch: index design (indices), bulk indexing with backup (indexer), searches (queries), CLI."""

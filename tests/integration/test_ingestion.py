@@ -72,12 +72,12 @@ def test_crash_before_commit_then_retry_leaves_no_duplicate_and_no_gap(kinesis, 
     KinesisProducer(kinesis, stream, compress=True).send(events(500, seed=3))
     env = {"ETL_STREAM_NAME": stream, "ETL_LAKE_BUCKET": bucket, "ETL_BATCH_MAX_RECORDS": "100"}
     # A real crash: the consumer process SIGKILLs itself right after the stage is durable.
-    crashed = cli("consume", "--until-caught-up", "--quiet", env={**env, "ETL_FAULT_KILL_AFTER": stage},
+    crashed = cli("consume", "--until-caught-up", "--quiet", "--no-index", env={**env, "ETL_FAULT_KILL_AFTER": stage},
                   check=False)
     assert crashed.returncode == -9
     assert lake.list_keys(s3, bucket, f"{stage}/")  # it did deliver before dying
     assert not lake.list_keys(s3, bucket, "_checkpoints/")  # ... and committed nothing
-    done = cli("consume", "--until-caught-up", "--quiet", env=env)
+    done = cli("consume", "--until-caught-up", "--quiet", "--no-index", env=env)
     summary = json.loads(done.stdout)
     assert summary["events"] == 500
     assert_same_results(lake_rows(s3, bucket, lake.PROCESSED), one_pass(kinesis, stream))

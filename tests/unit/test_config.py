@@ -67,3 +67,15 @@ def test_cli_reports_a_bad_setting_and_exits_2(monkeypatch, capsys):
     monkeypatch.setenv("ETL_PROFILE", "staging")
     assert main(["stack", "status"]) == 2
     assert "ETL_PROFILE" in capsys.readouterr().err
+
+
+def test_consumer_settings_fail_naming_the_variable():
+    from etl_platform.consumer import FIREHOSE_BUFFER_INTERVAL_S, ConsumerConfig
+
+    assert ConsumerConfig.from_env({}, profile="aws").buffer_interval_s == FIREHOSE_BUFFER_INTERVAL_S
+    assert ConsumerConfig.from_env({}, profile="local").buffer_interval_s == 10.0
+    assert ConsumerConfig.from_env({"ETL_BATCH_MAX_RECORDS": "250"}).max_records == 250
+    with pytest.raises(ConfigError, match="ETL_BATCH_MAX_RECORDS='lots' is not a int"):
+        ConsumerConfig.from_env({"ETL_BATCH_MAX_RECORDS": "lots"})
+    with pytest.raises(ConfigError, match="ETL_BASELINE_ROWS='1' must be at least 2"):
+        ConsumerConfig.from_env({"ETL_BASELINE_ROWS": "1"})

@@ -1,0 +1,135 @@
+"""`etl-platform search …`: ask the search cluster questions, and operate the indices from a terminal.
+
+    etl-platform search user USER_ID [--from 24h] [--to now] [--limit 100]
+    etl-platform search anomalies [--from 24h] [--to now] [--event-type T] [--source S]
+    etl-platform search top-users [--from 24h] [--to now] [--limit 10]
+    etl-platform search index-day YYYY-MM-DD        reindex a day from processed/ in the lake
+    etl-platform search replay-failed [--day D]     re-index search-failed/ backups, delete what got in
+    etl-platform search templates                   create/update the index templates
+
+Every command prints an aligned table, or JSON with --json. Times: 'now', an age (15m, 2h, 7d) or ISO
+8601 (UTC when no offset is given). --prefix (default ETL_OPENSEARCH_INDEX_PREFIX) picks the indices.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import date
+from typing import Any
+
+from etl_platform.config import Settings
+
+
+def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register `search` and its sub-commands on the main CLI's subparsers; handler: `cmd_search`."""
+    search = subparsers.add_parser("search", help="query OpenSearch (user events, anomalies, top users) "
+                                                  "and operate the indices",
+                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    common.add_argument("--prefix", default=None, help="index name prefix (default: ETL_OPENSEARCH_INDEX_PREFIX)")
+    window = argparse.ArgumentParser(add_help=False)
+    window.add_argument("--from", dest="start", default="24h", help="start (inclusive): now, 15m/2h/7d ago, or ISO")
+    window.add_argument("--to", dest="end", default="now", help="end (exclusive): now, 15m/2h/7d ago, or ISO")
+
+    actions = search.add_subparsers(dest="search_command", required=True)
+    user = actions.add_parser("user", parents=[common, window], help="a user's events in a time range")
+    user.add_argument("user_id")
+    user.add_argument("--limit", type=int, default=100)
+    anomalies = actions.add_parser("anomalies", parents=[common, window],
+                                   help="anomaly counts by event type and source over a window")
+    anomalies.add_argument("--event-type")
+    anomalies.add_argument("--source")
+    top = actions.add_parser("top-users", parents=[common, window], help="users with the most anomalies")
+    top.add_argument("--limit", type=int, default=10)
+    day = actions.add_parser("index-day", parents=[common], help="reindex one day from processed/ in the lake")
+    day.add_argument("day", type=date.fromisoformat, help="YYYY-MM-DD (event-time day)")
+    replay = actions.add_parser("replay-failed", parents=[common],
+                                help="re-index documents backed up under search-failed/")
+    replay.add_argument("--day", type=date.fromisoformat, default=None, help="only this failure day")
+    actions.add_parser("templates", parents=[common], help="create or update the index templates")
+    search.set_defaults(func=cmd_search)
+    return search
+
+
+def _print(rows: Any, as_json: bool, columns: list[str] | None = None) -> None:
+    from etl_platform.search.queries import format_table
+
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+    else:
+        print(format_table(rows, columns))
+
+
+def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
+    """Run one `search` sub-command; returns the process exit code."""
+    from opensearchpy.exceptions import ConnectionError as OSConnectionError
+
+    from etl_platform.search.client import make_client
+    from etl_platform.search.indexer import prefix_from_env
+    from etl_platform.search.indices import check_prefix
+
+    prefix = check_prefix(args.prefix) if args.prefix is not None else prefix_from_env()
+    client = make_client(settings)
+    try:
+        return _run(args, settings, client, prefix)
+    except OSConnectionError as exc:
+        print(f"search: OpenSearch at {settings.opensearch_url} is unreachable: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:
+        print(f"search: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        client.close()
+
+
+def _run(args: argparse.Namespace, settings: Settings, client: Any, prefix: str) -> int:
+    from etl_platform.search import queries
+
+    command = args.search_command
+    if command in ("user", "anomalies", "top-users"):
+        start, end = queries.parse_time(args.start), queries.parse_time(args.end)
+        if command == "user":
+            _print(queries.user_events(client, args.user_id, start, end, prefix, limit=args.limit), args.json)
+        elif command == "anomalies":
+            _print(queries.anomaly_breakdown(client, start, end, prefix, args.event_type, args.source), args.json)
+        else:
+            rows = queries.top_anomalous_users(client, start, end, prefix, limit=args.limit)
+            _print(rows, args.json, None if args.json else
+                   ["user_id", "anomalies", "event_types", "max_value", "last"])
+        return 0
+
+    from etl_platform import aws
+    from etl_platform.search.indexer import IndexerConfig, index_day, replay_failed
+    from etl_platform.search.indices import ensure_templates
+
+    def progress(text: str) -> None:
+        if not args.json:
+            print(text, file=sys.stderr)
+
+    if command == "templates":
+        written = ensure_templates(client, prefix)
+        _print({"written": written}, True) if args.json else print(
+            f"templates written: {', '.join(written)}" if written else "templates already current")
+        return 0
+    s3 = aws.client("s3", settings)
+    if command == "index-day":
+        result = index_day(client, s3, settings.lake_bucket, args.day, prefix, IndexerConfig.from_env(),
+                           progress=progress)
+        out = {"day": args.day.isoformat(), "lake_rows": result.rows, "lake_anomalies": result.anomalies,
+               "events_count": result.events_count, "anomalies_count": result.anomalies_count,
+               "stale_deleted": result.stale_deleted, **result.stats.as_dict()}
+        _print(out if args.json else [out], args.json,
+               None if args.json else ["day", "lake_rows", "events_count", "anomalies_count", "indexed",
+                                       "failed", "retried", "stale_deleted", "seconds"])
+        return 0 if result.stats.failed == 0 else 1
+    # replay-failed
+    replayed = replay_failed(client, s3, settings.lake_bucket, args.day, IndexerConfig.from_env(),
+                             progress=progress)
+    out = {"objects": replayed.objects, "documents": replayed.documents, "deleted": len(replayed.deleted),
+           **replayed.stats.as_dict()}
+    _print(out if args.json else [out], args.json,
+           None if args.json else ["objects", "documents", "indexed", "failed", "deleted", "seconds"])
+    return 0 if replayed.stats.failed == 0 else 1

@@ -1,0 +1,183 @@
+"""The questions people ask the search cluster, as functions returning plain rows (list of dicts).
+
+All of them read through the read aliases (`<prefix>events`, `<prefix>anomalies`), filter on the
+event-time range [start, end) and are exact: hits are paged with `search_after`, aggregations over
+several keys use `composite` (paged with `after_key`), and the top-N user ranking asks every daily
+index for enough terms that the merge is exact for any realistic day (`doc_count_error_upper_bound`
+is returned so a caller can see when it is not). A missing alias (nothing indexed yet) is an empty
+answer, not an error.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from etl_platform.search.indices import ANOMALIES, EVENTS, alias_name
+
+PAGE = 1000
+_RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+USER_EVENT_FIELDS = ("event_time", "event_id", "source", "event_type", "value", "avg_value", "anomaly_status")
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """'now', a relative age ('15m', '2h', '7d' = that long ago), an ISO date or an ISO time (UTC if naive).
+
+    Naive times are read as UTC here (unlike event ingestion) because a person typed them at a prompt.
+    """
+    now = now or datetime.now(UTC)
+    text = text.strip()
+    if text == "now":
+        return now
+    match = _RELATIVE.match(text)
+    if match:
+        return now - timedelta(**{_UNITS[match.group(2)]: int(match.group(1))})
+    try:
+        if len(text) == 10:
+            parsed = datetime.combine(date.fromisoformat(text), datetime.min.time())
+        else:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time: use 'now', an age like 15m/2h/7d, or ISO 8601") from None
+    return parsed.replace(tzinfo=UTC) if parsed.tzinfo is None else parsed.astimezone(UTC)
+
+
+def _millis(moment: datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def _range(start: datetime, end: datetime) -> dict[str, Any]:
+    if end <= start:
+        raise ValueError(f"empty time range: {start.isoformat()} .. {end.isoformat()}")
+    return {"range": {"event_time": {"gte": _millis(start), "lt": _millis(end), "format": "epoch_millis"}}}
+
+
+def _search(client: Any, index: str, body: dict[str, Any]) -> dict[str, Any]:
+    return client.search(index=index, body=body, ignore_unavailable=True, allow_no_indices=True)
+
+
+def user_events(client: Any, user_id: str, start: datetime, end: datetime, prefix: str = "",
+                limit: int = 100, fields: Sequence[str] = USER_EVENT_FIELDS) -> list[dict[str, Any]]:
+    """A user's events in [start, end), oldest first (ties by event_id), at most `limit`."""
+    query = {"bool": {"filter": [{"term": {"user_id": user_id}}, _range(start, end)]}}
+    rows: list[dict[str, Any]] = []
+    after: list[Any] | None = None
+    while len(rows) < limit:
+        body: dict[str, Any] = {
+            "size": min(PAGE, limit - len(rows)), "query": query, "_source": list(fields),
+            "sort": [{"event_time": "asc"}, {"event_id": "asc"}], "track_total_hits": False,
+        }
+        if after is not None:
+            body["search_after"] = after
+        hits = _search(client, alias_name(EVENTS, prefix), body)["hits"]["hits"]
+        rows += [{name: hit["_source"].get(name) for name in fields} for hit in hits]
+        if len(hits) < body["size"]:
+            break
+        after = hits[-1]["sort"]
+    return rows
+
+
+def anomaly_breakdown(client: Any, start: datetime, end: datetime, prefix: str = "",
+                      event_type: str | None = None, source: str | None = None) -> list[dict[str, Any]]:
+    """Anomalies in [start, end) per (event_type, source): count, max and mean value, first and last time.
+
+    Sorted by count (descending), then event_type and source.
+    """
+    filters: list[dict[str, Any]] = [_range(start, end)]
+    if event_type:
+        filters.append({"term": {"event_type": event_type}})
+    if source:
+        filters.append({"term": {"source": source}})
+    composite: dict[str, Any] = {
+        "size": PAGE,
+        "sources": [{"event_type": {"terms": {"field": "event_type"}}}, {"source": {"terms": {"field": "source"}}}],
+    }
+    aggs = {
+        "max_value": {"max": {"field": "value"}},
+        "mean_value": {"avg": {"field": "value"}},
+        "first": {"min": {"field": "event_time"}},
+        "last": {"max": {"field": "event_time"}},
+    }
+    rows: list[dict[str, Any]] = []
+    while True:
+        body = {"size": 0, "query": {"bool": {"filter": filters}},
+                "aggs": {"groups": {"composite": composite, "aggs": aggs}}}
+        result = _search(client, alias_name(ANOMALIES, prefix), body)
+        groups = result.get("aggregations", {}).get("groups", {})
+        for bucket in groups.get("buckets", []):
+            rows.append({
+                "event_type": bucket["key"]["event_type"],
+                "source": bucket["key"]["source"],
+                "anomalies": bucket["doc_count"],
+                "max_value": bucket["max_value"]["value"],
+                "mean_value": bucket["mean_value"]["value"],
+                "first": bucket["first"].get("value_as_string"),
+                "last": bucket["last"].get("value_as_string"),
+            })
+        if "after_key" not in groups or len(groups.get("buckets", [])) < PAGE:
+            break
+        composite["after"] = groups["after_key"]
+    rows.sort(key=lambda r: (-r["anomalies"], r["event_type"], r["source"]))
+    return rows
+
+
+def top_anomalous_users(client: Any, start: datetime, end: datetime, prefix: str = "", limit: int = 10
+                        ) -> list[dict[str, Any]]:
+    """Users with the most anomalies in [start, end); ties broken by user_id. At most `limit` rows."""
+    body = {
+        "size": 0,
+        "query": {"bool": {"filter": [_range(start, end)]}},
+        "aggs": {"users": {
+            "terms": {
+                "field": "user_id", "size": limit, "shard_size": max(1000, limit * 50),
+                "order": [{"_count": "desc"}, {"_key": "asc"}], "show_term_doc_count_error": True,
+            },
+            "aggs": {
+                "event_types": {"cardinality": {"field": "event_type"}},
+                "max_value": {"max": {"field": "value"}},
+                "last": {"max": {"field": "event_time"}},
+            },
+        }},
+    }
+    result = _search(client, alias_name(ANOMALIES, prefix), body)
+    buckets = result.get("aggregations", {}).get("users", {}).get("buckets", [])
+    return [
+        {
+            "user_id": b["key"],
+            "anomalies": b["doc_count"],
+            "event_types": b["event_types"]["value"],
+            "max_value": b["max_value"]["value"],
+            "last": b["last"].get("value_as_string"),
+            "count_error": b.get("doc_count_error_upper_bound", 0),
+        }
+        for b in buckets
+    ]
+
+
+# --- presentation ---------------------------------------------------------------------------------
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4f}".rstrip("0").rstrip(".") if abs(value) < 1e15 else f"{value:.6g}"
+    return str(value)
+
+
+def format_table(rows: Sequence[dict[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """A plain aligned text table (numbers right-aligned), for the terminal."""
+    if not rows:
+        return "(no results)"
+    columns = list(columns or rows[0].keys())
+    cells = [[_cell(row.get(c)) for c in columns] for row in rows]
+    numeric = [all(isinstance(row.get(c), int | float) or row.get(c) is None for row in rows) for c in columns]
+    widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]
+
+    def line(values: Sequence[str]) -> str:
+        parts = [v.rjust(w) if num else v.ljust(w) for v, w, num in zip(values, widths, numeric, strict=True)]
+        return "  ".join(parts).rstrip()
+
+    return "\n".join([line(columns), line(["-" * w for w in widths]), *(line(r) for r in cells)])

@@ -1,0 +1,126 @@
+"""The CloudWatch alarm sensor, and the hooks that publish the micro-batch job's metrics.
+
+Each minute the sensor evaluates `config/alarms.yaml` for the stream from the raw CloudWatch
+statistics (moto never evaluates alarms; in AWS the same alarms also exist in CloudWatch, created by
+`apply_alarms`). An alarm entering ALARM is logged and sent as an alert (kind "alarm") to the
+configured sinks (Dagster log, webhook, SNS) through a per-sink outbox in the lake
+(`_alerts/alarms/outbox/<sink>.json`, `etl_platform.alerts.Outbox`): a sink that is down gets the
+alert on a later tick. Breaches are deduped by alarm name + period start in the sensor cursor; an
+alarm that stays in ALARM is re-sent once per `RENOTIFY_S`, and it alerts again after returning to OK.
+"""
+
+import json
+from datetime import UTC, datetime, timedelta
+
+from dagster import DefaultSensorStatus, HookContext, SensorEvaluationContext, SkipReason, failure_hook, sensor
+
+from etl_platform import aws
+from etl_platform import metrics as m
+from etl_platform.alarms import ALARM, OK, AlarmState, evaluate_states, load_alarms
+from etl_platform.config import load_settings
+from resources import KinesisResource, LakeResource
+
+RENOTIFY_S = 3600  # a still-breaching alarm is re-sent this often
+SENT_RETENTION = timedelta(days=2)  # dedupe keys older than this are forgotten
+ALERT_NAMESPACE = "alarms"
+
+
+def alarm_alert(state: AlarmState, now: datetime):
+    """The alert for a breach: id = dedupe key, so webhook receivers can drop repeats."""
+    from etl_platform.alerts import Alert
+
+    return Alert(
+        id=f"alarm:{state.stream}:{state.key}", kind="alarm", title=f"{state.alarm.name} on {state.stream}",
+        time=now.isoformat(),
+        details={"stream": state.stream, "alarm": state.alarm.name, "metric": state.alarm.metric,
+                 "condition": state.alarm.condition(), "values": list(state.values),
+                 "period_start": state.period_start.isoformat(), "description": state.alarm.description,
+                 "message": state.message()},
+    )
+
+
+def send_alarm_alerts(states: list[AlarmState], settings, s3, bucket: str, log, now: datetime) -> dict[str, str]:
+    """Queue the breaches' alerts in every sink's outbox and deliver what can be; returns sink errors."""
+    from etl_platform.alerts import ALERTS_PREFIX, Outbox, build_sinks
+
+    alerts = [alarm_alert(s, now) for s in states]
+    errors: dict[str, str] = {}
+    for sink in build_sinks(settings, log=log):
+        box = Outbox(s3, bucket, f"{ALERTS_PREFIX}/{ALERT_NAMESPACE}/outbox/{sink.name}.json")
+        box.enqueue(alerts)
+        box.prune(now - SENT_RETENTION)
+        box.save()  # durable before any send, so a crash mid-delivery loses nothing
+        try:
+            _, error = box.deliver(sink, now, limit=100)
+        finally:
+            box.save()
+        if error:
+            errors[sink.name] = error
+    return errors
+
+
+def due_breaches(states: list[AlarmState], cursor: dict, now: datetime) -> list[AlarmState]:
+    """The ALARM states to send now, updating `cursor` ({"sent": {key: iso}, "active": {alarm: iso}})."""
+    sent, active = cursor.setdefault("sent", {}), cursor.setdefault("active", {})
+    due = []
+    for state in states:
+        name = state.alarm.name
+        if state.state == OK:
+            active.pop(name, None)
+        if state.state != ALARM or state.key in sent:
+            continue
+        last = active.get(name)
+        if last is not None and (now - datetime.fromisoformat(last)).total_seconds() < RENOTIFY_S:
+            continue
+        sent[state.key] = active[name] = now.isoformat()
+        due.append(state)
+    horizon = now - SENT_RETENTION
+    cursor["sent"] = {k: v for k, v in sent.items() if datetime.fromisoformat(v) >= horizon}
+    return due
+
+
+@sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING,
+        description="Evaluates config/alarms.yaml against CloudWatch each minute and alerts on breaches "
+        "(throttling, host CPU, delivery failures, consumer lag).")
+def cloudwatch_alarms_sensor(context: SensorEvaluationContext, kinesis: KinesisResource, lake: LakeResource
+                             ) -> SkipReason:
+    settings = load_settings()
+    now = datetime.now(UTC)
+    stream = kinesis.stream_name
+    states = evaluate_states(aws.client("cloudwatch", settings), load_alarms(), stream, now)
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    due = due_breaches(states, cursor, now)
+    for state in due:
+        context.log.warning(f"ALARM {state.message()}")
+    errors: dict[str, str] = {}
+    if due:
+        errors = send_alarm_alerts(due, settings, lake.client(), lake.bucket, context.log.warning, now)
+        for sink, error in errors.items():
+            context.log.error(f"alarm alert sink {sink} failed (alert kept pending): {error}")
+    context.update_cursor(json.dumps(cursor, sort_keys=True))
+    summary = ", ".join(f"{s.alarm.name}={s.state}" for s in states)
+    return SkipReason(f"{len(due)} new breach(es); {summary}" + (f"; sink errors: {errors}" if errors else ""))
+
+
+# --- metrics publishing for the micro-batch job ----------------------------------------------------
+def publish_batch_metrics(stream: str, result, log=None) -> None:
+    """Publish a committed batch's metrics and the host CPU; never fails the batch (logs instead)."""
+    try:
+        datums = m.batch_metrics(stream, result) + m.host_metrics(stream, m.host_cpu_percent(interval_s=0.1))
+        m.publish(aws.client("cloudwatch", load_settings()), datums)
+    except Exception as exc:  # metrics are best-effort: the batch is already durable
+        if log is not None:
+            log.warning(f"could not publish metrics for {stream}: {type(exc).__name__}: {exc}")
+
+
+@failure_hook(required_resource_keys={"kinesis"})
+def delivery_failure_metrics(context: HookContext) -> None:
+    """On a failed micro-batch op: DeliveryToS3.Errors=1, DeliveryToS3.Success=0 (the delivery alarm)."""
+    stream = context.resources.kinesis.stream_name
+    try:
+        m.publish(aws.client("cloudwatch", load_settings()), m.failed_batch_metrics(stream))
+    except Exception as exc:
+        context.log.warning(f"could not publish failure metrics for {stream}: {type(exc).__name__}: {exc}")
+
+
+alarm_sensors = [cloudwatch_alarms_sensor]

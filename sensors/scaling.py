@@ -1,0 +1,100 @@
+"""The shard-scaling schedule: every 5 minutes, read the stream's load from CloudWatch, decide, apply.
+
+Thin glue over `etl_platform.scaling.scale_stream`. The decision (inputs, target, reason) is the op's
+output metadata and an observation of the `kinesis_stream` asset, so the UI shows each tick's "why".
+Runs carry the `etl/scaler` tag: the production run queue limits it to one in flight, so a slow
+reshard never overlaps the next tick. Config defaults come from ETL_SCALING_* (see ScalingPolicy).
+"""
+
+from datetime import UTC, datetime
+
+from dagster import (
+    AssetKey,
+    AssetObservation,
+    Config,
+    DefaultScheduleStatus,
+    MetadataValue,
+    OpExecutionContext,
+    Output,
+    ScheduleDefinition,
+    job,
+    op,
+)
+from pydantic import Field
+
+from etl_platform import aws
+from etl_platform.config import load_settings
+from etl_platform.scaling import ScalingHistory, ScalingPolicy, scale_stream
+from resources import KinesisResource, LakeResource
+
+SCALER_TAG = "etl/scaler"
+
+
+class ScaleStreamConfig(Config):
+    dry_run: bool = Field(default=False, description="decide and record, but do not call UpdateShardCount")
+    target_utilization: float | None = Field(default=None, description="default: ETL_SCALING_* or 0.7")
+    min_shards: int | None = None
+    max_shards: int | None = None
+    cooldown_minutes: float | None = None
+    window_minutes: int | None = None
+    missing_data: str | None = Field(default=None, description="hold | zero")
+    scale_in_window_minutes: int | None = None
+    wait_s: float = Field(default=120.0, description="how long to wait for the stream to be ACTIVE again")
+
+
+def _metadata(report) -> dict:
+    d, obs = report.decision, report.observation
+    return {
+        "action": d.action,
+        "current_shards": d.current_shards,
+        "target_shards": d.target_shards,
+        "required_shards": d.required_shards if d.required_shards is not None else -1,
+        "reason": d.reason,
+        "records_per_s": round(obs.records_per_s, 3) if obs.records_per_s is not None else -1.0,
+        "bytes_per_s": round(obs.bytes_per_s, 3) if obs.bytes_per_s is not None else -1.0,
+        "dry_run": report.dry_run,
+        "applied": report.applied,
+        "scalings_last_24h": len(report.history),
+        "report": MetadataValue.json(report.as_dict()),
+    }
+
+
+@op(description="Observe IncomingRecords/IncomingBytes, decide the shard count, apply it unless dry-run.")
+def scale_kinesis_stream(
+    context: OpExecutionContext, config: ScaleStreamConfig, kinesis: KinesisResource, lake: LakeResource
+) -> Output[dict]:
+    settings = load_settings()
+    policy = ScalingPolicy.from_env(
+        target_utilization=config.target_utilization, min_shards=config.min_shards, max_shards=config.max_shards,
+        cooldown_s=None if config.cooldown_minutes is None else config.cooldown_minutes * 60,
+        window_minutes=config.window_minutes, missing_data=config.missing_data,
+        scale_in_window_minutes=config.scale_in_window_minutes,
+    )
+    stream = kinesis.stream_name
+    report = scale_stream(
+        kinesis.client(), aws.client("cloudwatch", settings), ScalingHistory(lake.client(), lake.bucket, stream),
+        stream, policy, now=datetime.now(UTC), dry_run=config.dry_run, wait_s=config.wait_s,
+    )
+    context.log.info(f"stream {stream}: {report.decision.reason}" + (" (dry run)" if config.dry_run else ""))
+    metadata = _metadata(report)
+    context.log_event(AssetObservation(asset_key=AssetKey("kinesis_stream"), metadata=metadata))
+    return Output(report.as_dict(), metadata=metadata)
+
+
+@job(tags={SCALER_TAG: "kinesis"}, description="One pass of the shard scaler (seed: scale_kinesis_stream).")
+def kinesis_scaling_job() -> None:
+    scale_kinesis_stream()
+
+
+kinesis_scaling_schedule = ScheduleDefinition(
+    name="kinesis_scaling_schedule",
+    job=kinesis_scaling_job,
+    cron_schedule="*/5 * * * *",
+    execution_timezone="UTC",
+    default_status=DefaultScheduleStatus.STOPPED,
+    description="Every 5 minutes: scale the stream's shards to its CloudWatch load (target 70%, 15 min "
+    "cool-down, at most 2x/0.5x per step and 10 scalings per 24 h).",
+)
+
+scaling_jobs = [kinesis_scaling_job]
+scaling_schedules = [kinesis_scaling_schedule]

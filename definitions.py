@@ -7,7 +7,7 @@ from dagster import Definitions
 from assets import all_assets, all_checks
 from etl_platform.config import load_settings
 from resources import build_resources
-from sensors import all_sensors, jobs
+from sensors import all_schedules, all_sensors, jobs
 
 settings = load_settings()  # fails here, at load, with the name of any bad setting
 
@@ -16,5 +16,6 @@ defs = Definitions(
     asset_checks=all_checks,
     jobs=jobs,
     sensors=all_sensors,
+    schedules=all_schedules,
     resources=build_resources(settings),
 )

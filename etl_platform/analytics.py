@@ -14,18 +14,21 @@ How it stays fast and exact
 ---------------------------
 The cost of a batch is O(rows in the batch), never O(keys touched x window). Each key's history is
 split into aligned *blocks* of ``B`` positions (``B >= 2 * (max window + 1)``, so a window spans at
-most two blocks). Every block has a *pivot* ``c`` (the first value of a key, then the median of the
-three values before the block starts: it follows drifting series and ignores an isolated spike), and
-for each position we keep the block-local prefix sums ``E1 = sum(x - c)`` and ``E2 = sum((x - c)^2)``.
-A window's count, mean and M2 then come from two prefix values (the window end and the position before
-its start), combined across a block boundary with Chan's parallel formula. Because the sums are of
-shifted values and restart every block, a 1e9-magnitude series with unit noise loses nothing and
-rounding error never accumulates along the stream. Windows whose values are all equal (tracked by the
-start of the current run of equal values) are answered exactly: mean = that value, stddev = 0.0.
+most two blocks). Every block has a *pivot* ``c`` (its first value, so drifting series stay close to
+it), and for each position we keep the block-local prefix sums ``E1 = sum(x - c)`` and
+``E2 = sum((x - c)^2)``. A window's mean and M2 then come from two prefix values (the window end and
+the position before its start); a window reaching into the previous block re-expresses that part
+around the current pivot. Because the sums are of shifted values and restart every block, a
+1e9-magnitude series with unit noise loses nothing and rounding error never accumulates along the
+stream. Windows whose values are all equal (tracked by the start of the current run of equal values)
+are answered exactly: mean = that value, stddev = 0.0, so only a differing value is an anomaly.
 
 Per key the state is the prefix sums of the last ``max(avg_rows, baseline_rows) + 1`` positions (a
-ring) plus nine scalars, so memory is bounded by keys x window. A batch is sorted by key once; window
-predecessors inside the batch are plain shifts, older ones are gathered from the ring.
+ring) plus nine scalars, so memory is bounded by keys x window, whatever the stream length. A batch is
+sorted by key once; window predecessors inside the batch are plain shifts, older ones are gathered
+from the ring, and prefix sums inside the batch come from a segmented scan (log2 of the longest run
+of one key's rows in a block). The whole batch is one vectorized Polars plan plus one scatter into the
+state; only the order of floating-point additions depends on the batch cuts.
 
 Input rules: the key columns and ``value`` must be present; ``value`` must be numeric, non-null and
 finite (NaN and +/-inf are rejected: they have no meaningful rolling statistics and would poison the
@@ -38,7 +41,7 @@ import io
 import json
 import math
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import polars as pl
 
@@ -59,11 +62,13 @@ VALUE = "value"
 AVG_VALUE = "avg_value"
 ANOMALY_STATUS = "anomaly_status"
 
-# Per-key scalar state, describing the key's last row: n = rows seen, rs = start position of the run
-# of equal values ending there, x1..x3 = last three values, c = pivot of its block, tp1/tp2/cp = the
-# previous block's final prefix sums and pivot.
-_INT_STATE = ("n", "rs")
-_FLOAT_STATE = ("x1", "x2", "x3", "c", "tp1", "tp2", "cp")
+# Per-key state lives in one flat Float64 array, 2 * ring + len(_FIELDS) slots per key: [ring | fields].
+# The ring holds the block-local prefix sums (E1, E2 side by side) of the key's last ``ring``
+# positions (slot = 2 * (position % ring)); the fields describe the key's last row: n = rows seen,
+# rs = start position of the run of equal values ending there, x1 = its value, c = its block's pivot,
+# tp1/tp2/cp = the previous block's final prefix sums and pivot, e1l/e2l = its prefix sums. Counts are
+# stored as float64, exact up to 2**53 rows per key.
+_FIELDS = ("n", "rs", "x1", "c", "tp1", "tp2", "cp", "e1l", "e2l")
 
 
 class AnalyticsError(ValueError):
@@ -108,12 +113,7 @@ class RollingAnomalyDetector:
             raise AnalyticsConfigError(
                 f"baseline_rows must be an integer >= 2 (STDDEV_SAMP needs two rows), got {baseline_rows!r}"
             )
-        if (
-            isinstance(sigmas, bool)
-            or not isinstance(sigmas, int | float)
-            or not math.isfinite(sigmas)
-            or sigmas <= 0
-        ):
+        if isinstance(sigmas, bool) or not isinstance(sigmas, int | float) or not math.isfinite(sigmas) or sigmas <= 0:
             raise AnalyticsConfigError(f"sigmas must be a finite number > 0, got {sigmas!r}")
         if isinstance(keys, str):
             raise AnalyticsConfigError(f"keys must be a sequence of column names, not the string {keys!r}")
@@ -124,21 +124,19 @@ class RollingAnomalyDetector:
             raise AnalyticsConfigError(f"keys must be non-empty column names, got {keys!r}")
         if len(set(keys)) != len(keys):
             raise AnalyticsConfigError(f"keys must not repeat a column, got {keys!r}")
-        if VALUE in keys:
-            raise AnalyticsConfigError(f"keys must not include the {VALUE!r} column")
+        if VALUE in keys or "__kid" in keys:
+            raise AnalyticsConfigError(f"keys must not include the {VALUE!r} column (or the reserved '__kid')")
         self.avg_rows = avg_rows
         self.baseline_rows = baseline_rows
         self.sigmas = float(sigmas)
         self.keys = keys
         self._ring = max(avg_rows, baseline_rows) + 1
         self._block = _block_size(self._ring)
-        self._keytab: pl.DataFrame | None = None  # key columns + "__kid", row i has kid i
+        self._stride = 2 * self._ring + len(_FIELDS)
+        self._keytab: pl.DataFrame | None = None  # key columns + "__kid"; row i has kid i
         self._nkeys = 0
         self._cap = 0
-        self._ints: dict[str, pl.Series] = {k: pl.Series(k, [], pl.Int64) for k in _INT_STATE}
-        self._floats: dict[str, pl.Series] = {k: pl.Series(k, [], pl.Float64) for k in _FLOAT_STATE}
-        self._e1 = pl.Series("e1", [], pl.Float64)  # ring of E1, slot kid * ring + pos % ring
-        self._e2 = pl.Series("e2", [], pl.Float64)
+        self._mem = pl.Series("state", [], pl.Float64)
         self._plans: dict[int, list[list[pl.Expr]]] = {}
 
     # ------------------------------------------------------------------ introspection
@@ -152,6 +150,12 @@ class RollingAnomalyDetector:
             return pl.DataFrame(schema=dict.fromkeys(self.keys, pl.Null))
         return self._keytab.drop("__kid")
 
+    def state_bytes(self) -> int:
+        """Bytes of per-key state held (state array rows in use plus the key table), for metrics."""
+        if self._keytab is None:
+            return 0
+        return self._nkeys * self._stride * 8 + int(self._keytab.estimated_size())
+
     def __repr__(self) -> str:
         return (
             f"RollingAnomalyDetector(avg_rows={self.avg_rows}, baseline_rows={self.baseline_rows}, "
@@ -162,31 +166,27 @@ class RollingAnomalyDetector:
     def _validate(self, batch: pl.DataFrame) -> pl.Series:
         """Check a batch before anything changes; returns ``value`` as Float64."""
         if not isinstance(batch, pl.DataFrame):
-            raise AnalyticsInputError(
-                f"batch must be a polars DataFrame, got {type(batch).__name__}", column="<batch>"
-            )
+            raise AnalyticsInputError(f"batch must be a polars DataFrame, got {type(batch).__name__}", column="<batch>")
+        schema = batch.schema
         for col in (*self.keys, VALUE):
-            if col not in batch.columns:
+            if col not in schema:
                 raise AnalyticsInputError(
                     f"batch is missing required column {col!r} (required: {', '.join((*self.keys, VALUE))})",
                     column=col,
                 )
         raw = batch.get_column(VALUE)
         if not raw.dtype.is_numeric():
-            casted = raw.cast(pl.Float64, strict=False) if raw.dtype == pl.String else None
-            if casted is not None:
-                bad = (casted.is_null() & raw.is_not_null()).arg_true()
+            row = 0
+            if raw.dtype == pl.String:  # point at the first string that is not a number
+                bad = (raw.cast(pl.Float64, strict=False).is_null() & raw.is_not_null()).arg_true()
                 row = int(bad[0]) if len(bad) else 0
-            else:
-                row = 0
             shown = raw[row] if len(raw) else None
             raise AnalyticsInputError(
-                f"column {VALUE!r} must be numeric, got dtype {raw.dtype} "
-                f"(first offending row {row}: {shown!r})",
+                f"column {VALUE!r} must be numeric, got dtype {raw.dtype} (first offending row {row}: {shown!r})",
                 column=VALUE,
                 row=row,
             )
-        value = raw.cast(pl.Float64)
+        value = raw if raw.dtype == pl.Float64 else raw.cast(pl.Float64)
         if value.null_count():
             row = int(value.is_null().arg_true()[0])
             raise AnalyticsInputError(
@@ -194,9 +194,8 @@ class RollingAnomalyDetector:
                 column=VALUE,
                 row=row,
             )
-        finite = value.is_finite()
-        if not finite.all():
-            row = int((~finite).arg_true()[0])
+        if len(value) and not value.is_finite().all():
+            row = int(value.is_finite().not_().arg_true()[0])
             raise AnalyticsInputError(
                 f"column {VALUE!r} has a non-finite value {value[row]!r} at row {row} (first offending "
                 "row); NaN and infinities are rejected",
@@ -205,7 +204,7 @@ class RollingAnomalyDetector:
             )
         if self._keytab is not None:
             for col in self.keys:
-                want, got = self._keytab.schema[col], batch.schema[col]
+                want, got = self._keytab.schema[col], schema[col]
                 if got != want and got != pl.Null:
                     raise AnalyticsInputError(
                         f"key column {col!r} has dtype {got}, but this detector's state holds {want} "
@@ -217,41 +216,33 @@ class RollingAnomalyDetector:
 
     # ------------------------------------------------------------------ state storage
     def _reserve(self, nkeys: int) -> None:
-        """Grow the per-key arrays (capacity only: no semantic state changes)."""
+        """Grow the state array (capacity only: no semantic state changes)."""
         if nkeys <= self._cap:
             return
         cap = max(nkeys, 2 * self._cap, 1024)
-        extra = cap - self._cap
-        for k, s in self._ints.items():
-            self._ints[k] = pl.concat([s, pl.zeros(extra, pl.Int64, eager=True)], rechunk=True).rename(k)
-        for k, s in self._floats.items():
-            self._floats[k] = pl.concat([s, pl.zeros(extra, pl.Float64, eager=True)], rechunk=True).rename(k)
-        ring_extra = pl.zeros(extra * self._ring, pl.Float64, eager=True)
-        self._e1 = pl.concat([self._e1, ring_extra], rechunk=True).rename("e1")
-        self._e2 = pl.concat([self._e2, ring_extra], rechunk=True).rename("e2")
+        # One spare key region at the end takes the writes that _commit discards.
+        used = self._mem.head(self._cap * self._stride)
+        extra = pl.zeros((cap + 1 - self._cap) * self._stride, pl.Float64, eager=True)
+        self._mem = pl.concat([used, extra], rechunk=True).rename("state")
         self._cap = cap
 
-    def _key_ids(self, batch: pl.DataFrame) -> tuple[pl.Series, pl.DataFrame | None]:
-        """Map each row to its key id; returns the ids and the new key table if keys were added."""
+    def _key_frame(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+        """The batch's key columns (all-null columns cast to the state's dtype) and the key table."""
         kf = batch.select(self.keys)
         if self._keytab is None:
-            tab = kf.clear().with_columns(pl.lit(None, pl.Int64).alias("__kid"))
-        else:
-            tab = self._keytab
-            kf = kf.cast({c: tab.schema[c] for c in self.keys if kf.schema[c] == pl.Null})
-        joined = kf.join(tab, on=list(self.keys), how="left", nulls_equal=True, maintain_order="left")
-        kid = joined.get_column("__kid")
-        if not kid.null_count():
-            return kid, None
+            return kf, kf.clear().with_columns(pl.lit(None, pl.Int64).alias("__kid"))
+        tab = self._keytab
+        nulls = {c: tab.schema[c] for c in self.keys if kf.schema[c] == pl.Null}
+        return (kf.cast(nulls) if nulls else kf), tab
+
+    def _with_new_keys(self, kf: pl.DataFrame, tab: pl.DataFrame) -> pl.DataFrame:
+        """The key table plus the batch's unseen keys, numbered in order of first appearance."""
         new = (
-            joined.filter(pl.col("__kid").is_null())
-            .select(self.keys)
+            kf.join(tab, on=list(self.keys), how="anti", nulls_equal=True, maintain_order="left")
             .unique(maintain_order=True)
-            .with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + self._nkeys).alias("__kid"))
+            .with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + tab.height).alias("__kid"))
         )
-        newtab = pl.concat([tab, new], how="vertical")
-        kid = kf.join(newtab, on=list(self.keys), how="left", nulls_equal=True, maintain_order="left")
-        return kid.get_column("__kid"), newtab
+        return pl.concat([tab, new], how="vertical")
 
     # ------------------------------------------------------------------ processing
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
@@ -262,257 +253,314 @@ class RollingAnomalyDetector:
         value = self._validate(batch)
         n = batch.height
         if n == 0:
-            return batch.with_columns(
-                pl.Series(AVG_VALUE, [], pl.Float64), pl.Series(ANOMALY_STATUS, [], pl.String)
-            )
-        kid, newtab = self._key_ids(batch)
-        nkeys_after = self._nkeys if newtab is None else newtab.height
-        self._reserve(nkeys_after)
-        sorted_rows, commit = self._compute(kid, value)
-        # Everything below mutates state; nothing below can fail on bad input.
-        commit()
-        if newtab is not None:
-            self._keytab = newtab
-            self._nkeys = nkeys_after
-        perm = sorted_rows.get_column("i")
-        avg = pl.zeros(n, pl.Float64, eager=True).scatter(perm, sorted_rows.get_column("avg"))
-        anomaly = pl.repeat(False, n, eager=True).scatter(perm, sorted_rows.get_column("anom"))
-        status = pl.select(
-            pl.when(pl.lit(anomaly)).then(pl.lit("ANOMALY")).otherwise(pl.lit("NORMAL"))
-        ).to_series()
-        return batch.with_columns(avg.alias(AVG_VALUE), status.alias(ANOMALY_STATUS))
+            avg = pl.Series(AVG_VALUE, [], pl.Float64)
+            status = pl.Series(ANOMALY_STATUS, [], pl.String)
+        else:
+            kf, tab = self._key_frame(batch)
+            rows = self._sorted_rows(kf, tab, value)
+            if rows.height < n:  # unseen keys: number them, then join again
+                tab = self._with_new_keys(kf, tab)
+                self._reserve(tab.height)  # capacity only; no semantic change yet
+                rows = self._sorted_rows(kf, tab, value)
+            w = self._compute(rows)
+            # Only now does the state change; nothing below depends on the input's validity.
+            self._commit(w)
+            self._keytab, self._nkeys = tab, tab.height
+            avg, status = w.get_column(AVG_VALUE), w.get_column(ANOMALY_STATUS)
+        if AVG_VALUE in batch.columns or ANOMALY_STATUS in batch.columns:
+            return batch.with_columns(avg, status)
+        return batch.hstack([avg, status])
+
+    def _sorted_rows(self, kf: pl.DataFrame, tab: pl.DataFrame, value: pl.Series) -> pl.DataFrame:
+        """(kid, x, i) per row, sorted by key id and then arrival; rows of unseen keys are left out.
+
+        An inner join with the key table in "right_left" order sorts by key id, stably, in one step.
+        """
+        return (
+            kf.lazy()
+            .with_columns(value.alias("x"))
+            .with_row_index("i")
+            .join(tab.lazy(), on=list(self.keys), how="inner", nulls_equal=True, maintain_order="right_left")
+            .select(pl.col("__kid").alias("kid"), "x", "i")
+            .collect(engine="in-memory")
+        )
+
+    def _compute(self, rows: pl.DataFrame) -> pl.DataFrame:
+        """Run the window plan for one batch; returns its rows sorted by key with results and state.
+
+        Rows come sorted by key, so "k rows earlier for the same key" is a plain shift guarded by
+        ``loc >= k`` (loc = index of the row among its key's rows in this batch), and the state of a
+        key is gathered from the flat state array. Expressions are kept flat, one stage per dependency
+        level, because polars expands shared sub-expressions instead of reusing them; the number of
+        operations is what costs, so every test is written in its cheapest form, and the expressions
+        are built once and cached (only the few that read the state array are built per batch).
+        """
+        R, W = self._ring, self._stride
+        ka, kb = self.avg_rows + 1, self.baseline_rows + 1
+        col, when, lit = pl.col, pl.when, pl.lit
+        mem = self._mem
+        kw, slot, pr, r = col("kw"), col("slot"), col("pr"), col("r")
+        trash = self._cap * W  # a spare key region: writes that must not land go here
+
+        def back_slot(k: int) -> pl.Expr:
+            # Ring slot of the position k back (always a valid slot; read only when needed).
+            kr = k % R
+            return slot if kr == 0 else when(pr >= kr).then(slot - 2 * kr).otherwise(slot + 2 * (R - kr))
+
+        dynamic = {
+            # The key's state fields (zero-copy views of the state array, gathered by key).
+            1: [lit(mem.slice(2 * R + i)).gather(kw).alias(f"s_{f}") for i, f in enumerate(_FIELDS)],
+            # Fields are written from the key's last row only, the ring from its last `ring` rows.
+            2: [when(col("last")).then(kw + 2 * R).otherwise(trash).alias("fbase")],
+            5: [
+                when(col("lastr") - r < R).then(slot).otherwise(trash).alias("ridx"),
+                lit(mem).gather(back_slot(ka)).alias("g_a"),
+                lit(mem).gather(back_slot(kb)).alias("g_b1"),
+                lit(mem.slice(1)).gather(back_slot(kb)).alias("g_b2"),
+            ],
+        }
+        lf = rows.lazy()
+        for i, stage in enumerate(self._first_stages()):
+            lf = lf.with_columns(stage + dynamic.get(i, []))
+        w = lf.collect(engine="in-memory")
+        del dynamic  # drop the views of the state array before it is written to
+        steps = int(w.get_column("ql").max()).bit_length()  # type: ignore[arg-type]
+        lf = w.lazy()
+        for stage in self._stages(steps):
+            lf = lf.with_columns(stage)
+        return lf.collect(engine="in-memory")
+
+    def _first_stages(self) -> list[list[pl.Expr]]:
+        """First half of the plan, up to the prefix-sum increments (built once, then cached)."""
+        cached = self._plans.get(-1)
+        if cached is not None:
+            return cached
+        B, R, W = self._block, self._ring, self._stride
+        Wa, Wb = self.avg_rows, self.baseline_rows
+        col, when, lit = pl.col, pl.when, pl.lit
+        x, r, loc, pos, gs, kw = (col(c) for c in ("x", "r", "loc", "pos", "gs", "kw"))
+        pm, pr = col("pm"), col("pr")
+        inb = col("inb")
+        d = x - col("c")
+        cont = gs & (pm != 0)  # first row of the key here, continuing a block from the state
+        stages = [
+            [
+                pl.int_range(pl.len(), dtype=pl.Int64).alias("r"),
+                (col("kid") != col("kid").shift(1)).fill_null(True).alias("gs"),
+                (col("kid") * W).alias("kw"),
+                pl.col("i").arg_sort().alias("inv"),  # sorted position of each input row
+            ],
+            [
+                gs.shift(-1).fill_null(True).alias("last"),
+                (r - when(gs).then(r).otherwise(0).cum_max()).alias("loc"),
+            ],
+            [
+                (col("s_n").cast(pl.Int64) + loc).alias("pos"),
+                col("s_rs").cast(pl.Int64).alias("s_rsi"),
+                # Row index of the key's last row in this batch.
+                when(col("last")).then(r).otherwise(pl.len()).cum_min(reverse=True).alias("lastr"),
+                when(loc >= 1).then(x.shift(1)).otherwise(col("s_x1")).alias("xp1"),
+            ],
+            [
+                (pos % B).alias("pm"),  # position inside the block
+                (pos % R).alias("pr"),  # ring slot number
+                ((pos == 0) | (x != col("xp1"))).alias("newrun"),
+                pl.min_horizontal(pos, lit(Wb, pl.Int64)).alias("nb"),  # baseline window length
+                (pl.min_horizontal(pos, lit(Wa, pl.Int64)) + 1).alias("na"),  # avg window length
+            ],
+            [
+                (kw + 2 * pr).alias("slot"),  # this row's ring slot (E1; E2 is next to it)
+                (pm <= loc).alias("inb"),  # the row's block started inside this batch ...
+                (r - pm).alias("j"),  # ... at this row
+                pl.min_horizontal(pm, loc).alias("ql"),  # index inside the (key, block) run of rows
+                when(col("newrun") | gs).then(r).otherwise(0).cum_max().alias("rstart"),
+                when(col("newrun")).then(pos).otherwise(col("s_rsi")).alias("rsv"),
+                # Window [pos - na + 1, pos] (avg) / [pos - nb, pos - 1] (baseline) reaches back into
+                # the previous block (B > 2 * ring, so never further), or starts at a block start.
+                ((pm < Wa) & (pos >= B)).alias("xa"),
+                ((pm < Wb) & (pm > 0) & (pos >= B)).alias("xb"),
+                ((pos <= Wa) | (pm == Wa)).alias("za"),
+                ((pos <= Wb) | (pm == Wb)).alias("zb"),
+            ],
+            [
+                # Pivot of the row's block: the block's first value.
+                when(inb).then(x.gather(when(inb).then(col("j")))).otherwise(col("s_c")).alias("c"),
+                col("rsv").gather(col("rstart")).alias("rsr"),  # start of the run of equal values
+                when(inb).then(col("j")).alias("jn"),
+            ],
+            [
+                when(cont).then(col("s_e1l") + d).otherwise(d).alias("E1"),
+                when(cont).then(col("s_e2l") + d * d).otherwise(d * d).alias("E2"),
+            ],
+        ]
+        self._plans[-1] = stages
+        return stages
 
     def _stages(self, steps: int) -> list[list[pl.Expr]]:
-        """The per-batch plan as flat expression stages (built once per scan depth, then cached).
-
-        Rows arrive sorted by key, so "k rows earlier for the same key" is a plain shift guarded by
-        ``loc >= k`` (loc = index of the row among its key's rows in this batch). Expressions stay
-        flat, one stage per dependency level, because polars expands shared sub-expressions.
-        """
+        """Second half of the plan (no state references, so built once per scan depth and cached)."""
         cached = self._plans.get(steps)
         if cached is not None:
             return cached
-        B = self._block
         Wa, Wb = self.avg_rows, self.baseline_rows
+        ka, kb = Wa + 1, Wb + 1
         col, when, lit = pl.col, pl.when, pl.lit
-        x, loc, pos, gs, bstart = (col(c) for c in ("x", "loc", "pos", "gs", "bstart"))
-
-        def prev(name: str, k: int, fallback: pl.Expr) -> pl.Expr:
-            """Value of ``name`` k rows earlier for the same key, else the fallback (from state)."""
-            return when(loc >= k).then(col(name).shift(k)).otherwise(fallback)
-
-        def carry(start_value: pl.Expr, state: str) -> pl.Expr:
-            """Forward fill within a key, seeded at the key's first row with its state value."""
-            return when(gs & start_value.is_null()).then(col(state)).otherwise(start_value).forward_fill()
-
+        x, loc, pos, pm, nb, na = (col(c) for c in ("x", "loc", "pos", "pm", "nb", "na"))
+        xa, xb = col("xa"), col("xb")
         stages: list[list[pl.Expr]] = []
-        stages.append(
-            [
-                (pos % B == 0).alias("bstart"),
-                (pos // B).alias("blk"),
-                prev("x", 1, when(col("s_n") >= 1).then(col("s_x1"))).alias("xp1"),
-                prev("x", 2, when(loc == 1).then(col("s_x1")).otherwise(col("s_x2"))).alias("xp2"),
-                prev(
-                    "x",
-                    3,
-                    when(loc == 2).then(col("s_x1")).when(loc == 1).then(col("s_x2")).otherwise(col("s_x3")),
-                ).alias("xp3"),
-                pl.max_horizontal(pos - Wa, lit(0, pl.Int64)).alias("sa"),
-                pl.min_horizontal(pos, lit(Wb, pl.Int64)).alias("nb"),
-            ]
-        )
-        median3 = pl.max_horizontal(
-            pl.min_horizontal("xp1", "xp2"), pl.min_horizontal(pl.max_horizontal("xp1", "xp2"), "xp3")
-        )
-        newrun = col("xp1").is_null() | (x != col("xp1"))
-        r = col("r")
-        stages.append(
-            [
-                # Block pivot: the key's first value, then the median of the 3 values before the block.
-                carry(when(bstart).then(when(pos == 0).then(x).otherwise(median3)), "s_c").alias("c"),
-                # Start position of the run of equal values ending at this row.
-                carry(when(newrun).then(pos), "s_rs").alias("rsr"),
-                (r - when(gs | bstart).then(r).forward_fill()).alias("ql"),
-                (pos - col("nb")).alias("sb"),
-                (pos - col("sa") + 1).alias("na"),
-            ]
-        )
-        d = x - col("c")
-        cont = gs & ~bstart
-        stages.append(
-            [
-                when(cont).then(col("s_e1") + d).otherwise(d).alias("E1"),
-                when(cont).then(col("s_e2") + d * d).otherwise(d * d).alias("E2"),
-            ]
-        )
         # Segmented inclusive scan (Hillis-Steele) inside each (key, block) run of rows.
         for i in range(steps):
-            step = 1 << i
-            has = col("ql") >= step
+            has = col("ql") >= (1 << i)
             stages.append(
                 [
-                    (col("E1") + when(has).then(col("E1").shift(step)).otherwise(0.0)).alias("E1"),
-                    (col("E2") + when(has).then(col("E2").shift(step)).otherwise(0.0)).alias("E2"),
+                    (col("E1") + when(has).then(col("E1").shift(1 << i)).otherwise(0.0)).alias("E1"),
+                    (col("E2") + when(has).then(col("E2").shift(1 << i)).otherwise(0.0)).alias("E2"),
                 ]
             )
 
-        def older(name: str, k: int) -> pl.Expr:
-            """Prefix value k positions back: a shift inside the batch, else the ring value gathered."""
-            return when(loc >= k).then(col(name).shift(k)).otherwise(col(f"g_{name}_{k}"))
+        def back(name: str, k: int, fallback: str) -> pl.Expr:
+            """Value of ``name`` k rows earlier for the same key, else ``fallback`` (from the state)."""
+            return when(loc >= k).then(col(name).shift(k)).otherwise(col(fallback))
 
         stages.append(
             [
-                prev("E1", 1, col("s_e1")).alias("E1p"),
-                prev("E2", 1, col("s_e2")).alias("E2p"),
-                prev("c", 1, col("s_c")).alias("cpr"),
-                prev("rsr", 1, col("s_rs")).alias("rsp"),
-                older("E1", Wa + 1).alias("E1a"),
-                older("E1", Wb + 1).alias("E1b"),
-                older("E2", Wb + 1).alias("E2b"),
+                back("E1", 1, "s_e1l").alias("E1p"),
+                back("E2", 1, "s_e2l").alias("E2p"),
+                back("c", 1, "s_c").alias("cpr"),
+                back("rsr", 1, "s_rsi").alias("rsp"),
+                # Prefix sums just before each window's first row (0 at a block start).
+                when(col("za")).then(0.0).otherwise(back("E1", ka, "g_a")).alias("e1sa"),
+                when(col("zb")).then(0.0).otherwise(back("E1", kb, "g_b1")).alias("e1sb"),
+                when(col("zb")).then(0.0).otherwise(back("E2", kb, "g_b2")).alias("e2sb"),
             ]
         )
+        inb, jn = col("inb"), col("jn")
         stages.append(
             [
-                # Final prefix sums and pivot of the block before each row's block.
-                carry(when(bstart).then(col("E1p")), "s_tp1").alias("Tp1"),
-                carry(when(bstart).then(col("E2p")), "s_tp2").alias("Tp2"),
-                carry(when(bstart).then(col("cpr")), "s_cp").alias("cp"),
-                # avg window [sa, pos]: does it reach into the previous block?
-                (col("sa") // B != col("blk")).alias("xa"),
-                when(col("sa") % B != 0).then(col("E1a")).otherwise(0.0).alias("e1sa"),
-                # baseline window [sb, pos - 1]
-                (col("sb") // B != (pos - 1) // B).alias("xb"),
-                when(col("sb") % B != 0).then(col("E1b")).otherwise(0.0).alias("e1sb"),
-                when(col("sb") % B != 0).then(col("E2b")).otherwise(0.0).alias("e2sb"),
+                # Final prefix sums and pivot of the previous block: the row before the block's start.
+                when(inb).then(col("E1p").gather(jn)).otherwise(col("s_tp1")).alias("Tp1"),
+                when(inb).then(col("E2p").gather(jn)).otherwise(col("s_tp2")).alias("Tp2"),
+                when(inb).then(col("cpr").gather(jn)).otherwise(col("s_cp")).alias("cp"),
             ]
         )
-        # Each window = part A (tail of the previous block; empty unless crossing) + part B.
+        # A window = part A (tail of the previous block, relative to its pivot cp; only when
+        # crossing) + part B (relative to c). Part A is re-expressed around c: with delta = cp - c,
+        # sum(x - c) = A1 + nA * delta and sum((x - c)^2) = A2 + delta * (2 * A1 + nA * delta).
+        e1sa, e1sb, e2sb = col("e1sa"), col("e1sb"), col("e2sb")
         stages.append(
             [
-                prev("Tp1", 1, col("s_tp1")).alias("Tp1p"),
-                prev("Tp2", 1, col("s_tp2")).alias("Tp2p"),
-                prev("cp", 1, col("s_cp")).alias("cpp"),
-                when(col("xa")).then(col("blk") * B - col("sa")).otherwise(0).alias("naA"),
-                when(col("xa")).then(col("Tp1") - col("e1sa")).otherwise(0.0).alias("a1a"),
-                when(col("xa")).then(col("E1")).otherwise(col("E1") - col("e1sa")).alias("b1a"),
-                when(col("xb")).then((pos - 1) // B * B - col("sb")).otherwise(0).alias("nbA"),
-                when(col("xb")).then(col("E1p")).otherwise(col("E1p") - col("e1sb")).alias("b1b"),
-                when(col("xb")).then(col("E2p")).otherwise(col("E2p") - col("e2sb")).alias("b2b"),
+                (col("cp") - col("c")).alias("dcp"),
+                when(xa).then(col("Tp1") - e1sa).otherwise(-e1sa).alias("A1a"),
+                when(xb).then(col("Tp1") - e1sb).otherwise(-e1sb).alias("A1b"),
+                when(xb).then(col("Tp2") - e2sb).otherwise(-e2sb).alias("A2b"),
+                when(xa).then(Wa - pm).otherwise(0).alias("nAa"),
+                when(xb).then(Wb - pm).otherwise(0).alias("nAb"),
             ]
         )
+        dcp, A1b, nAb = col("dcp"), col("A1b"), col("nAb")
         stages.append(
             [
-                when(col("rsr") <= col("sa"))
-                .then(x)
-                .otherwise(
-                    col("c") + (col("a1a") + col("b1a") + col("naA") * (col("cp") - col("c"))) / col("na")
-                )
-                .alias("avg"),
-                when(col("xb")).then(col("Tp1p") - col("e1sb")).otherwise(0.0).alias("a1b"),
-                when(col("xb")).then(col("Tp2p") - col("e2sb")).otherwise(0.0).alias("a2b"),
-                (col("nb") - col("nbA")).alias("nbB"),
+                (col("E1") + col("A1a") + col("nAa") * dcp).alias("S1a"),
+                (col("E1p") + A1b + nAb * dcp).alias("S1b"),
+                (col("E2p") + col("A2b") + when(xb).then(dcp * (2 * A1b + nAb * dcp)).otherwise(0.0)).alias("S2b"),
             ]
         )
+        S1b = col("S1b")
+        constant_b = col("rsp") <= pos - nb  # all baseline values equal: exact mean, stddev 0
         stages.append(
             [
-                when(col("xb")).then(col("a1b") / col("nbA")).otherwise(0.0).alias("mA"),
-                (col("b1b") / col("nbB")).alias("mB"),
+                # A crossing window never ends at a block start, so the baseline pivot is c there.
+                when(col("rsr") <= pos - na + 1).then(x).otherwise(col("c") + col("S1a") / na).alias("avg"),
+                when(constant_b).then(col("xp1")).otherwise(col("cpr") + S1b / nb).alias("mean"),
+                when(constant_b).then(0.0).otherwise(col("S2b") - S1b * S1b / nb).alias("m2"),
             ]
         )
-        # Chan et al.: M2 = M2_A + M2_B + delta^2 * nA * nB / n, with both parts shifted by their pivots.
-        mean = col("cpr") + (col("a1b") + col("b1b") + col("nbA") * (col("cpp") - col("cpr"))) / col("nb")
-        delta = (col("cpr") - col("cpp")) + (col("mB") - col("mA"))
-        constant = col("rsp") <= col("sb")
+        std = (pl.max_horizontal("m2", lit(0.0)) / (nb - 1)).sqrt()
         stages.append(
             [
-                when(constant).then(col("xp1")).otherwise(mean).alias("mean"),
-                when(constant)
-                .then(0.0)
-                .otherwise(
-                    (col("a2b") - col("a1b") * col("mA"))
-                    + (col("b2b") - col("b1b") * col("mB"))
-                    + delta * delta * (col("nbA") * col("nbB")) / col("nb")
-                )
-                .alias("m2"),
+                ((nb >= 2) & ((x - col("mean")).abs() > self.sigmas * std)).alias("anom"),
+                (pos + 1).cast(pl.Float64).alias("nf"),
+                col("rsr").cast(pl.Float64).alias("rsf"),
             ]
         )
-        std = (pl.max_horizontal("m2", lit(0.0)) / (col("nb") - 1)).sqrt()
+        inv = col("inv")
         stages.append(
             [
-                ((col("nb") >= 2) & ((x - col("mean")).abs() > self.sigmas * std)).fill_null(False).alias("anom"),
-                (col("kid") != col("kid").shift(-1)).fill_null(True).alias("last"),
+                (col("ridx") + 1).alias("ridx2"),  # state slots written by _commit (E2, fields)
+                *((col("fbase") + i).alias(f"fidx{i}") for i in range(len(_FIELDS))),
+                col("avg").gather(inv).alias(AVG_VALUE),  # back in input order
+                when(col("anom").gather(inv)).then(lit("ANOMALY")).otherwise(lit("NORMAL")).alias(ANOMALY_STATUS),
             ]
         )
         self._plans[steps] = stages
         return stages
 
-    def _compute(self, kid: pl.Series, value: pl.Series) -> tuple[pl.DataFrame, Callable[[], None]]:
-        """Compute the windows for one batch; returns rows sorted by key and a commit closure."""
-        R = self._ring
-        Wa, Wb = self.avg_rows, self.baseline_rows
-        col, when = pl.col, pl.when
-        n = len(kid)
-        w = pl.DataFrame({"kid": kid, "x": value}).with_row_index("i").sort("kid", maintain_order=True)
-        skid = w.get_column("kid")
-        # State of every row's key, gathered with sorted (cache-friendly) ids.
-        state = [s.gather(skid).alias(f"s_{k}") for k, s in self._ints.items()]
-        state += [s.gather(skid).alias(f"s_{k}") for k, s in self._floats.items()]
-        w = w.hstack(state)
-        r = pl.int_range(pl.len(), dtype=pl.Int64)
-        gs = (col("kid") != col("kid").shift(1)).fill_null(True)
-        w = w.with_columns(r.alias("r"), gs.alias("gs"), (r - when(gs).then(r).forward_fill()).alias("loc"))
-        w = w.with_columns((col("s_n") + col("loc")).alias("pos"))
-
-        def slot(k: int) -> pl.Expr:
-            # Ring slot of the prefix k positions back, for rows whose predecessor precedes the batch.
-            return when((col("loc") < k) & (col("pos") >= k)).then(col("kid") * R + (col("pos") - k) % R)
-
-        last_slot = col("kid") * R + (col("s_n") + (R - 1)) % R
-        slots = w.select(last_slot.alias("l"), slot(Wa + 1).alias("a"), slot(Wb + 1).alias("b"))
-        w = w.hstack(
-            [
-                self._e1.gather(slots.get_column("l")).alias("s_e1"),
-                self._e2.gather(slots.get_column("l")).alias("s_e2"),
-                self._e1.gather(slots.get_column("a")).alias(f"g_E1_{Wa + 1}"),
-                self._e1.gather(slots.get_column("b")).alias(f"g_E1_{Wb + 1}"),
-                self._e2.gather(slots.get_column("b")).alias(f"g_E2_{Wb + 1}"),
-            ]
+    def _commit(self, w: pl.DataFrame) -> None:
+        """Write the batch's ring entries and last-row fields into the state array with one scatter."""
+        values = {
+            "n": "nf",
+            "rs": "rsf",
+            "x1": "x",
+            "c": "c",
+            "tp1": "Tp1",
+            "tp2": "Tp2",
+            "cp": "cp",
+            "e1l": "E1",
+            "e2l": "E2",
+        }
+        idx = pl.concat(
+            [w.get_column(c) for c in ("ridx", "ridx2", *(f"fidx{i}" for i in range(len(_FIELDS))))], rechunk=True
         )
-        steps = max(0, (min(self._block, n) - 1).bit_length())
-        lf = w.lazy()
-        for stage in self._stages(steps):
-            lf = lf.with_columns(stage)
-        w = lf.collect(engine="in-memory")
+        val = pl.concat([w.get_column(c) for c in ("E1", "E2", *(values[f] for f in _FIELDS))], rechunk=True)
+        self._mem.scatter(idx, val)
 
-        # ---- state after the batch
-        pos = col("pos")
-        lastrows = w.filter(col("last")).select(
-            "kid",
-            (pos + 1).alias("n"),
-            col("rsr").alias("rs"),
-            col("x").alias("x1"),
-            col("xp1").fill_null(0.0).alias("x2"),
-            col("xp2").fill_null(0.0).alias("x3"),
-            "c",
-            col("Tp1").fill_null(0.0).alias("tp1"),
-            col("Tp2").fill_null(0.0).alias("tp2"),
-            col("cp").fill_null(0.0).alias("cp"),
+    # ------------------------------------------------------------------ resharding
+    @classmethod
+    def merge(cls, detectors: Sequence[RollingAnomalyDetector]) -> RollingAnomalyDetector:
+        """One detector holding the keys of several (a child shard starting from its parents' state).
+
+        All must share one configuration. A key held by more than one keeps the state that has seen
+        the most rows: after a split, each child starts from the whole parent state, so a later merge
+        of the children finds stale copies of the keys the other child owned, and the copy that went
+        on is the one with more rows (equal counts mean the copies are identical).
+        """
+        detectors = list(detectors)
+        if not detectors:
+            raise AnalyticsConfigError("merge needs at least one detector")
+        first = detectors[0]
+        for other in detectors[1:]:
+            if other._config() != first._config():
+                raise AnalyticsConfigError(
+                    f"cannot merge detectors with different configurations: {first._config()} vs {other._config()}"
+                )
+        out = cls(avg_rows=first.avg_rows, baseline_rows=first.baseline_rows, sigmas=first.sigmas, keys=first.keys)
+        W = first._stride
+        parts = []
+        for det in detectors:
+            if det._keytab is None or det._nkeys == 0:
+                continue
+            k = det._nkeys
+            state = det._mem.head(k * W).reshape((k, W))
+            parts.append(det._keytab.drop("__kid").with_columns(state.alias("state")))
+        if not parts:
+            return out
+        table = pl.concat(parts, how="vertical_relaxed").with_row_index("__order")
+        n_col = pl.col("state").arr.get(2 * first._ring + _FIELDS.index("n"))
+        table = (
+            table.sort(n_col, "__order", descending=[True, False])
+            .unique(subset=list(first.keys), keep="first", maintain_order=True)
+            .sort("__order")
+            .drop("__order")
         )
-        n_after = when(col("last")).then(pos + 1).backward_fill()
-        ringrows = w.filter(pos >= n_after - R).select((col("kid") * R + pos % R).alias("slot"), "E1", "E2")
-        sorted_rows = w.select("i", "avg", "anom")
+        out._load_table(table)
+        return out
 
-        def commit() -> None:
-            ids = lastrows.get_column("kid")
-            for k in _INT_STATE:
-                self._ints[k].scatter(ids, lastrows.get_column(k))
-            for k in _FLOAT_STATE:
-                self._floats[k].scatter(ids, lastrows.get_column(k))
-            slots = ringrows.get_column("slot")
-            self._e1.scatter(slots, ringrows.get_column("E1"))
-            self._e2.scatter(slots, ringrows.get_column("E2"))
-
-        return sorted_rows, commit
+    def _load_table(self, table: pl.DataFrame) -> None:
+        """Install per-key state from a (keys..., state) table; the detector must be empty."""
+        k, W = table.height, self._stride
+        self._keytab = table.select(self.keys).with_columns(pl.int_range(k, dtype=pl.Int64).alias("__kid"))
+        self._nkeys = k
+        self._reserve(k)
+        self._mem.scatter(pl.int_range(k * W, dtype=pl.Int64, eager=True), table.get_column("state").reshape((k * W,)))
 
     # ------------------------------------------------------------------ snapshot / restore
     def _config(self) -> dict[str, object]:
@@ -523,20 +571,20 @@ class RollingAnomalyDetector:
             "keys": list(self.keys),
             "block": self._block,
             "ring": self._ring,
+            "layout": ["ring(e1,e2)", *_FIELDS],
         }
 
     def snapshot(self) -> bytes:
-        """The whole state as versioned bytes: magic, version, JSON config header, Arrow IPC table."""
-        k, R = self._nkeys, self._ring
+        """The whole state as versioned bytes: magic, version, JSON config header, Arrow IPC table.
+
+        The table has one row per key: the key columns and ``state``, a fixed-size list of
+        ``2 * ring + 9`` float64 (the header's ``layout``).
+        """
+        k, W = self._nkeys, self._stride
         if self._keytab is None:
             table = pl.DataFrame()
         else:
-            cols: list[pl.Series] = [*self._keytab.drop("__kid").get_columns()]
-            cols += [s.head(k) for s in self._ints.values()]
-            cols += [s.head(k) for s in self._floats.values()]
-            cols.append(self._e1.head(k * R).reshape((k, R)).alias("e1"))
-            cols.append(self._e2.head(k * R).reshape((k, R)).alias("e2"))
-            table = pl.DataFrame(cols)
+            table = self._keytab.drop("__kid").with_columns(self._mem.head(k * W).reshape((k, W)).alias("state"))
         buf = io.BytesIO()
         table.write_ipc(buf, compression="uncompressed")
         header = json.dumps(self._config(), sort_keys=True).encode()
@@ -564,25 +612,18 @@ class RollingAnomalyDetector:
                 sigmas=cfg["sigmas"],
                 keys=cfg["keys"],
             )
-            if det._ring != cfg["ring"] or det._block != cfg["block"]:
-                raise AnalyticsSnapshotError("snapshot block layout does not match this engine")
+            layout = (cfg["ring"], cfg["block"], cfg["layout"])
             table = pl.read_ipc(io.BytesIO(blob[start + hlen :]))
-        except AnalyticsSnapshotError:
-            raise
+        except AnalyticsError as exc:
+            raise AnalyticsSnapshotError(f"corrupt snapshot config: {exc}") from exc
         except Exception as exc:  # corrupt header or payload
-            raise AnalyticsSnapshotError(f"corrupt snapshot: {exc}") from exc
+            raise AnalyticsSnapshotError(f"corrupt snapshot: {exc!r}") from exc
+        if layout != (det._ring, det._block, det._config()["layout"]):
+            raise AnalyticsSnapshotError("snapshot state layout does not match this engine version")
         if table.width == 0:
             return det
-        k, R = table.height, det._ring
-        det._keytab = table.select(det.keys).with_columns(pl.int_range(k, dtype=pl.Int64).alias("__kid"))
-        det._nkeys = k
-        det._reserve(k)
-        idx = pl.int_range(k, dtype=pl.Int64, eager=True)
-        for name in _INT_STATE:
-            det._ints[name].scatter(idx, table.get_column(name).cast(pl.Int64))
-        for name in _FLOAT_STATE:
-            det._floats[name].scatter(idx, table.get_column(name).cast(pl.Float64))
-        ring_idx = pl.int_range(k * R, dtype=pl.Int64, eager=True)
-        det._e1.scatter(ring_idx, table.get_column("e1").reshape((k * R,)))
-        det._e2.scatter(ring_idx, table.get_column("e2").reshape((k * R,)))
+        W = det._stride
+        if table.columns != [*det.keys, "state"] or table.schema["state"] != pl.Array(pl.Float64, W):
+            raise AnalyticsSnapshotError(f"snapshot table has unexpected columns {table.schema}")
+        det._load_table(table)
         return det

@@ -20,12 +20,16 @@ def _dagster_up(url: str) -> bool:
 
 
 def bootstrap(settings: Settings, log=print) -> None:
-    """Create the stream and the lake bucket the platform writes to."""
+    """Create the stream and the lake bucket, encrypt them, set retention/lifecycle, apply the alarms."""
+    from etl_platform.alarms import apply_alarms, load_alarms
     from etl_platform.provisioning import ensure_bucket, ensure_stream
+    from etl_platform.security import secure_platform
 
     ensure_stream(aws.client("kinesis", settings), settings.stream_name)
     ensure_bucket(aws.client("s3", settings), settings.lake_bucket, settings.aws_region)
-    log(f"stream {settings.stream_name} and bucket {settings.lake_bucket} ready")
+    secure_platform(settings, log=log)
+    alarms = apply_alarms(aws.client("cloudwatch", settings), load_alarms(), settings.stream_name)
+    log(f"stream {settings.stream_name} and bucket {settings.lake_bucket} ready; {len(alarms)} alarms applied")
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
@@ -108,13 +112,19 @@ def _demo_events(rate: float, duration: float, seed: int):
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from etl_platform.metrics import ProducerMetricsReporter
     from etl_platform.producer import KinesisProducer, ProducerError
 
     progress = Progress(args.quiet)
-    producer = KinesisProducer(
-        aws.client("kinesis", settings), args.stream or settings.stream_name, compress=args.gzip,
-        progress=lambda st: progress(f"produce: {st.summary()}"),
-    )
+    stream = args.stream or settings.stream_name
+    # IncomingRecords/IncomingBytes for CloudWatch: the shard scaler and the throttling alarm read them.
+    reporter = ProducerMetricsReporter(aws.client("cloudwatch", settings), stream)
+
+    def on_progress(stats) -> None:
+        progress(f"produce: {stats.summary()}")
+        reporter.update(stats)
+
+    producer = KinesisProducer(aws.client("kinesis", settings), stream, compress=args.gzip, progress=on_progress)
     if args.file:
         events = _events_from_file(args.file)
     else:
@@ -132,6 +142,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         progress.done()
         return 0
     progress.done()
+    reporter.flush(stats)
     for rejected in stats.rejected[:10]:
         print(f"rejected: {rejected.reason}", file=sys.stderr)
     print(json.dumps({"sent": stats.sent, "failed": stats.failed, "retried": stats.retried,
@@ -228,9 +239,11 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--no-index", action="store_true", help="skip near-real-time OpenSearch indexing")
     consume.set_defaults(func=cmd_consume)
 
+    from etl_platform.scaling_cli import add_scale_parser
     from etl_platform.search.cli import add_search_parser
 
     add_search_parser(sub)
+    add_scale_parser(sub)
     return parser
 
 

@@ -10,25 +10,29 @@ alarm that stays in ALARM is re-sent once per `RENOTIFY_S`, and it alerts again 
 """
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from dagster import DefaultSensorStatus, HookContext, SensorEvaluationContext, SkipReason, failure_hook, sensor
 
 from etl_platform import aws
 from etl_platform import metrics as m
 from etl_platform.alarms import ALARM, OK, AlarmState, evaluate_states, load_alarms
-from etl_platform.config import load_settings
+from etl_platform.alerts import ALERTS_PREFIX, Alert, Outbox, build_sinks
+from etl_platform.config import Settings, load_settings
+from etl_platform.consumer import BatchResult
 from resources import KinesisResource, LakeResource
 
 RENOTIFY_S = 3600  # a still-breaching alarm is re-sent this often
 SENT_RETENTION = timedelta(days=2)  # dedupe keys older than this are forgotten
 ALERT_NAMESPACE = "alarms"
+# Few in-tick retries: the outbox retries on the next tick anyway, and a slow sink must not stall the sensor.
+WEBHOOK_RETRIES = {"attempts": 2, "backoff_s": 0.5}
 
 
-def alarm_alert(state: AlarmState, now: datetime):
+def alarm_alert(state: AlarmState, now: datetime) -> Alert:
     """The alert for a breach: id = dedupe key, so webhook receivers can drop repeats."""
-    from etl_platform.alerts import Alert
-
     return Alert(
         id=f"alarm:{state.stream}:{state.key}", kind="alarm", title=f"{state.alarm.name} on {state.stream}",
         time=now.isoformat(),
@@ -39,13 +43,12 @@ def alarm_alert(state: AlarmState, now: datetime):
     )
 
 
-def send_alarm_alerts(states: list[AlarmState], settings, s3, bucket: str, log, now: datetime) -> dict[str, str]:
+def send_alarm_alerts(states: list[AlarmState], settings: Settings, s3: Any, bucket: str,
+                      log: Callable[[str], None], now: datetime) -> dict[str, str]:
     """Queue the breaches' alerts in every sink's outbox and deliver what can be; returns sink errors."""
-    from etl_platform.alerts import ALERTS_PREFIX, Outbox, build_sinks
-
     alerts = [alarm_alert(s, now) for s in states]
     errors: dict[str, str] = {}
-    for sink in build_sinks(settings, log=log):
+    for sink in build_sinks(settings, log=log, webhook_kwargs=WEBHOOK_RETRIES):
         box = Outbox(s3, bucket, f"{ALERTS_PREFIX}/{ALERT_NAMESPACE}/outbox/{sink.name}.json")
         box.enqueue(alerts)
         box.prune(now - SENT_RETENTION)
@@ -92,18 +95,17 @@ def cloudwatch_alarms_sensor(context: SensorEvaluationContext, kinesis: KinesisR
     due = due_breaches(states, cursor, now)
     for state in due:
         context.log.warning(f"ALARM {state.message()}")
-    errors: dict[str, str] = {}
-    if due:
-        errors = send_alarm_alerts(due, settings, lake.client(), lake.bucket, context.log.warning, now)
-        for sink, error in errors.items():
-            context.log.error(f"alarm alert sink {sink} failed (alert kept pending): {error}")
+    # Every tick, not only with new breaches: alerts a sink failed to take earlier are retried.
+    errors = send_alarm_alerts(due, settings, lake.client(), lake.bucket, context.log.warning, now)
+    for sink, error in errors.items():
+        context.log.error(f"alarm alert sink {sink} failed (alert kept pending): {error}")
     context.update_cursor(json.dumps(cursor, sort_keys=True))
     summary = ", ".join(f"{s.alarm.name}={s.state}" for s in states)
     return SkipReason(f"{len(due)} new breach(es); {summary}" + (f"; sink errors: {errors}" if errors else ""))
 
 
 # --- metrics publishing for the micro-batch job ----------------------------------------------------
-def publish_batch_metrics(stream: str, result, log=None) -> None:
+def publish_batch_metrics(stream: str, result: BatchResult, log: Any = None) -> None:
     """Publish a committed batch's metrics and the host CPU; never fails the batch (logs instead)."""
     try:
         datums = m.batch_metrics(stream, result) + m.host_metrics(stream, m.host_cpu_percent(interval_s=0.1))

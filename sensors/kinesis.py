@@ -35,6 +35,7 @@ from etl_platform.consumer import BatchResult, ConsumerConfig, StreamConsumer
 from etl_platform.search.indexer import search_sink
 from etl_platform.shards import readable_shards
 from resources import KinesisResource, LakeResource, OpenSearchResource
+from sensors.alarms import delivery_failure_metrics, publish_batch_metrics
 
 SHARD_TAG = "etl/shard"
 IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
@@ -86,9 +87,13 @@ def consume_shard_batch(
         f"behind={result.millis_behind_latest}ms timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
     )
     log_materializations(context, result)
+    publish_batch_metrics(kinesis.stream_name, result, context.log)
 
 
-@job(description="One micro-batch of one shard: read, decode, deliver raw, analyse, deliver processed, commit.")
+@job(
+    hooks={delivery_failure_metrics},
+    description="One micro-batch of one shard: read, decode, deliver raw, analyse, deliver processed, commit.",
+)
 def kinesis_microbatch_job() -> None:
     consume_shard_batch()
 

@@ -1,0 +1,366 @@
+"""The stream analytics engine against DuckDB running the seed's window SQL (tests/unit/analytics_reference).
+
+Results must not depend on batch cuts or snapshot/restore points, must stay exact for 1e9-magnitude
+and constant series, and bad input must be rejected clearly without touching the state.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import struct
+
+import polars as pl
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from etl_platform.analytics import (
+    AnalyticsConfigError,
+    AnalyticsInputError,
+    AnalyticsSnapshotError,
+    RollingAnomalyDetector,
+)
+from tests.unit.analytics_reference import reference
+
+KEYS = ("user_id", "event_type")
+SMALL = {"avg_rows": 3, "baseline_rows": 5, "sigmas": 2.0}  # blocks of 32 rows: many block crossings
+
+
+def stream(
+    n: int,
+    users: int,
+    *,
+    seed: int,
+    center: float = 100.0,
+    noise: float = 10.0,
+    spikes: float = 0.01,
+    repeats: float = 0.0,
+) -> pl.DataFrame:
+    """A generated stream in arrival order; ``repeats`` = share of values copied from the key's last."""
+    rng = random.Random(seed)
+    types = ["click", "view", "buy"]
+    last: dict[tuple[str, str], float] = {}
+    rows = []
+    for _ in range(n):
+        key = (f"u{rng.randrange(users):04d}", rng.choice(types))
+        if key in last and rng.random() < repeats:
+            v = last[key]
+        elif rng.random() < spikes:
+            v = center + rng.choice((-1, 1)) * rng.uniform(20, 60) * noise
+        else:
+            v = center + rng.gauss(0.0, noise)
+        last[key] = v
+        rows.append((*key, v))
+    return pl.DataFrame(rows, schema={"user_id": pl.String, "event_type": pl.String, "value": pl.Float64}, orient="row")
+
+
+def run(det: RollingAnomalyDetector, df: pl.DataFrame, cuts: list[int], restore_after: set[int] = frozenset()):
+    """Feed ``df`` in batches of the given sizes (cycled), optionally snapshot/restore after batch i."""
+    outs, start, i = [], 0, 0
+    while start < df.height or i == 0:
+        size = cuts[i % len(cuts)] if cuts else df.height
+        outs.append(det.process(df.slice(start, size)))
+        if i in restore_after:
+            det = RollingAnomalyDetector.restore(det.snapshot())
+        start += size
+        i += 1
+        if not cuts:
+            break
+    return pl.concat(outs), det
+
+
+def assert_matches(got: pl.DataFrame, want: pl.DataFrame) -> None:
+    """anomaly_status row for row; avg_value within 1e-9 relative (absolute only where the truth is 0)."""
+    assert got.height == want.height
+    bad = [i for i, (a, b) in enumerate(zip(got["anomaly_status"], want["anomaly_status"], strict=True)) if a != b]
+    assert not bad, f"anomaly_status differs at rows {bad[:10]}"
+    for i, (a, b) in enumerate(zip(got["avg_value"], want["avg_value"], strict=True)):
+        assert math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12 if b == 0 else 0.0), f"avg_value row {i}: {a} vs {b}"
+
+
+# ---------------------------------------------------------------------------------------------- exactness
+
+
+def test_one_pass_matches_duckdb_with_block_crossings():
+    df = stream(3000, 4, seed=1, repeats=0.05)  # ~250 rows per key: crosses the 202-row blocks
+    got, det = run(RollingAnomalyDetector(), df, [])
+    want = reference(df)
+    assert_matches(got, want)
+    assert (want["anomaly_status"] == "ANOMALY").sum() > 10
+    assert len(det) == df.select(KEYS).n_unique()
+
+
+DF_CUTS = stream(700, 5, seed=2, repeats=0.1)
+WANT_CUTS = reference(DF_CUTS, **SMALL)
+
+
+@settings(max_examples=15, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=120), min_size=1, max_size=12).filter(any),
+    restores=st.sets(st.integers(min_value=0, max_value=40), max_size=6),
+)
+def test_any_batch_cuts_and_restore_points_give_the_one_pass_result(cuts, restores):
+    got, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), DF_CUTS, cuts, restores)
+    assert_matches(got, WANT_CUTS)
+
+
+def test_default_windows_across_cuts_and_restores():
+    df = stream(2500, 3, seed=3, repeats=0.05)
+    want = reference(df)
+    for cuts, restores in (([1, 7, 0, 333], {0, 2, 5}), ([997], {1}), ([250, 1, 1, 1], set(range(0, 60, 3)))):
+        got, _ = run(RollingAnomalyDetector(), df, cuts, restores)
+        assert_matches(got, want)
+
+
+def test_large_magnitude_values_with_unit_noise():
+    """Values near 1e9 with unit noise: naive running sums of squares would lose all precision."""
+    df = stream(4000, 2, seed=4, center=1e9, noise=1.0, spikes=0.02)
+    want = reference(df)
+    assert 10 < (want["anomaly_status"] == "ANOMALY").sum() < 400
+    for cuts in ([], [1, 13, 400], [640]):
+        got, _ = run(RollingAnomalyDetector(), df, cuts, {3})
+        assert_matches(got, want)
+    got, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), df, [77], {1, 4})
+    assert_matches(got, reference(df, **SMALL))
+
+
+def test_drifting_large_magnitude_series():
+    """A random walk from 1e12 with a strong trend: the block pivots follow it."""
+    rng = random.Random(5)
+    v, values = 1e12, []
+    for _ in range(3000):
+        v += 1000.0 + rng.gauss(0, 5.0)
+        values.append(v)
+    df = pl.DataFrame({"user_id": ["u"] * 3000, "event_type": ["e"] * 3000, "value": values})
+    got, _ = run(RollingAnomalyDetector(), df, [333], {2})
+    assert_matches(got, reference(df))
+
+
+def test_constant_series_has_stddev_exactly_zero():
+    """0.1 is inexact in binary: the mean must still be exactly 0.1 and equal values never anomalies."""
+    values = [0.1] * 150 + [0.7] * 150 + [0.7, 0.7000000000000001] + [0.1] * 120
+    df = pl.DataFrame({"user_id": ["u"] * len(values), "event_type": ["e"] * len(values), "value": values})
+    for cuts in ([], [1, 1, 150], [7, 50]):
+        got, _ = run(RollingAnomalyDetector(), df, cuts, {0, 3})
+        status = got["anomaly_status"].to_list()
+        assert status[:150] == ["NORMAL"] * 150
+        assert got["avg_value"][:150].to_list() == [0.1] * 150  # exactly, not 0.09999999999999999
+        assert status[150] == "ANOMALY"  # first deviation from a constant baseline
+        assert status[300] == "NORMAL"  # equal to the constant 0.7 baseline
+        assert status[301] == "ANOMALY"  # one ulp away from it: any deviation counts
+        assert_matches(got, reference(df))
+    # The bare seed SQL in DuckDB gets this wrong (its AVG of a hundred 0.1s is not 0.1):
+    bare = reference(df, exact_constant=False)
+    assert (bare["anomaly_status"][:150] == "ANOMALY").sum() > 0
+
+
+def test_constant_runs_inside_noise_and_exact_values():
+    df = stream(3000, 3, seed=6, repeats=0.6, spikes=0.0)  # long runs of repeated values
+    got, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), df, [5, 1, 300], {1, 2})
+    assert_matches(got, reference(df, **SMALL))
+    ones = pl.DataFrame({"user_id": ["a"] * 400, "event_type": ["b"] * 400, "value": [1e9] * 399 + [1e9 + 1]})
+    got, _ = run(RollingAnomalyDetector(), ones, [128])
+    assert got["anomaly_status"].to_list() == ["NORMAL"] * 399 + ["ANOMALY"]
+    assert got["avg_value"][:399].to_list() == [1e9] * 399
+
+
+def test_many_keys_in_one_batch_and_across_batches():
+    df = stream(30_000, 3000, seed=7)  # ~9,000 keys
+    want = reference(df)
+    got, det = run(RollingAnomalyDetector(), df, [20_000, 9_999, 1], {0})
+    assert_matches(got, want)
+    assert len(det) == df.select(KEYS).n_unique() > 8000
+
+
+def test_empty_and_one_row_batches():
+    df = stream(150, 2, seed=8)
+    want = reference(df, **SMALL)
+    got, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), df, [0, 1, 0, 1, 2], {0, 1, 7})
+    assert_matches(got, want)
+    empty = RollingAnomalyDetector().process(df.clear())
+    assert empty.height == 0
+    assert empty.schema == pl.Schema({**df.schema, "avg_value": pl.Float64, "anomaly_status": pl.String})
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"avg_rows": 3, "baseline_rows": 5, "sigmas": 2.0},
+        {"avg_rows": 0, "baseline_rows": 2, "sigmas": 1.0},
+        {"avg_rows": 40, "baseline_rows": 7, "sigmas": 0.5},
+    ],
+)
+def test_non_default_configuration(config):
+    df = stream(1500, 4, seed=9, repeats=0.1)
+    got, _ = run(RollingAnomalyDetector(keys=KEYS, **config), df, [17, 200], {2})
+    assert_matches(got, reference(df, **config))
+
+
+def test_single_key_column_null_keys_and_integer_values():
+    rng = random.Random(10)
+    df = pl.DataFrame(
+        {
+            "device": [rng.choice([None, 1, 2, 3]) for _ in range(800)],
+            "value": [rng.randrange(-50, 50) for _ in range(800)],  # Int64 with many repeats
+        }
+    )
+    got, det = run(RollingAnomalyDetector(keys=("device",), **SMALL), df, [33], {4})
+    assert_matches(got, reference(df, keys=("device",), **SMALL))
+    assert got["value"].dtype == pl.Int64 and len(det) == 4  # null is a key of its own, as in SQL
+
+
+def test_input_order_and_extra_columns_are_kept():
+    df = stream(500, 6, seed=11).with_columns(
+        pl.int_range(pl.len()).alias("seq"),
+        pl.lit("x").alias("note"),
+        pl.struct(a=pl.lit(1)).alias("attrs"),
+    )
+    got, _ = run(RollingAnomalyDetector(), df, [123])
+    assert got.columns == [*df.columns, "avg_value", "anomaly_status"]
+    assert got.drop("avg_value", "anomaly_status").equals(df)
+    assert got.schema["avg_value"] == pl.Float64 and got.schema["anomaly_status"] == pl.String
+    assert set(got["anomaly_status"]) <= {"ANOMALY", "NORMAL"}
+    # Re-processing an output frame replaces the two columns instead of duplicating them.
+    again = RollingAnomalyDetector().process(got)
+    assert again.columns == got.columns
+    assert_matches(again, got)
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+
+def _bad_value_column(values: list) -> pl.DataFrame:
+    return pl.DataFrame({"user_id": ["u"] * len(values), "event_type": ["e"] * len(values), "value": values})
+
+
+@pytest.mark.parametrize(
+    ("batch", "column", "row", "words"),
+    [
+        (pl.DataFrame({"user_id": ["u"], "value": [1.0]}), "event_type", None, "missing"),
+        (pl.DataFrame({"event_type": ["e"], "value": [1.0]}), "user_id", None, "missing"),
+        (pl.DataFrame({"user_id": ["u"], "event_type": ["e"]}), "value", None, "missing"),
+        (_bad_value_column(["1.5", "2", "2.5", "abc", "x"]), "value", 3, "numeric"),
+        (_bad_value_column([True, False]), "value", 0, "numeric"),
+        (_bad_value_column([1.0, 2.0, None, 4.0]), "value", 2, "null"),
+        (_bad_value_column([1.0, 2.0, 3.0, float("nan")]), "value", 3, "nan"),
+        (_bad_value_column([1.0, float("inf")]), "value", 1, "inf"),
+        (pl.DataFrame({"user_id": [7], "event_type": ["e"], "value": [1.0]}), "user_id", 0, "dtype"),
+    ],
+)
+def test_bad_batches_are_rejected_and_leave_the_state_unchanged(batch, column, row, words):
+    good = stream(600, 3, seed=12)
+    first, second = good.slice(0, 300), good.slice(300)
+    det = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    det.process(first)
+    before = det.snapshot()
+    with pytest.raises(AnalyticsInputError) as info:
+        det.process(batch)
+    err = info.value
+    assert isinstance(err, ValueError)
+    assert err.column == column and err.row == row
+    message = str(err).lower()
+    assert f"'{column}'" in message and words in message
+    if row is not None:
+        assert f"row {row}" in message
+    assert det.snapshot() == before
+    fresh = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    fresh.process(first)
+    assert det.process(second).equals(fresh.process(second))
+
+
+def test_not_a_dataframe():
+    with pytest.raises(AnalyticsInputError, match="polars DataFrame"):
+        RollingAnomalyDetector().process([{"user_id": "u"}])  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "setting"),
+    [
+        ({"avg_rows": -1}, "avg_rows"),
+        ({"avg_rows": 2.5}, "avg_rows"),
+        ({"baseline_rows": 1}, "baseline_rows"),
+        ({"sigmas": 0}, "sigmas"),
+        ({"sigmas": -1.0}, "sigmas"),
+        ({"sigmas": float("nan")}, "sigmas"),
+        ({"keys": ()}, "keys"),
+        ({"keys": "user_id"}, "keys"),
+        ({"keys": ("a", "a")}, "keys"),
+        ({"keys": ("value",)}, "keys"),
+    ],
+)
+def test_invalid_configuration_names_the_setting(kwargs, setting):
+    with pytest.raises(AnalyticsConfigError, match=setting) as info:
+        RollingAnomalyDetector(**kwargs)
+    assert isinstance(info.value, ValueError)
+
+
+# ---------------------------------------------------------------------------------------------- state
+
+
+def test_snapshot_round_trip_is_deterministic_and_keeps_the_config():
+    df = stream(900, 5, seed=13)
+    det = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    det.process(df)
+    blob = det.snapshot()
+    again = RollingAnomalyDetector.restore(blob)
+    assert again.snapshot() == blob
+    assert (again.avg_rows, again.baseline_rows, again.sigmas, again.keys) == (3, 5, 2.0, KEYS)
+    assert again.state_keys().equals(det.state_keys())
+    empty = RollingAnomalyDetector.restore(RollingAnomalyDetector().snapshot())
+    assert len(empty) == 0 and empty.process(df).equals(RollingAnomalyDetector().process(df))
+
+
+def test_restore_rejects_unknown_versions_and_foreign_bytes():
+    blob = RollingAnomalyDetector().snapshot()
+    magic = blob[:7]
+    future = magic + struct.pack("<H", 99) + blob[9:]
+    with pytest.raises(AnalyticsSnapshotError, match="version 99"):
+        RollingAnomalyDetector.restore(future)
+    with pytest.raises(AnalyticsSnapshotError, match="magic"):
+        RollingAnomalyDetector.restore(b"PK\x03\x04 not a snapshot")
+    with pytest.raises(AnalyticsSnapshotError, match="corrupt"):
+        RollingAnomalyDetector.restore(magic + struct.pack("<HI", 1, 1) + b"{" + blob[9:])
+    det = RollingAnomalyDetector()
+    det.process(stream(50, 2, seed=14))
+    with pytest.raises(AnalyticsSnapshotError, match="corrupt"):
+        RollingAnomalyDetector.restore(det.snapshot()[:-40])
+
+
+def test_state_is_bounded_by_keys_not_rows():
+    det = RollingAnomalyDetector()
+    det.process(stream(2000, 2, seed=15))
+    size = det.state_bytes()
+    for seed in range(16, 20):
+        det.process(stream(5000, 2, seed=seed))
+    assert len(det) == 6 and det.state_bytes() == size
+    assert len(det.snapshot()) < 6 * (2 * 101 + 9) * 8 + 4096
+
+
+def test_merge_of_shards_continues_like_one_detector():
+    df = stream(3000, 8, seed=20)
+    left = df.filter(pl.col("user_id") < "u0004")
+    right = df.filter(pl.col("user_id") >= "u0004")
+    a, b = RollingAnomalyDetector(keys=KEYS, **SMALL), RollingAnomalyDetector(keys=KEYS, **SMALL)
+    a.process(left.slice(0, 1000))
+    b.process(right.slice(0, 900))
+    merged = RollingAnomalyDetector.merge([RollingAnomalyDetector.restore(a.snapshot()), b])
+    assert len(merged) == len(a) + len(b)
+    rest = pl.concat([left.slice(1000), right.slice(900)])
+    one = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    one.process(pl.concat([left.slice(0, 1000), right.slice(0, 900)]))
+    assert merged.process(rest).equals(one.process(rest))
+
+
+def test_merge_after_a_split_keeps_the_copy_that_went_on():
+    df = stream(1200, 2, seed=21)
+    parent = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    parent.process(df.slice(0, 600))
+    blob = parent.snapshot()
+    owner, stale = RollingAnomalyDetector.restore(blob), RollingAnomalyDetector.restore(blob)
+    owner.process(df.slice(600, 300))
+    merged = RollingAnomalyDetector.merge([stale, owner])
+    parent.process(df.slice(600, 300))
+    assert merged.process(df.slice(900)).equals(parent.process(df.slice(900)))
+    with pytest.raises(AnalyticsConfigError, match="different configurations"):
+        RollingAnomalyDetector.merge([owner, RollingAnomalyDetector()])

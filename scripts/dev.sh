@@ -2,12 +2,15 @@
 # `make dev`: local stack + Dagster UI (webserver and daemon) at http://127.0.0.1:3000 + demo traffic.
 # Ctrl-C stops everything, servers included.
 set -uo pipefail
+# Job control: background jobs get their own process group and default signal handling (without it a
+# script's background jobs ignore SIGINT, and dagster would only stop on SIGKILL).
+set -m
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ETL_PROFILE=local
 export DAGSTER_HOME="$PWD/.dagster_home"
 mkdir -p "$DAGSTER_HOME"
-cp -n config/dagster.local.yaml "$DAGSTER_HOME/dagster.yaml" 2>/dev/null || true
+cp config/dagster.local.yaml "$DAGSTER_HOME/dagster.yaml"
 
 pids=()
 stop_all() {
@@ -25,12 +28,11 @@ trap stop_all INT TERM EXIT
 etl-platform stack up || exit 1
 
 port=${ETL_DAGSTER_PORT:-3000}
-# setsid: dagster dev gets its own process group with default signal handling, so it stops cleanly.
-setsid dagster dev -w workspace.yaml -h 127.0.0.1 -p "$port" &
+dagster dev -w workspace.yaml -h 127.0.0.1 -p "$port" &
 pids+=($!)
 
 # Demo traffic from the five simulated sources; the Kinesis sensor picks it up within seconds.
-setsid etl-platform produce --source demo --rate "${ETL_DEMO_RATE:-20}" --duration 0 --gzip --quiet &
+etl-platform produce --source demo --rate "${ETL_DEMO_RATE:-20}" --duration 0 --gzip --quiet &
 pids+=($!)
 
 echo "dev: Dagster UI at http://127.0.0.1:${port} (Ctrl-C stops everything)"

@@ -14,6 +14,7 @@ command -v npm >/dev/null || apt_missing+=(npm)
 command -v javac >/dev/null || apt_missing+=(openjdk-17-jdk-headless)
 command -v mvn >/dev/null || apt_missing+=(maven)
 command -v runuser >/dev/null || apt_missing+=(util-linux)
+[ -x /usr/bin/chromium ] || apt_missing+=(chromium)  # the browser test drives it with Playwright
 if [ ${#apt_missing[@]} -gt 0 ]; then
   echo "install: apt packages ${apt_missing[*]}"
   export DEBIAN_FRONTEND=noninteractive

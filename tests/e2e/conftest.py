@@ -1,0 +1,201 @@
+"""End-to-end fixtures: demo traffic on a fresh stream, `dagster dev` on a free port, headless Chromium.
+
+`dagster dev` runs from the repository root with a throw-away DAGSTER_HOME (a copy of
+config/dagster.local.yaml), pointed at the test's own Kinesis stream and S3 bucket, in its own
+process group that teardown always kills. Chromium is Debian's `/usr/bin/chromium`, driven by
+Playwright's Python package with a fresh profile; Playwright's own browser downloads are never used.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pytest
+import requests
+
+from etl_platform.producer import KinesisProducer
+from etl_platform.sources import demo_mix
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+]
+VIEWPORT = {"width": 1440, "height": 900}
+
+# Demo traffic straddling midnight, so the lake gets two daily partitions and the UI backfill of
+# processed_events covers two of them (the launch dialog starts a plain run for a single partition).
+EVENTS = 300
+EVENTS_SEED = 7
+EVENTS_START = datetime(2026, 6, 1, 23, 59, 57, tzinfo=UTC)
+BACKFILL_DAYS = ("2026-06-01", "2026-06-02")
+
+SERVER_START_TIMEOUT_S = 120  # webserver up and the code location loaded, on a loaded 2-core machine
+STOP_GRACE_S = 10
+
+_http = requests.Session()
+_http.trust_env = False  # loopback only: never through a proxy from the environment
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "e2e: drives the Dagster UI in headless Chromium (needs the local stack)")
+
+
+@dataclass
+class DagsterUI:
+    url: str
+    log_path: Path
+    stream: str
+    bucket: str
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            text = self.log_path.read_text(errors="replace")
+        except OSError as exc:
+            return f"(no dagster log: {exc})"
+        return "\n".join(text.splitlines()[-lines:])
+
+    def graphql(self, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
+        response = _http.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
+                              timeout=timeout)
+        response.raise_for_status()
+        body = response.json()
+        if body.get("errors"):
+            raise AssertionError(f"GraphQL errors: {body['errors']}")
+        return body["data"]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _stop_group(proc: subprocess.Popen) -> None:
+    """SIGTERM the whole process group (webserver, daemon, code servers, runs), then SIGKILL what is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except ProcessLookupError:
+        pass
+    try:
+        proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # stragglers (run workers, resource tracker) even after a clean exit
+    except ProcessLookupError:
+        pass
+    proc.wait(timeout=10)
+
+
+_LOCATIONS_QUERY = """
+{ workspaceOrError { __typename
+    ... on Workspace { locationEntries { name loadStatus
+        locationOrLoadError { __typename ... on PythonError { message } } } }
+    ... on PythonError { message } } }
+"""
+
+
+def _wait_until_ready(ui: DagsterUI, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+    last = "no answer yet"
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"dagster dev exited with code {proc.returncode} before serving:\n{ui.log_tail()}",
+                        pytrace=False)
+        try:
+            _http.get(f"{ui.url}/server_info", timeout=5).raise_for_status()
+            entries = ui.graphql(_LOCATIONS_QUERY, timeout=10)["workspaceOrError"].get("locationEntries") or []
+        except (requests.RequestException, AssertionError, ValueError) as exc:
+            last = repr(exc)
+            time.sleep(1)
+            continue
+        loaded = [e for e in entries if e["loadStatus"] == "LOADED"]
+        if entries and len(loaded) == len(entries):
+            errors = [e for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
+            if errors:
+                pytest.fail("code location failed to load in dagster dev:\n"
+                            + "\n".join(f"{e['name']}: {e['locationOrLoadError']['message']}" for e in errors),
+                            pytrace=False)
+            return
+        last = f"location entries: {entries}"
+        time.sleep(1)
+    pytest.fail(f"dagster dev at {ui.url} not ready after {SERVER_START_TIMEOUT_S}s ({last}):\n{ui.log_tail()}",
+                pytrace=False)
+
+
+@pytest.fixture
+def demo_events(kinesis, stream) -> list[dict]:
+    """A few hundred seeded demo events on the test stream, produced before Dagster starts."""
+    last_day = date.fromisoformat(BACKFILL_DAYS[-1])
+    assert date.today() > last_day, (
+        f"the clock says {date.today()}, before the demo day {last_day}: its daily partition does not exist yet"
+    )
+    events = list(demo_mix(EVENTS, seed=EVENTS_SEED, start=EVENTS_START))
+    stats = KinesisProducer(kinesis, stream).send(events)
+    assert stats.sent == len(events), f"producer did not put every event: {stats.summary()}"
+    return events
+
+
+@pytest.fixture
+def dagster_ui(stream, bucket, demo_events, tmp_path) -> Iterator[DagsterUI]:
+    """`dagster dev` (webserver + daemon) on a free loopback port, against the test's stream and bucket."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(REPO / "config" / "dagster.local.yaml", home / "dagster.yaml")
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}  # no ETL_PROFILE, default ports
+    env.update(DAGSTER_HOME=str(home), ETL_STREAM_NAME=stream, ETL_LAKE_BUCKET=bucket,
+               ETL_BUFFER_INTERVAL_S="1", ETL_DAGSTER_PORT=str(port), PYTHONUNBUFFERED="1")
+    dagster = Path(sys.executable).with_name("dagster")
+    log_path = tmp_path / "dagster-dev.log"
+    ui = DagsterUI(url=f"http://127.0.0.1:{port}", log_path=log_path, stream=stream, bucket=bucket)
+    with log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
+            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            _wait_until_ready(ui, proc)
+            yield ui
+        finally:
+            _stop_group(proc)
+
+
+@pytest.fixture
+def page(tmp_path):
+    """A Playwright page in headless Debian Chromium with a fresh, temporary profile."""
+    assert CHROMIUM.exists(), (
+        f"{CHROMIUM} is missing: the UI test needs Debian's chromium package "
+        "(scripts/install.sh installs it; by hand: apt-get install -y chromium)"
+    )
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.fail(f"the playwright package is missing from .venv ({exc}); it is pinned in requirements.lock",
+                    pytrace=False)
+    with tempfile.TemporaryDirectory(prefix="e2e-chromium-", ignore_cleanup_errors=True) as profile, \
+            sync_playwright() as pw:
+        context = pw.chromium.launch_persistent_context(
+            profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT,
+        )
+        # Dagster's one-time "Join the Dagster community" dialog would cover every page and screenshot.
+        context.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'));")
+        context.set_default_timeout(30_000)
+        try:
+            yield context.pages[0] if context.pages else context.new_page()
+        finally:
+            context.close()

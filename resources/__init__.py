@@ -8,6 +8,7 @@ from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
 from etl_platform.config import Settings, load_settings
+from resources.dbt import dbt_resource
 from resources.platform import KinesisResource, LakeResource, OpenSearchResource, WarehouseResource
 
 __all__ = ["build_resources", "KinesisResource", "LakeResource", "OpenSearchResource", "WarehouseResource"]
@@ -40,4 +41,5 @@ def build_resources(settings: Settings | None = None) -> dict[str, Any]:
         "lake": LakeResource(bucket=settings.lake_bucket, s3=s3),
         "warehouse": warehouse,
         "opensearch": opensearch,
+        "dbt": dbt_resource(),
     }

@@ -1,9 +1,9 @@
 """Warehouse loading: processed lake partitions into `events` and `anomalies`, idempotently.
 
 One interface (`Warehouse`), two dialects (DESIGN.md §3): Redshift in production
-(redshift_connector; `COPY ... FORMAT AS PARQUET MANIFEST` into staging, then delete-day + `MERGE`)
-and PostgreSQL locally (psycopg; binary `COPY FROM STDIN` into staging, then delete-day +
-`INSERT ... ON CONFLICT`). `connect` picks the dialect from configuration:
+(redshift_connector; `COPY ... FORMAT AS PARQUET MANIFEST` into temp staging, then delete the day
++ insert, one transaction) and PostgreSQL locally (psycopg; binary `COPY FROM STDIN` into the day's
+new partition, then swap it in, one transaction). `connect` picks the dialect by name:
 
     with connect("postgres", "postgresql://postgres@127.0.0.1:5439/warehouse", schema="etl") as wh:
         results = wh.load_day(s3, bucket, date(2024, 3, 5))   # {"events": LoadResult, "anomalies": ...}

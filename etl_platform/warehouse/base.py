@@ -1,10 +1,12 @@
 """The dialect-neutral warehouse interface: what a load returns, how it fails, and what it must do.
 
 A load replaces one event-time day (`event_date`) of the `events` and `anomalies` tables with that
-day's processed partition, in one transaction: delete the day, then merge the staged rows on
-`event_id` (a row for that id elsewhere, which only a producer reusing an id could cause, is
-updated rather than duplicated). Re-running a load therefore leaves exactly one row per event and
-removes rows a replay dropped from the partition; readers never see a half-loaded day.
+day's processed partition, staged first and swapped in by one transaction (PostgreSQL: the day's
+partition; Redshift: delete the day + insert from staging). Each day then holds the partition's
+events exactly once (first arrival per event_id), so re-running a load changes nothing, a replay
+that dropped rows drops them here too, and readers never see a half-loaded day. An event's day
+comes from its event_time, so a redelivered event lands on the same day; only a producer reusing an
+event_id for events on two different days would get a row on each (the key is event_id + day).
 """
 
 from __future__ import annotations

@@ -24,6 +24,7 @@ NULL_FIELD = (-1).to_bytes(4, "big", signed=True)
 PG_EPOCH_US = 946_684_800_000_000  # 2000-01-01 in microseconds since 1970-01-01
 PG_EPOCH_DAYS = 10_957
 ROWS_PER_CHUNK = 100_000
+_EMPTY = pa.scalar(b"", pa.large_binary())  # the join separator
 
 # kind -> (Arrow type to cast to, array-module code for the byte swap, width)
 _FIXED = {
@@ -90,7 +91,7 @@ def encode_column(column: pa.Array | pa.ChunkedArray, kind: str) -> list[pa.Arra
     payload = _fixed_binary(width, _big_endian(values, code, width), n)
     if nulls is None:
         return [pa.scalar(width.to_bytes(4, "big"), pa.large_binary()), payload]
-    field = pc.binary_join_element_wise(pa.scalar(width.to_bytes(4, "big"), pa.large_binary()), payload, b"")
+    field = pc.binary_join_element_wise(pa.scalar(width.to_bytes(4, "big"), pa.large_binary()), payload, _EMPTY)
     return [pc.if_else(nulls, pa.scalar(NULL_FIELD, pa.large_binary()), field)]
 
 
@@ -103,7 +104,7 @@ def encode_rows(table: pa.Table, kinds: Sequence[str]) -> memoryview:
     pieces: list[pa.Array | pa.Scalar] = [pa.scalar(len(kinds).to_bytes(2, "big"), pa.large_binary())]
     for column, kind in zip(table.columns, kinds, strict=True):
         pieces += encode_column(column, kind)
-    rows = pc.binary_join_element_wise(*pieces, pa.scalar(b"", pa.large_binary()))
+    rows = pc.binary_join_element_wise(*pieces, _EMPTY)
     offsets = memoryview(rows.buffers()[1]).cast("B").cast("q")  # int64 offsets, native order
     start, end = offsets[rows.offset], offsets[rows.offset + len(rows)]
     return memoryview(rows.buffers()[2])[start:end]

@@ -11,9 +11,9 @@ against the table (drift), then in ONE transaction:
 4. drops the day's old partition and attaches the staging table in its place.
 
 Readers see the old day or the new day, never a mix; re-running leaves exactly one row per event.
-Why a partition swap rather than DELETE + INSERT ... ON CONFLICT from a temp table: measured here
-on a million rows, the insert into an indexed table costs 5-9 s (more on a reload, through the
-dead tuples the delete leaves), the swap about 1 s on top of the COPY (BENCHMARKS.md).
+Why a partition swap rather than DELETE + INSERT ... ON CONFLICT from a temp table: on a million
+rows that pays index maintenance row by row (and, on a reload, the dead tuples the DELETE left) and
+measured 3-4x slower end to end; the swap costs one sorted key build (BENCHMARKS.md).
 The static statements live in sql/postgres/*.sql.
 """
 

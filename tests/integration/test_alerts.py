@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import threading
-import uuid
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -14,14 +13,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import boto3
 import polars as pl
 import pytest
-from opensearchpy import OpenSearch
 
 from etl_platform import lake
 from etl_platform.alerts import AlertConfig, AlertMonitor, LogSink, SnsSink, WebhookSink, build_sinks
-from etl_platform.search import indices
 from etl_platform.search.indexer import index_processed_frame
 from etl_platform.search.sample import known_processed_frame
-from etl_platform.stack.opensearch import OpenSearchService
 
 pytestmark = pytest.mark.stack
 
@@ -63,23 +59,6 @@ class Receiver:
     def close(self) -> None:
         self.server.shutdown()
         self.server.server_close()
-
-
-@pytest.fixture()
-def client():
-    service = OpenSearchService()
-    if not service.healthy():
-        pytest.fail("OpenSearch is not running; start it with `etl-platform stack up`.", pytrace=False)
-    c = OpenSearch(service.endpoint(), timeout=30)
-    yield c
-    c.close()
-
-
-@pytest.fixture()
-def prefix(client):
-    name = f"t-{uuid.uuid4().hex[:10]}-"
-    yield name
-    indices.delete_all(client, name)
 
 
 @pytest.fixture()

@@ -15,7 +15,6 @@ import socket
 import socketserver
 import threading
 import time
-import uuid
 from datetime import UTC, date, datetime
 
 import polars as pl
@@ -33,34 +32,10 @@ from etl_platform.search.indexer import (
     replay_failed,
 )
 from etl_platform.search.sample import KNOWN_ANSWERS, known_processed_frame
-from etl_platform.stack.opensearch import OpenSearchService
 
 pytestmark = pytest.mark.stack
 
 DAY1, DAY2 = date(2024, 3, 1), date(2024, 3, 2)
-
-
-@pytest.fixture(scope="module")
-def node() -> OpenSearchService:
-    service = OpenSearchService()
-    if not service.healthy():
-        pytest.fail(f"OpenSearch is not running at {service.endpoint()}; start it with `etl-platform stack up`.",
-                    pytrace=False)
-    return service
-
-
-@pytest.fixture()
-def client(node):
-    c = OpenSearch(node.endpoint(), timeout=30)
-    yield c
-    c.close()
-
-
-@pytest.fixture()
-def prefix(client):
-    name = f"t-{uuid.uuid4().hex[:10]}-"
-    yield name
-    indices.delete_all(client, name)
 
 
 def refresh(client, prefix: str) -> None:

@@ -1,0 +1,166 @@
+"""Warehouse assets: the processed lake loaded into `events` and `anomalies`, one day per partition.
+
+Both tables are loaded by one multi-asset step (one S3 read, one transaction) and can be
+materialized separately (subsetting). They follow `processed_events` automatically: an eager
+condition without eager's latest-partition-only restriction, so a replayed or late-arriving day
+reloads too, while days the lake never had are not backfilled by the automation. A UI backfill
+over any range reloads those days; reloading is idempotent (etl_platform.warehouse).
+
+Each table has a partitioned asset check reconciling its row count for the day with the processed
+partition in the lake (distinct events; for anomalies, distinct ANOMALY events).
+"""
+
+import warnings
+from collections.abc import Iterator
+from datetime import date
+
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    AutomationCondition,
+    BackfillPolicy,
+    Config,
+    MaterializeResult,
+    MetadataValue,
+    PreviewWarning,
+    asset_check,
+    multi_asset,
+)
+from pydantic import Field
+
+from assets.ingestion import processed_events
+from assets.partitions import daily_partitions
+from etl_platform.warehouse import (
+    TABLES,
+    Warehouse,
+    connect,
+    default_drift_policy,
+    default_schema,
+    partition_counts,
+)
+from resources import LakeResource, WarehouseResource
+
+WAREHOUSE_KEYS: dict[str, AssetKey] = {table: AssetKey(f"warehouse_{table}") for table in TABLES}
+
+# eager() only ever considers the latest time partition; dropping that operand lets a reprocessed or
+# late day reload as well. newly_missing() still only fires for days that go missing after the
+# condition is applied, so turning it on does not launch a load for every historical day.
+WAREHOUSE_AUTOMATION = AutomationCondition.eager().without(AutomationCondition.in_latest_time_window())
+
+_DESCRIPTIONS = {
+    "events": "Every processed event, one row per event_id, with event_date (UTC day of event_time). "
+              "Redshift: DISTKEY(user_id) SORTKEY(event_time); PostgreSQL locally: partitioned by event_date.",
+    "anomalies": "The processed events the stream analytics flagged ANOMALY (same columns as events).",
+}
+
+
+class WarehouseLoadConfig(Config):
+    on_drift: str | None = Field(
+        default=None,
+        description="What to do when processed data has a column the table lacks: 'fail' (name it and stop) or "
+        "'add' (ALTER TABLE ADD COLUMN). Default: ETL_WAREHOUSE_ON_DRIFT, else 'fail'.",
+    )
+
+
+def warehouse_schema(resource: WarehouseResource) -> str:
+    """The resource's schema if it has one (`schema_name`), else ETL_WAREHOUSE_SCHEMA, else `etl`."""
+    return getattr(resource, "schema_name", None) or default_schema()
+
+
+def open_warehouse(resource: WarehouseResource) -> Warehouse:
+    """A connected etl_platform warehouse for the resource's dialect."""
+    return connect(resource.dialect, resource.dsn, schema=warehouse_schema(resource), password=resource.password,
+                   iam_role=resource.iam_role)
+
+
+@multi_asset(
+    name="warehouse_tables",
+    specs=[
+        AssetSpec(
+            key, deps=[processed_events], description=_DESCRIPTIONS[table], group_name="warehouse",
+            kinds={"redshift"}, automation_condition=WAREHOUSE_AUTOMATION,
+        )
+        for table, key in WAREHOUSE_KEYS.items()
+    ],
+    partitions_def=daily_partitions,
+    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    can_subset=True,
+)
+def warehouse_tables(
+    context: AssetExecutionContext, config: WarehouseLoadConfig, warehouse: WarehouseResource, lake: LakeResource
+) -> Iterator[MaterializeResult]:
+    """Load the partition's processed day into the selected tables (one transaction)."""
+    day = date.fromisoformat(context.partition_key)
+    tables = [table for table, key in WAREHOUSE_KEYS.items() if key in context.selected_asset_keys]
+    policy = config.on_drift or default_drift_policy()
+    with open_warehouse(warehouse) as wh:
+        results = wh.load_day(lake.client(), lake.bucket, day, tables=tables, on_drift=policy)
+    for table, result in results.items():
+        context.log.info(
+            f"{result.table} {day}: {result.rows_loaded} rows loaded, {result.rows_deleted} replaced, "
+            f"{result.duplicates_dropped} duplicate deliveries dropped, {result.seconds:.2f}s "
+            f"({', '.join(f'{k} {v:.2f}s' for k, v in result.timings.items())})"
+        )
+        yield MaterializeResult(
+            asset_key=WAREHOUSE_KEYS[table],
+            metadata={
+                **result.metadata(),
+                "dagster/row_count": result.rows_loaded,
+                "dagster/table_name": result.table,
+                "dialect": warehouse.dialect,
+                "load_seconds": MetadataValue.float(round(result.seconds, 3)),
+            },
+        )
+
+
+def _reconcile(context: AssetCheckExecutionContext, table: str, warehouse: WarehouseResource,
+               lake: LakeResource) -> AssetCheckResult:
+    day = date.fromisoformat(context.partition_key)
+    expected = partition_counts(lake.client(), lake.bucket, day)
+    want = expected.events if table == "events" else expected.anomalies
+    with open_warehouse(warehouse) as wh:
+        rows, distinct = wh.count_rows(table, day)
+    return AssetCheckResult(
+        passed=rows == want and distinct == rows,
+        severity=AssetCheckSeverity.ERROR,
+        metadata={
+            "day": day.isoformat(),
+            "warehouse_rows": rows,
+            "warehouse_distinct_event_ids": distinct,
+            "expected_rows": want,
+            "processed_rows": expected.rows,
+            "difference": rows - want,
+        },
+    )
+
+
+# Partitioned asset checks (one result per day, like the asset) are a preview feature in Dagster
+# 1.13; it is the only way to check the partition that was loaded rather than whichever was last.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", PreviewWarning)
+
+    @asset_check(
+        asset=WAREHOUSE_KEYS["events"], partitions_def=daily_partitions, blocking=True,
+        description="The day's rows in the events table equal the processed partition's distinct events, once each.",
+    )
+    def warehouse_events_match_processed(
+        context: AssetCheckExecutionContext, warehouse: WarehouseResource, lake: LakeResource
+    ) -> AssetCheckResult:
+        return _reconcile(context, "events", warehouse, lake)
+
+    @asset_check(
+        asset=WAREHOUSE_KEYS["anomalies"], partitions_def=daily_partitions, blocking=True,
+        description="The day's rows in the anomalies table equal the processed partition's distinct ANOMALY events.",
+    )
+    def warehouse_anomalies_match_processed(
+        context: AssetCheckExecutionContext, warehouse: WarehouseResource, lake: LakeResource
+    ) -> AssetCheckResult:
+        return _reconcile(context, "anomalies", warehouse, lake)
+
+
+warehouse_assets = [warehouse_tables]
+warehouse_checks = [warehouse_events_match_processed, warehouse_anomalies_match_processed]

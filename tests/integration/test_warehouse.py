@@ -382,8 +382,8 @@ def test_dagster_loads_checks_and_builds_dbt_marts_that_reconcile(settings, s3, 
     """Two runs of one partition: the second (a backfill after a replay changed the day) must
     replace the day in every incremental mart, and leave out the other day the warehouse holds."""
     from assets.dbt import dbt_assets_list
-    from resources.dbt import dbt_resource
     from assets.warehouse import warehouse_assets, warehouse_checks
+    from resources.dbt import dbt_resource
 
     monkeypatch.setenv("ETL_WAREHOUSE_SCHEMA", schema)
     monkeypatch.setenv("DBT_TARGET_SCHEMA", f"{schema}_dbt")
@@ -432,8 +432,8 @@ def test_dagster_loads_checks_and_builds_dbt_marts_that_reconcile(settings, s3, 
 def test_dbt_models_sit_downstream_of_the_warehouse_assets():
     from assets import lake_assets
     from assets.dbt import dbt_assets_list
-    from resources.dbt import dbt_resource
     from assets.warehouse import warehouse_assets, warehouse_checks
+    from resources.dbt import dbt_resource
 
     defs = Definitions(assets=[*lake_assets, *warehouse_assets, *dbt_assets_list], asset_checks=warehouse_checks,
                        resources={**build_resources(load_settings({})), "dbt": dbt_resource("postgres")})

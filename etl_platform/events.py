@@ -25,9 +25,10 @@ MAX_USER_ID_LEN = 64
 MAX_EVENT_TYPE_LEN = 32
 MAX_EVENT_ID_LEN = 128
 
-# Kinesis sequence numbers are decimal strings of up to 128-bit integers (39 digits); padding them to
-# a fixed width makes lexicographic order (polars, SQL, object keys) equal to numeric order.
-SEQUENCE_WIDTH = 40
+# Kinesis sequence numbers are decimal strings of up to 129 digits (the API's pattern; AWS and the
+# emulator hand out 56-digit ones); padding them to a fixed width makes lexicographic order (polars,
+# SQL, object keys) equal to numeric order.
+SEQUENCE_WIDTH = 129
 
 EVENT_SCHEMA: dict[str, pl.DataType] = {
     "event_id": pl.String(),

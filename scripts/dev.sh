@@ -15,13 +15,14 @@ cp config/dagster.local.yaml "$DAGSTER_HOME/dagster.yaml"
 pids=()
 stop_all() {
   trap - INT TERM EXIT
-  echo; echo "dev: stopping"
+  trap '' PIPE  # a closed terminal or pipe must not cut the shutdown short
+  echo; echo "dev: stopping" || true
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     kill -KILL -- "-$pid" 2>/dev/null || true
   done
-  etl-platform stack down
+  etl-platform stack down 2>/dev/null || etl-platform stack down >/dev/null 2>&1 || true
 }
 trap stop_all INT TERM EXIT
 

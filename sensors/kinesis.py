@@ -25,6 +25,7 @@ from dagster import (
     RunsFilter,
     SensorEvaluationContext,
     SkipReason,
+    in_process_executor,
     job,
     op,
     sensor,
@@ -91,6 +92,8 @@ def consume_shard_batch(
 
 
 @job(
+    # One op: in-process execution saves a Python start per micro-batch.
+    executor_def=in_process_executor,
     hooks={delivery_failure_metrics},
     description="One micro-batch of one shard: read, decode, deliver raw, analyse, deliver processed, commit.",
 )

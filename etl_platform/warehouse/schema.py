@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from etl_platform.events import SEQUENCE_WIDTH
+
 DIALECTS = ("postgres", "redshift")
 TABLES = ("events", "anomalies")
 DRIFT_POLICIES = ("fail", "add")
@@ -64,7 +66,7 @@ EVENT_COLUMNS: tuple[Column, ...] = (
     Column("value", "float64"),
     Column("attributes", "string"),
     Column("shard_id", "string", 128),
-    Column("sequence_number", "string", 40),
+    Column("sequence_number", "string", SEQUENCE_WIDTH),
     Column("sub_sequence", "int64"),
     Column("arrival_time", "timestamp"),
     Column("partition_key", "string", 256),
@@ -77,7 +79,6 @@ TABLE_COLUMNS: tuple[Column, ...] = (*EVENT_COLUMNS, Column(PARTITION_COLUMN, "d
 REQUIRED_COLUMNS = frozenset(DATA_COLUMNS)
 # Stream order, for keeping the first delivery when an event_id arrives twice (a producer retry).
 ARRIVAL_ORDER = ("shard_depth", "sequence_number", "sub_sequence")
-SEQUENCE_WIDTH = 40
 
 
 def sql_type(kind: str, dialect: str, length: int | None = None) -> str:

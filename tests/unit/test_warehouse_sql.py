@@ -141,7 +141,7 @@ def test_load_is_one_transaction_staging_then_delete_day_then_insert(rs):
 def test_staging_keeps_the_first_arrival_of_each_event_and_derives_the_day(rs):
     plan = one_group_plan()
     fill = squash(rs.fill_stage(plan.groups, plan.columns))
-    assert ('ROW_NUMBER() OVER (PARTITION BY "event_id" ORDER BY "shard_depth", LPAD("sequence_number", 40, \'0\'), '
+    assert ('ROW_NUMBER() OVER (PARTITION BY "event_id" ORDER BY "shard_depth", LPAD("sequence_number", 129, \'0\'), '
             '"sub_sequence") AS etl_arrival') in fill
     assert fill.endswith("WHERE etl_arrival = 1")
     assert 'CAST("event_time" AS DATE)' in fill

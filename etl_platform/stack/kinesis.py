@@ -55,10 +55,10 @@ class KinesisService(LocalService):
             "KINESIS_MOCK_HOST": "127.0.0.1",
             "SHARD_LIMIT": "64",
             "LOG_LEVEL": "WARN",
-            # Streams and records survive a restart of the stack (written every second).
-            "SHOULD_PERSIST_DATA": "true",
-            "PERSIST_PATH": str(self.dir / "data"),
-            "PERSIST_INTERVAL": "1s",
+            # No persistence: moto keeps the lake (and so the consumer's checkpoints) in memory only, so
+            # a restarted stack starts from an empty stream too; a persisted stream full of demo records
+            # also makes kinesis-mock's start take minutes.
+            "SHOULD_PERSIST_DATA": "false",
         }
 
     def healthy(self) -> bool:

@@ -5,14 +5,27 @@ days they touched; materializing `processed_events` here (a UI backfill) replays
 """
 
 
-from datetime import date
+from datetime import date, timedelta
 
-from dagster import AssetExecutionContext, AssetSpec, MaterializeResult, MetadataValue, asset
+from dagster import (
+    AssetExecutionContext,
+    AssetKey,
+    AssetSpec,
+    FreshnessPolicy,
+    MaterializeResult,
+    MetadataValue,
+    TableColumn,
+    TableColumnDep,
+    TableColumnLineage,
+    TableSchema,
+    asset,
+)
 
 from assets.partitions import daily_partitions
 from etl_platform import lake as layout
 from etl_platform.consumer import ConsumerConfig
-from etl_platform.replay import read_day, recompute_processed_day
+from etl_platform.lake_checks import PROCESSED_SCHEMA
+from etl_platform.replay import RAW_SCHEMA, read_day, recompute_processed_day
 from resources import LakeResource
 
 SOURCE_KINDS = {
@@ -33,6 +46,28 @@ kinesis_stream = AssetSpec(
 )
 
 
+def _columns(schema: dict) -> TableSchema:
+    return TableSchema(columns=[TableColumn(name, str(dtype)) for name, dtype in schema.items()])
+
+
+def _from_raw(*columns: str) -> list[TableColumnDep]:
+    return [TableColumnDep(asset_key=AssetKey("raw_events"), column_name=c) for c in columns]
+
+
+# Column lineage for the UI: every processed column copies its raw column, except the two analytics
+# columns, computed per (user_id, event_type) over value in stream order.
+_WINDOW_INPUTS = ("user_id", "event_type", "value", "shard_depth", "sequence_number", "sub_sequence")
+PROCESSED_COLUMN_METADATA = {
+    "dagster/column_schema": _columns(PROCESSED_SCHEMA),
+    "dagster/column_lineage": TableColumnLineage(deps_by_column={
+        **{name: _from_raw(name) for name in RAW_SCHEMA},
+        "avg_value": _from_raw(*_WINDOW_INPUTS),
+        "anomaly_status": _from_raw(*_WINDOW_INPUTS),
+    }),
+}
+RAW_COLUMN_METADATA = {"dagster/column_schema": _columns(RAW_SCHEMA)}
+
+
 @asset(
     partitions_def=daily_partitions, deps=[kinesis_stream], group_name="lake", kinds={"s3"},
     description="Decoded events as delivered from the stream: raw/dt=…/hour=…/*.jsonl.gz. Written by the "
@@ -45,6 +80,7 @@ def raw_events(context: AssetExecutionContext, lake: LakeResource) -> Materializ
     errors = layout.list_keys(s3, lake.bucket, layout.day_prefix(layout.ERRORS, day))
     context.log.info(f"raw {day}: {frame.height} events, {len(errors)} error objects")
     return MaterializeResult(metadata={
+        **RAW_COLUMN_METADATA,
         "rows": frame.height,
         "error_objects": len(errors),
         "users": frame["user_id"].n_unique() if frame.height else 0,
@@ -54,6 +90,9 @@ def raw_events(context: AssetExecutionContext, lake: LakeResource) -> Materializ
 
 @asset(
     partitions_def=daily_partitions, deps=[raw_events], group_name="lake", kinds={"s3", "parquet"},
+    # The stream path materializes it every buffer interval: an hour without one means the consumer
+    # (or the stream) has stopped.
+    freshness_policy=FreshnessPolicy.time_window(fail_window=timedelta(hours=1)),
     description="Events with the stream analytics (avg_value over 11 rows, anomaly_status at 3 sigma "
     "over the previous 100): processed/dt=…/hour=…/*.parquet. A materialization replays the day from raw.",
 )
@@ -65,6 +104,7 @@ def processed_events(context: AssetExecutionContext, lake: LakeResource) -> Mate
         f"of history; wrote {len(result.written)} objects, removed {len(result.deleted)}"
     )
     return MaterializeResult(metadata={
+        **PROCESSED_COLUMN_METADATA,
         "rows": result.rows,
         "anomalies": result.anomalies,
         "history_rows": result.history_rows,

@@ -7,7 +7,8 @@ from sensors.kinesis import kinesis_microbatch_job, kinesis_microbatch_sensor
 from sensors.scaling import scaling_jobs, scaling_schedules
 
 jobs = [kinesis_microbatch_job, *scaling_jobs]
-all_sensors = [kinesis_microbatch_sensor, warehouse_automation_sensor, *alert_sensors, *alarm_sensors]
+all_sensors = [kinesis_microbatch_sensor, warehouse_automation_sensor, *alert_sensors,
+               *alarm_sensors]
 all_schedules = [*scaling_schedules]
 
 __all__ = ["jobs", "all_sensors", "all_schedules"]

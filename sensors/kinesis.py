@@ -31,6 +31,7 @@ from dagster import (
     sensor,
 )
 
+from assets.ingestion import PROCESSED_COLUMN_METADATA, RAW_COLUMN_METADATA
 from etl_platform.config import load_settings
 from etl_platform.consumer import BatchResult, ConsumerConfig, StreamConsumer
 from etl_platform.search.indexer import search_sink
@@ -65,11 +66,12 @@ def log_materializations(context: OpExecutionContext, result: BatchResult) -> No
         common = {"rows": rows, "shard_id": result.shard_id, "first_sequence": result.first_sequence or ""}
         context.log_event(AssetMaterialization(
             AssetKey("raw_events"), partition=day,
-            metadata={**common, "errors_in_batch": result.errors, "objects": len(result.raw_objects)},
+            metadata={**common, **RAW_COLUMN_METADATA, "errors_in_batch": result.errors,
+                      "objects": len(result.raw_objects)},
         ))
         context.log_event(AssetMaterialization(
             AssetKey("processed_events"), partition=day,
-            metadata={**common, "anomalies_in_batch": result.anomalies,
+            metadata={**common, **PROCESSED_COLUMN_METADATA, "anomalies_in_batch": result.anomalies,
                       "latency_s": round(result.max_latency_s, 3),
                       "batch_seconds": round(result.timings.get("total", 0.0), 3)},
         ))

@@ -10,6 +10,7 @@ import pytest
 from dagster import DagsterInstance, build_sensor_context, materialize
 
 from assets.ingestion import processed_events
+from assets.lake_checks import processed_matches_raw, processed_schema_and_keys
 from etl_platform import lake
 from etl_platform.producer import KinesisProducer
 from etl_platform.sources import demo_mix
@@ -78,3 +79,12 @@ def test_sensor_launches_shard_runs_that_materialize_partitions(kinesis, s3, str
     assert_same_results(lake_rows(s3, bucket, lake.PROCESSED), one_pass(kinesis, stream))
     meta = result.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     assert meta["rows"].value == sum(1 for d in stream_rows["event_time"].dt.date().cast(str).to_list() if d == day)
+    lineage = meta["dagster/column_lineage"].value.deps_by_column
+    assert {d.column_name for d in lineage["anomaly_status"]} >= {"user_id", "event_type", "value"}
+
+    # The lake's checks pass on the day, and the raw -> processed reconciliation catches a lost object.
+    checks = [processed_matches_raw, processed_schema_and_keys]
+    evaluations = materialize([processed_events, *checks], partition_key=day, resources=resources,
+                              instance=instance).get_asset_check_evaluations()
+    assert {(e.check_name, e.passed) for e in evaluations} == {
+        ("processed_matches_raw", True), ("processed_schema_and_keys", True)}

@@ -5,9 +5,7 @@ from __future__ import annotations
 import uuid
 
 import pytest
-from opensearchpy import OpenSearch, helpers
-
-from etl_platform.stack.opensearch import OpenSearchService
+from opensearchpy import helpers
 
 pytestmark = pytest.mark.stack
 
@@ -25,19 +23,6 @@ DOCS = {
     "2": {"sku": "B-2", "ts": "2026-01-02T11:00:00Z", "price": 20.0, "title": "Blue rain jacket"},
     "3": {"sku": "A-1", "ts": "2026-01-02T12:30:00Z", "price": 10.5, "title": "RED wool hat"},
 }
-
-
-@pytest.fixture()
-def client():
-    service = OpenSearchService()
-    if not service.healthy():
-        pytest.fail(
-            f"OpenSearch is not running at {service.endpoint()}; start it with `etl-platform stack up`.",
-            pytrace=False,
-        )
-    client = OpenSearch(service.endpoint(), timeout=30)
-    yield client
-    client.close()
 
 
 @pytest.fixture()

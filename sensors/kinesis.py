@@ -33,7 +33,7 @@ from dagster import (
 
 from assets.ingestion import PROCESSED_COLUMN_METADATA, RAW_COLUMN_METADATA
 from etl_platform.config import load_settings
-from etl_platform.consumer import BatchResult, ConsumerConfig, StreamConsumer, read_range
+from etl_platform.consumer import BatchResult, ConsumerConfig, StreamConsumer
 from etl_platform.search.indexer import search_sink
 from etl_platform.shards import readable_shards
 from resources import KinesisResource, LakeResource, OpenSearchResource
@@ -109,7 +109,13 @@ def _latest_run(context: SensorEvaluationContext, shard_id: str):
 
 
 def _has_new_records(consumer: StreamConsumer, shard_id: str, after: str | None) -> bool:
-    return bool(read_range(consumer.kinesis, consumer.stream_name, shard_id, after, 1, 1 << 20).records)
+    kwargs = {"StreamName": consumer.stream_name, "ShardId": shard_id}
+    if after is None:
+        kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+    else:
+        kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
+    iterator = consumer.kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
+    return bool(consumer.kinesis.get_records(ShardIterator=iterator, Limit=1)["Records"])
 
 
 @sensor(job=kinesis_microbatch_job, minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING,

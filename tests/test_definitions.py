@@ -19,6 +19,8 @@ def test_definitions_load_with_local_resources(monkeypatch):
     assert EXPECTED_RESOURCES <= set(defs.resources)
     assert defs.resources["kinesis"].endpoint_url == "http://127.0.0.1:4568"
     assert defs.resources["warehouse"].dialect == "postgres"
+    # one process per run locally: a step per process re-imports the code location each time
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "in_process"
 
 
 def test_definitions_load_for_aws_profile(monkeypatch):
@@ -29,6 +31,7 @@ def test_definitions_load_for_aws_profile(monkeypatch):
     defs = importlib.reload(definitions).defs
     assert defs.resources["warehouse"].dialect == "redshift"
     assert defs.resources["kinesis"].endpoint_url is None
+    assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "multiprocess"
     monkeypatch.delenv("ETL_PROFILE")
     importlib.reload(definitions)
 

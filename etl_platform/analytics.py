@@ -7,28 +7,18 @@ Semantics (DESIGN.md §5), per key, rows in arrival order (row order across batc
   ``prev`` is ``ROWS BETWEEN baseline_rows PRECEDING AND 1 PRECEDING``; fewer than two baseline rows
   give NULL statistics and therefore ``'NORMAL'``, as in SQL.
 
-The result does not depend on how the stream is cut into micro-batches or on snapshot/restore between
-batches (up to floating-point rounding, far below 1e-9 relative).
+The result is bit-for-bit the same however the stream is cut into micro-batches and wherever it is
+snapshotted and restored, and exact to floating-point rounding (far below 1e-9 relative), also for
+1e9-magnitude series and constant ones.
 
 How it stays fast and exact
 ---------------------------
-The cost of a batch is O(rows in the batch), never O(keys touched x window). Each key's history is
-split into aligned *blocks* of ``B`` positions (``B >= 2 * (max window + 1)``, so a window spans at
-most two blocks). Every block has a *pivot* ``c`` (its first value, so drifting series stay close to
-it), and for each position we keep the block-local prefix sums ``E1 = sum(x - c)`` and
-``E2 = sum((x - c)^2)``. A window's mean and M2 then come from two prefix values (the window end and
-the position before its start); a window reaching into the previous block re-expresses that part
-around the current pivot. Because the sums are of shifted values and restart every block, a
-1e9-magnitude series with unit noise loses nothing and rounding error never accumulates along the
-stream. Windows whose values are all equal (tracked by the start of the current run of equal values)
-are answered exactly: mean = that value, stddev = 0.0, so only a differing value is an anomaly.
-
-Per key the state is the prefix sums of the last ``max(avg_rows, baseline_rows) + 1`` positions (a
-ring) plus nine scalars, so memory is bounded by keys x window, whatever the stream length. A batch is
-sorted by key once; window predecessors inside the batch are plain shifts, older ones are gathered
-from the ring, and prefix sums inside the batch come from a segmented scan (log2 of the longest run
-of one key's rows in a block). The whole batch is one vectorized Polars plan plus one scatter into the
-state; only the order of floating-point additions depends on the batch cuts.
+Polars does the batch-level work (validation, key lookup, the output columns); the per-row step is
+one compiled loop (:mod:`etl_platform.analytics_kernel`, numba) that advances each row's key in
+arrival order in O(1): windows come from block-local prefix sums around a per-block pivot, kept for
+the last ``max(avg_rows, baseline_rows) + 1`` positions of each key (the kernel's docstring has the
+layout). So a batch costs O(rows), never O(keys touched x window), and memory is bounded by
+keys x window whatever the stream length.
 
 Input rules: the key columns and ``value`` must be present; ``value`` must be numeric, non-null and
 finite (NaN and +/-inf are rejected: they have no meaningful rolling statistics and would poison the
@@ -43,7 +33,10 @@ import math
 import struct
 from collections.abc import Sequence
 
+import numpy as np
 import polars as pl
+
+from etl_platform.analytics_kernel import FIELDS, advance, block_size
 
 __all__ = [
     "AnalyticsConfigError",
@@ -61,14 +54,6 @@ _HEADER = struct.Struct("<HI")  # version, header length
 VALUE = "value"
 AVG_VALUE = "avg_value"
 ANOMALY_STATUS = "anomaly_status"
-
-# Per-key state lives in one flat Float64 array, 2 * ring + len(_FIELDS) slots per key: [ring | fields].
-# The ring holds the block-local prefix sums (E1, E2 side by side) of the key's last ``ring``
-# positions (slot = 2 * (position % ring)); the fields describe the key's last row: n = rows seen,
-# rs = start position of the run of equal values ending there, x1 = its value, c = its block's pivot,
-# tp1/tp2/cp = the previous block's final prefix sums and pivot, e1l/e2l = its prefix sums. Counts are
-# stored as float64, exact up to 2**53 rows per key.
-_FIELDS = ("n", "rs", "x1", "c", "tp1", "tp2", "cp", "e1l", "e2l")
 
 
 class AnalyticsError(ValueError):
@@ -90,11 +75,6 @@ class AnalyticsInputError(AnalyticsError):
 
 class AnalyticsSnapshotError(AnalyticsError):
     """A snapshot blob is not one this version can restore."""
-
-
-def _block_size(ring: int) -> int:
-    """Block length: at least twice the ring so any window spans at most two blocks."""
-    return max(2 * ring, 32)
 
 
 class RollingAnomalyDetector:
@@ -131,13 +111,12 @@ class RollingAnomalyDetector:
         self.sigmas = float(sigmas)
         self.keys = keys
         self._ring = max(avg_rows, baseline_rows) + 1
-        self._block = _block_size(self._ring)
-        self._stride = 2 * self._ring + len(_FIELDS)
+        self._block = block_size(self._ring)
+        self._stride = 2 * self._ring + len(FIELDS)
         self._keytab: pl.DataFrame | None = None  # key columns + "__kid"; row i has kid i
         self._nkeys = 0
         self._cap = 0
-        self._mem = pl.Series("state", [], pl.Float64)
-        self._plans: dict[int, list[list[pl.Expr]]] = {}
+        self._mem = np.zeros(0)  # the per-key state, `_stride` float64 slots per key id (analytics_kernel)
 
     # ------------------------------------------------------------------ introspection
     def __len__(self) -> int:
@@ -220,11 +199,9 @@ class RollingAnomalyDetector:
         if nkeys <= self._cap:
             return
         cap = max(nkeys, 2 * self._cap, 1024)
-        # One spare key region at the end takes the writes that _commit discards.
-        used = self._mem.head(self._cap * self._stride)
-        extra = pl.zeros((cap + 1 - self._cap) * self._stride, pl.Float64, eager=True)
-        self._mem = pl.concat([used, extra], rechunk=True).rename("state")
-        self._cap = cap
+        mem = np.zeros(cap * self._stride)
+        mem[: self._cap * self._stride] = self._mem
+        self._mem, self._cap = mem, cap
 
     def _key_frame(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The batch's key columns (all-null columns cast to the state's dtype) and the key table."""
@@ -244,6 +221,14 @@ class RollingAnomalyDetector:
         )
         return pl.concat([tab, new], how="vertical")
 
+    def _key_ids(self, kf: pl.DataFrame, tab: pl.DataFrame) -> pl.Series:
+        """Each row's key id, in arrival order; null for keys the table does not hold yet."""
+        nulls = any(kf.null_count().row(0))  # null-aware matching costs a third more; only when needed
+        return (
+            kf.join(tab, on=list(self.keys), how="left", nulls_equal=nulls, maintain_order="left")
+            .get_column("__kid")
+        )
+
     # ------------------------------------------------------------------ processing
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
         """Process the next batch (rows in arrival order); returns it plus avg_value and anomaly_status.
@@ -252,266 +237,27 @@ class RollingAnomalyDetector:
         """
         value = self._validate(batch)
         n = batch.height
-        if n == 0:
-            avg = pl.Series(AVG_VALUE, [], pl.Float64)
-            status = pl.Series(ANOMALY_STATUS, [], pl.String)
-        else:
+        avg = np.empty(n)
+        anomaly = np.zeros(n, dtype=np.bool_)
+        if n:
             kf, tab = self._key_frame(batch)
-            rows = self._sorted_rows(kf, tab, value)
-            if rows.height < n:  # unseen keys: number them, then join again
+            kids = self._key_ids(kf, tab)
+            if kids.null_count():  # unseen keys: number them, then look up again
                 tab = self._with_new_keys(kf, tab)
-                self._reserve(tab.height)  # capacity only; no semantic change yet
-                rows = self._sorted_rows(kf, tab, value)
-            w = self._compute(rows)
+                kids = self._key_ids(kf, tab)
+            self._reserve(tab.height)  # capacity only; no semantic change yet
             # Only now does the state change; nothing below depends on the input's validity.
-            self._commit(w)
+            advance(kids.to_numpy(), value.to_numpy(), self._mem, self._ring, self._block,
+                    self.avg_rows, self.baseline_rows, self.sigmas, avg, anomaly)
             self._keytab, self._nkeys = tab, tab.height
-            avg, status = w.get_column(AVG_VALUE), w.get_column(ANOMALY_STATUS)
-        if AVG_VALUE in batch.columns or ANOMALY_STATUS in batch.columns:
-            return batch.with_columns(avg, status)
-        return batch.hstack([avg, status])
-
-    def _sorted_rows(self, kf: pl.DataFrame, tab: pl.DataFrame, value: pl.Series) -> pl.DataFrame:
-        """(kid, x, i) per row, sorted by key id and then arrival; rows of unseen keys are left out.
-
-        An inner join with the key table in "right_left" order sorts by key id, stably, in one step.
-        """
-        return (
-            kf.lazy()
-            .with_columns(value.alias("x"))
-            .with_row_index("i")
-            .join(tab.lazy(), on=list(self.keys), how="inner", nulls_equal=True, maintain_order="right_left")
-            .select(pl.col("__kid").alias("kid"), "x", "i")
-            .collect(engine="in-memory")
-        )
-
-    def _compute(self, rows: pl.DataFrame) -> pl.DataFrame:
-        """Run the window plan for one batch; returns its rows sorted by key with results and state.
-
-        Rows come sorted by key, so "k rows earlier for the same key" is a plain shift guarded by
-        ``loc >= k`` (loc = index of the row among its key's rows in this batch), and the state of a
-        key is gathered from the flat state array. Expressions are kept flat, one stage per dependency
-        level, because polars expands shared sub-expressions instead of reusing them; the number of
-        operations is what costs, so every test is written in its cheapest form, and the expressions
-        are built once and cached (only the few that read the state array are built per batch).
-        """
-        R, W = self._ring, self._stride
-        ka, kb = self.avg_rows + 1, self.baseline_rows + 1
-        col, when, lit = pl.col, pl.when, pl.lit
-        mem = self._mem
-        kw, slot, pr, r = col("kw"), col("slot"), col("pr"), col("r")
-        trash = self._cap * W  # a spare key region: writes that must not land go here
-
-        def back_slot(k: int) -> pl.Expr:
-            # Ring slot of the position k back (always a valid slot; read only when needed).
-            kr = k % R
-            return slot if kr == 0 else when(pr >= kr).then(slot - 2 * kr).otherwise(slot + 2 * (R - kr))
-
-        dynamic = {
-            # The key's state fields (zero-copy views of the state array, gathered by key).
-            1: [lit(mem.slice(2 * R + i)).gather(kw).alias(f"s_{f}") for i, f in enumerate(_FIELDS)],
-            # Fields are written from the key's last row only, the ring from its last `ring` rows.
-            2: [when(col("last")).then(kw + 2 * R).otherwise(trash).alias("fbase")],
-            5: [
-                when(col("lastr") - r < R).then(slot).otherwise(trash).alias("ridx"),
-                lit(mem).gather(back_slot(ka)).alias("g_a"),
-                lit(mem).gather(back_slot(kb)).alias("g_b1"),
-                lit(mem.slice(1)).gather(back_slot(kb)).alias("g_b2"),
-            ],
-        }
-        lf = rows.lazy()
-        for i, stage in enumerate(self._first_stages()):
-            lf = lf.with_columns(stage + dynamic.get(i, []))
-        w = lf.collect(engine="in-memory")
-        del dynamic  # drop the views of the state array before it is written to
-        steps = int(w.get_column("ql").max()).bit_length()  # type: ignore[arg-type]
-        lf = w.lazy()
-        for stage in self._stages(steps):
-            lf = lf.with_columns(stage)
-        return lf.collect(engine="in-memory")
-
-    def _first_stages(self) -> list[list[pl.Expr]]:
-        """First half of the plan, up to the prefix-sum increments (built once, then cached)."""
-        cached = self._plans.get(-1)
-        if cached is not None:
-            return cached
-        B, R, W = self._block, self._ring, self._stride
-        Wa, Wb = self.avg_rows, self.baseline_rows
-        col, when, lit = pl.col, pl.when, pl.lit
-        x, r, loc, pos, gs, kw = (col(c) for c in ("x", "r", "loc", "pos", "gs", "kw"))
-        pm, pr = col("pm"), col("pr")
-        inb = col("inb")
-        d = x - col("c")
-        cont = gs & (pm != 0)  # first row of the key here, continuing a block from the state
-        stages = [
-            [
-                pl.int_range(pl.len(), dtype=pl.Int64).alias("r"),
-                (col("kid") != col("kid").shift(1)).fill_null(True).alias("gs"),
-                (col("kid") * W).alias("kw"),
-                pl.col("i").arg_sort().alias("inv"),  # sorted position of each input row
-            ],
-            [
-                gs.shift(-1).fill_null(True).alias("last"),
-                (r - when(gs).then(r).otherwise(0).cum_max()).alias("loc"),
-            ],
-            [
-                (col("s_n").cast(pl.Int64) + loc).alias("pos"),
-                col("s_rs").cast(pl.Int64).alias("s_rsi"),
-                # Row index of the key's last row in this batch.
-                when(col("last")).then(r).otherwise(pl.len()).cum_min(reverse=True).alias("lastr"),
-                when(loc >= 1).then(x.shift(1)).otherwise(col("s_x1")).alias("xp1"),
-            ],
-            [
-                (pos % B).alias("pm"),  # position inside the block
-                (pos % R).alias("pr"),  # ring slot number
-                ((pos == 0) | (x != col("xp1"))).alias("newrun"),
-                pl.min_horizontal(pos, lit(Wb, pl.Int64)).alias("nb"),  # baseline window length
-                (pl.min_horizontal(pos, lit(Wa, pl.Int64)) + 1).alias("na"),  # avg window length
-            ],
-            [
-                (kw + 2 * pr).alias("slot"),  # this row's ring slot (E1; E2 is next to it)
-                (pm <= loc).alias("inb"),  # the row's block started inside this batch ...
-                (r - pm).alias("j"),  # ... at this row
-                pl.min_horizontal(pm, loc).alias("ql"),  # index inside the (key, block) run of rows
-                when(col("newrun") | gs).then(r).otherwise(0).cum_max().alias("rstart"),
-                when(col("newrun")).then(pos).otherwise(col("s_rsi")).alias("rsv"),
-                # Window [pos - na + 1, pos] (avg) / [pos - nb, pos - 1] (baseline) reaches back into
-                # the previous block (B > 2 * ring, so never further), or starts at a block start.
-                ((pm < Wa) & (pos >= B)).alias("xa"),
-                ((pm < Wb) & (pm > 0) & (pos >= B)).alias("xb"),
-                ((pos <= Wa) | (pm == Wa)).alias("za"),
-                ((pos <= Wb) | (pm == Wb)).alias("zb"),
-            ],
-            [
-                # Pivot of the row's block: the block's first value.
-                when(inb).then(x.gather(when(inb).then(col("j")))).otherwise(col("s_c")).alias("c"),
-                col("rsv").gather(col("rstart")).alias("rsr"),  # start of the run of equal values
-                when(inb).then(col("j")).alias("jn"),
-            ],
-            [
-                when(cont).then(col("s_e1l") + d).otherwise(d).alias("E1"),
-                when(cont).then(col("s_e2l") + d * d).otherwise(d * d).alias("E2"),
-            ],
+        results = [
+            pl.Series(AVG_VALUE, avg, pl.Float64),
+            pl.select(pl.when(pl.lit(pl.Series(anomaly))).then(pl.lit("ANOMALY")).otherwise(pl.lit("NORMAL"))
+                      .alias(ANOMALY_STATUS)).to_series(),
         ]
-        self._plans[-1] = stages
-        return stages
-
-    def _stages(self, steps: int) -> list[list[pl.Expr]]:
-        """Second half of the plan (no state references, so built once per scan depth and cached)."""
-        cached = self._plans.get(steps)
-        if cached is not None:
-            return cached
-        Wa, Wb = self.avg_rows, self.baseline_rows
-        ka, kb = Wa + 1, Wb + 1
-        col, when, lit = pl.col, pl.when, pl.lit
-        x, loc, pos, pm, nb, na = (col(c) for c in ("x", "loc", "pos", "pm", "nb", "na"))
-        xa, xb = col("xa"), col("xb")
-        stages: list[list[pl.Expr]] = []
-        # Segmented inclusive scan (Hillis-Steele) inside each (key, block) run of rows.
-        for i in range(steps):
-            has = col("ql") >= (1 << i)
-            stages.append(
-                [
-                    (col("E1") + when(has).then(col("E1").shift(1 << i)).otherwise(0.0)).alias("E1"),
-                    (col("E2") + when(has).then(col("E2").shift(1 << i)).otherwise(0.0)).alias("E2"),
-                ]
-            )
-
-        def back(name: str, k: int, fallback: str) -> pl.Expr:
-            """Value of ``name`` k rows earlier for the same key, else ``fallback`` (from the state)."""
-            return when(loc >= k).then(col(name).shift(k)).otherwise(col(fallback))
-
-        stages.append(
-            [
-                back("E1", 1, "s_e1l").alias("E1p"),
-                back("E2", 1, "s_e2l").alias("E2p"),
-                back("c", 1, "s_c").alias("cpr"),
-                back("rsr", 1, "s_rsi").alias("rsp"),
-                # Prefix sums just before each window's first row (0 at a block start).
-                when(col("za")).then(0.0).otherwise(back("E1", ka, "g_a")).alias("e1sa"),
-                when(col("zb")).then(0.0).otherwise(back("E1", kb, "g_b1")).alias("e1sb"),
-                when(col("zb")).then(0.0).otherwise(back("E2", kb, "g_b2")).alias("e2sb"),
-            ]
-        )
-        inb, jn = col("inb"), col("jn")
-        stages.append(
-            [
-                # Final prefix sums and pivot of the previous block: the row before the block's start.
-                when(inb).then(col("E1p").gather(jn)).otherwise(col("s_tp1")).alias("Tp1"),
-                when(inb).then(col("E2p").gather(jn)).otherwise(col("s_tp2")).alias("Tp2"),
-                when(inb).then(col("cpr").gather(jn)).otherwise(col("s_cp")).alias("cp"),
-            ]
-        )
-        # A window = part A (tail of the previous block, relative to its pivot cp; only when
-        # crossing) + part B (relative to c). Part A is re-expressed around c: with delta = cp - c,
-        # sum(x - c) = A1 + nA * delta and sum((x - c)^2) = A2 + delta * (2 * A1 + nA * delta).
-        e1sa, e1sb, e2sb = col("e1sa"), col("e1sb"), col("e2sb")
-        stages.append(
-            [
-                (col("cp") - col("c")).alias("dcp"),
-                when(xa).then(col("Tp1") - e1sa).otherwise(-e1sa).alias("A1a"),
-                when(xb).then(col("Tp1") - e1sb).otherwise(-e1sb).alias("A1b"),
-                when(xb).then(col("Tp2") - e2sb).otherwise(-e2sb).alias("A2b"),
-                when(xa).then(Wa - pm).otherwise(0).alias("nAa"),
-                when(xb).then(Wb - pm).otherwise(0).alias("nAb"),
-            ]
-        )
-        dcp, A1b, nAb = col("dcp"), col("A1b"), col("nAb")
-        stages.append(
-            [
-                (col("E1") + col("A1a") + col("nAa") * dcp).alias("S1a"),
-                (col("E1p") + A1b + nAb * dcp).alias("S1b"),
-                (col("E2p") + col("A2b") + when(xb).then(dcp * (2 * A1b + nAb * dcp)).otherwise(0.0)).alias("S2b"),
-            ]
-        )
-        S1b = col("S1b")
-        constant_b = col("rsp") <= pos - nb  # all baseline values equal: exact mean, stddev 0
-        stages.append(
-            [
-                # A crossing window never ends at a block start, so the baseline pivot is c there.
-                when(col("rsr") <= pos - na + 1).then(x).otherwise(col("c") + col("S1a") / na).alias("avg"),
-                when(constant_b).then(col("xp1")).otherwise(col("cpr") + S1b / nb).alias("mean"),
-                when(constant_b).then(0.0).otherwise(col("S2b") - S1b * S1b / nb).alias("m2"),
-            ]
-        )
-        std = (pl.max_horizontal("m2", lit(0.0)) / (nb - 1)).sqrt()
-        stages.append(
-            [
-                ((nb >= 2) & ((x - col("mean")).abs() > self.sigmas * std)).alias("anom"),
-                (pos + 1).cast(pl.Float64).alias("nf"),
-                col("rsr").cast(pl.Float64).alias("rsf"),
-            ]
-        )
-        inv = col("inv")
-        stages.append(
-            [
-                (col("ridx") + 1).alias("ridx2"),  # state slots written by _commit (E2, fields)
-                *((col("fbase") + i).alias(f"fidx{i}") for i in range(len(_FIELDS))),
-                col("avg").gather(inv).alias(AVG_VALUE),  # back in input order
-                when(col("anom").gather(inv)).then(lit("ANOMALY")).otherwise(lit("NORMAL")).alias(ANOMALY_STATUS),
-            ]
-        )
-        self._plans[steps] = stages
-        return stages
-
-    def _commit(self, w: pl.DataFrame) -> None:
-        """Write the batch's ring entries and last-row fields into the state array with one scatter."""
-        values = {
-            "n": "nf",
-            "rs": "rsf",
-            "x1": "x",
-            "c": "c",
-            "tp1": "Tp1",
-            "tp2": "Tp2",
-            "cp": "cp",
-            "e1l": "E1",
-            "e2l": "E2",
-        }
-        idx = pl.concat(
-            [w.get_column(c) for c in ("ridx", "ridx2", *(f"fidx{i}" for i in range(len(_FIELDS))))], rechunk=True
-        )
-        val = pl.concat([w.get_column(c) for c in ("E1", "E2", *(values[f] for f in _FIELDS))], rechunk=True)
-        self._mem.scatter(idx, val)
+        if AVG_VALUE in batch.columns or ANOMALY_STATUS in batch.columns:
+            return batch.with_columns(results)
+        return batch.hstack(results)
 
     # ------------------------------------------------------------------ resharding
     @classmethod
@@ -539,12 +285,12 @@ class RollingAnomalyDetector:
             if det._keytab is None or det._nkeys == 0:
                 continue
             k = det._nkeys
-            state = det._mem.head(k * W).reshape((k, W))
+            state = pl.Series(det._mem[: k * W]).reshape((k, W))
             parts.append(det._keytab.drop("__kid").with_columns(state.alias("state")))
         if not parts:
             return out
         table = pl.concat(parts, how="vertical_relaxed").with_row_index("__order")
-        n_col = pl.col("state").arr.get(2 * first._ring + _FIELDS.index("n"))
+        n_col = pl.col("state").arr.get(2 * first._ring + FIELDS.index("n"))
         table = (
             table.sort(n_col, "__order", descending=[True, False])
             .unique(subset=list(first.keys), keep="first", maintain_order=True)
@@ -560,7 +306,7 @@ class RollingAnomalyDetector:
         self._keytab = table.select(self.keys).with_columns(pl.int_range(k, dtype=pl.Int64).alias("__kid"))
         self._nkeys = k
         self._reserve(k)
-        self._mem.scatter(pl.int_range(k * W, dtype=pl.Int64, eager=True), table.get_column("state").reshape((k * W,)))
+        self._mem[: k * W] = table.get_column("state").reshape((k * W,)).to_numpy()
 
     # ------------------------------------------------------------------ snapshot / restore
     def _config(self) -> dict[str, object]:
@@ -571,7 +317,7 @@ class RollingAnomalyDetector:
             "keys": list(self.keys),
             "block": self._block,
             "ring": self._ring,
-            "layout": ["ring(e1,e2)", *_FIELDS],
+            "layout": ["ring(e1,e2)", *FIELDS],
         }
 
     def snapshot(self) -> bytes:
@@ -584,7 +330,7 @@ class RollingAnomalyDetector:
         if self._keytab is None:
             table = pl.DataFrame()
         else:
-            table = self._keytab.drop("__kid").with_columns(self._mem.head(k * W).reshape((k, W)).alias("state"))
+            table = self._keytab.drop("__kid").with_columns(pl.Series("state", self._mem[: k * W]).reshape((k, W)))
         buf = io.BytesIO()
         table.write_ipc(buf, compression="uncompressed")
         header = json.dumps(self._config(), sort_keys=True).encode()

@@ -1,0 +1,185 @@
+"""The compiled per-row step of the stream analytics engine (numba), and the per-key state layout it owns.
+
+Per key the state is ``stride = 2 * ring + len(FIELDS)`` float64 slots of one flat array, at
+``kid * stride``: ``[ring | fields]``.
+
+* The key's history is cut into aligned *blocks* of ``block`` positions (``block >= 2 * ring``, so a
+  window spans at most two blocks). Each block has a *pivot* ``c``, its first value, so a series that
+  drifts stays close to it.
+* The ring holds the block-local prefix sums ``E1 = sum(x - c)`` and ``E2 = sum((x - c)^2)`` of the
+  key's last ``ring`` positions, side by side at ``2 * (position % ring)``.
+* The fields describe the key's last row: ``n`` rows seen; ``rs`` start of the run of equal values
+  ending there; ``x1`` its value; ``c`` its block's pivot; ``tp1``/``tp2``/``cp`` the previous
+  block's final prefix sums and pivot; ``e1l``/``e2l`` its own prefix sums. Counts are float64, exact
+  up to 2**53 rows per key.
+
+A window's sums come from two prefix values (its end and the position before its start); a window
+reaching into the previous block re-expresses that part around the current pivot. Because the sums
+are of shifted values and restart every block, a 1e9-magnitude series with unit noise loses nothing
+and rounding error never accumulates along the stream. A window whose values are all equal (known
+from ``rs``) is answered exactly: mean = that value, stddev = 0.
+
+Rows are processed strictly in arrival order, one O(1) step each, so the result is bit-for-bit the
+same however the stream is cut into batches.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+FIELDS = ("n", "rs", "x1", "c", "tp1", "tp2", "cp", "e1l", "e2l")
+_N, _RS, _X1, _C, _TP1, _TP2, _CP, _E1L, _E2L = range(len(FIELDS))
+
+
+def block_size(ring: int) -> int:
+    """Block length: at least twice the ring, so any window spans at most two blocks."""
+    return max(2 * ring, 32)
+
+
+PREFETCH_ROWS = 8  # far enough ahead to overlap a DRAM miss, near enough to stay in L1
+_compiled: Callable[..., None] | None = None
+_pool: ThreadPoolExecutor | None = None
+THREADS = min(os.cpu_count() or 1, 4)
+MIN_ROWS_PER_THREAD = 2_000  # below this, handing work to a thread costs more than it saves
+
+
+def advance(
+    kids: np.ndarray, xs: np.ndarray, mem: np.ndarray, ring: int, block: int, avg_rows: int,
+    baseline_rows: int, sigmas: float, avg_out: np.ndarray, anomaly_out: np.ndarray,
+) -> None:
+    """Advance each row's key by one position and write the row's two results (see :func:`_advance`).
+
+    Keys are independent, so a large batch is split by ``kid % threads`` across threads (the loop
+    releases the GIL); each thread still takes its keys' rows in arrival order, so the result does
+    not depend on the split. numba is imported and the loop loaded (from the on-disk cache after the
+    first build) on the first call, so only processes that run the engine pay its ~1 s start-up.
+    """
+    global _compiled, _pool
+    if _compiled is None:
+        import numba
+
+        _compiled = numba.njit(cache=True, nogil=True)(_advance)
+    # One signature for the cache: polars hands out read-only views, numba types those separately.
+    args = (np.require(kids, np.int64, "CW"), np.require(xs, np.float64, "CW"), mem, ring, block, avg_rows,
+            baseline_rows, float(sigmas), avg_out, anomaly_out)
+    parts = max(1, min(THREADS, len(kids) // MIN_ROWS_PER_THREAD))
+    if parts == 1:
+        _compiled(*args, 0, 1)
+        return
+    if _pool is None:
+        _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="analytics")
+    for future in [_pool.submit(_compiled, *args, part, parts) for part in range(parts)]:
+        future.result()
+
+
+def _advance(
+    kids: np.ndarray,  # int64, the key id of each row, in arrival order
+    xs: np.ndarray,  # float64, each row's value
+    mem: np.ndarray,  # float64, the state array; updated in place
+    ring: int,
+    block: int,
+    avg_rows: int,
+    baseline_rows: int,
+    sigmas: float,
+    avg_out: np.ndarray,  # float64, per row: AVG over the avg_rows preceding rows and the row
+    anomaly_out: np.ndarray,  # bool, per row: outside the sigma band of the baseline_rows preceding rows
+    part: int,  # this call takes the rows whose key id % parts == part
+    parts: int,
+) -> float:
+    """The per-row loop, compiled by numba on first use."""
+    stride = 2 * ring + len(FIELDS)
+    n_rows = kids.shape[0]
+    sink = 0.0
+    for i in range(n_rows):
+        # Touch the key state of a row a few rows ahead: its loads overlap this row's work (the state
+        # of 10k+ keys lives in L3/DRAM, so the loop is bound by memory latency, not arithmetic).
+        ahead = i + PREFETCH_ROWS
+        if ahead < n_rows and kids[ahead] % parts == part:
+            fa = kids[ahead] * stride + 2 * ring
+            pa_ = int(mem[fa])
+            sink += mem[fa + 8] + mem[kids[ahead] * stride + 2 * (pa_ % ring)]
+        if kids[i] % parts != part:
+            continue
+        x = xs[i]
+        base = kids[i] * stride
+        f = base + 2 * ring
+        pos = int(mem[f + _N])
+        rs = int(mem[f + _RS])
+        x1, c = mem[f + _X1], mem[f + _C]
+        tp1, tp2, cp = mem[f + _TP1], mem[f + _TP2], mem[f + _CP]
+        e1l, e2l = mem[f + _E1L], mem[f + _E2L]
+
+        # Baseline: positions [pos - nb, pos - 1], read from the state as of the key's last row.
+        nb = min(pos, baseline_rows)
+        anomaly = False
+        if nb >= 2:
+            lo = pos - nb
+            if rs <= lo:  # every baseline value equals x1: exact mean, stddev 0
+                anomaly = x != x1
+            else:
+                hi = pos - 1
+                bs = hi - hi % block  # start of the block holding hi (pivot c)
+                p1 = p2 = 0.0  # prefix sums just before the window (0 when it starts the block)
+                if lo != bs:
+                    s = base + 2 * ((lo - 1) % ring)
+                    p1, p2 = mem[s], mem[s + 1]
+                if lo >= bs:
+                    s1, s2 = e1l - p1, e2l - p2
+                else:  # [lo, bs - 1] lies in the previous block, relative to its pivot cp
+                    a1, a2 = tp1 - p1, tp2 - p2
+                    na_, delta = bs - lo, cp - c
+                    s1 = e1l + a1 + na_ * delta
+                    s2 = e2l + a2 + delta * (2.0 * a1 + na_ * delta)
+                mean = c + s1 / nb
+                m2 = max(s2 - s1 * s1 / nb, 0.0)
+                anomaly = abs(x - mean) > sigmas * math.sqrt(m2 / (nb - 1))
+
+        # The avg window [loa, pos]: read the prefix before it now, before this row overwrites its slot.
+        loa = pos - min(pos, avg_rows)
+        pa = 0.0
+        if loa >= 1:
+            pa = mem[base + 2 * ((loa - 1) % ring)]
+
+        # Advance the key by this row.
+        pm = pos % block
+        if pm == 0:  # a new block: remember the last one's final sums and pivot
+            tp1, tp2, cp, c = e1l, e2l, c, x
+            e1l = e2l = 0.0
+        d = x - c
+        e1l += d
+        e2l += d * d
+        slot = base + 2 * (pos % ring)
+        mem[slot] = e1l
+        mem[slot + 1] = e2l
+        if pos == 0 or x != x1:
+            rs = pos
+        mem[f + _N] = pos + 1
+        mem[f + _RS] = rs
+        mem[f + _X1] = x
+        mem[f + _C] = c
+        mem[f + _TP1] = tp1
+        mem[f + _TP2] = tp2
+        mem[f + _CP] = cp
+        mem[f + _E1L] = e1l
+        mem[f + _E2L] = e2l
+
+        na = pos - loa + 1
+        if rs <= loa:  # every value in the window equals x
+            avg = x
+        else:
+            bs = pos - pm
+            if loa > bs:
+                s1 = e1l - pa
+            elif loa == bs:  # the window starts the block
+                s1 = e1l
+            else:  # [loa, bs - 1] lies in the previous block
+                s1 = e1l + (tp1 - pa) + (bs - loa) * (cp - c)
+            avg = c + s1 / na
+        avg_out[i] = avg
+        anomaly_out[i] = anomaly
+    return sink  # (returned so the compiler keeps the look-ahead loads)

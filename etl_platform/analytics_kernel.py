@@ -41,7 +41,6 @@ def block_size(ring: int) -> int:
     return max(2 * ring, 32)
 
 
-PREFETCH_ROWS = 8  # far enough ahead to overlap a DRAM miss, near enough to stay in L1
 _compiled: Callable[..., None] | None = None
 _pool: ThreadPoolExecutor | None = None
 THREADS = min(os.cpu_count() or 1, 4)
@@ -90,19 +89,10 @@ def _advance(
     anomaly_out: np.ndarray,  # bool, per row: outside the sigma band of the baseline_rows preceding rows
     part: int,  # this call takes the rows whose key id % parts == part
     parts: int,
-) -> float:
+) -> None:
     """The per-row loop, compiled by numba on first use."""
     stride = 2 * ring + len(FIELDS)
-    n_rows = kids.shape[0]
-    sink = 0.0
-    for i in range(n_rows):
-        # Touch the key state of a row a few rows ahead: its loads overlap this row's work (the state
-        # of 10k+ keys lives in L3/DRAM, so the loop is bound by memory latency, not arithmetic).
-        ahead = i + PREFETCH_ROWS
-        if ahead < n_rows and kids[ahead] % parts == part:
-            fa = kids[ahead] * stride + 2 * ring
-            pa_ = int(mem[fa])
-            sink += mem[fa + 8] + mem[kids[ahead] * stride + 2 * (pa_ % ring)]
+    for i in range(kids.shape[0]):
         if kids[i] % parts != part:
             continue
         x = xs[i]
@@ -182,4 +172,3 @@ def _advance(
             avg = c + s1 / na
         avg_out[i] = avg
         anomaly_out[i] = anomaly
-    return sink  # (returned so the compiler keeps the look-ahead loads)

@@ -43,8 +43,13 @@ def block_size(ring: int) -> int:
 
 _compiled: Callable[..., None] | None = None
 _pool: ThreadPoolExecutor | None = None
+_interpreted_rows = 0
 THREADS = min(os.cpu_count() or 1, 4)
 MIN_ROWS_PER_THREAD = 2_000  # below this, handing work to a thread costs more than it saves
+# Loading the compiled loop costs a process ~2 s (numba's import and LLVM start-up, with the on-disk
+# cache warm); interpreted, the same loop takes ~6 us a row. So a process interprets its first rows
+# (a short-lived micro-batch run never pays the start-up) and compiles once it has done this many.
+INTERPRET_ROWS = 100_000
 
 
 def advance(
@@ -53,19 +58,24 @@ def advance(
 ) -> None:
     """Advance each row's key by one position and write the row's two results (see :func:`_advance`).
 
-    Keys are independent, so a large batch is split by ``kid % threads`` across threads (the loop
+    The loop runs interpreted for a process's first ``INTERPRET_ROWS`` rows, compiled by numba after
+    that; both do the same float operations in the same order, so results are bit-identical. Keys
+    are independent, so a large batch is split by ``kid % threads`` across threads (the compiled loop
     releases the GIL); each thread still takes its keys' rows in arrival order, so the result does
-    not depend on the split. numba is imported and the loop loaded (from the on-disk cache after the
-    first build) on the first call, so only processes that run the engine pay its ~1 s start-up.
+    not depend on the split.
     """
-    global _compiled, _pool
-    if _compiled is None:
-        import numba
-
-        _compiled = numba.njit(cache=True, nogil=True)(_advance)
+    global _compiled, _pool, _interpreted_rows
     # One signature for the cache: polars hands out read-only views, numba types those separately.
     args = (np.require(kids, np.int64, "CW"), np.require(xs, np.float64, "CW"), mem, ring, block, avg_rows,
             baseline_rows, float(sigmas), avg_out, anomaly_out)
+    if _compiled is None:
+        if _interpreted_rows + len(kids) <= INTERPRET_ROWS:
+            _interpreted_rows += len(kids)
+            _advance(*args, 0, 1)
+            return
+        import numba
+
+        _compiled = numba.njit(cache=True, nogil=True)(_advance)
     parts = max(1, min(THREADS, len(kids) // MIN_ROWS_PER_THREAD))
     if parts == 1:
         _compiled(*args, 0, 1)

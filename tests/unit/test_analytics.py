@@ -173,19 +173,28 @@ def test_many_keys_in_one_batch_and_across_batches():
     assert len(det) == df.select(KEYS).n_unique() > 8000
 
 
-def test_results_are_bit_identical_whatever_the_cuts_and_threads(monkeypatch):
-    """Rows are advanced one by one in arrival order, so cuts, restores and the per-key thread split
-    change nothing, not even the last bit."""
+def test_results_are_bit_identical_whatever_the_cuts_threads_and_compilation(monkeypatch):
+    """Rows are advanced one by one in arrival order, so cuts, restores, the per-key thread split and
+    running the loop interpreted or compiled change nothing, not even the last bit."""
     from etl_platform import analytics_kernel
 
     df = stream(12_000, 400, seed=12, repeats=0.05)
+    monkeypatch.setattr(analytics_kernel, "_compiled", None)
+    monkeypatch.setattr(analytics_kernel, "_interpreted_rows", 0)
+    monkeypatch.setattr(analytics_kernel, "INTERPRET_ROWS", 10**12)
+    interpreted, _ = run(RollingAnomalyDetector(), df, [5000, 1, 0])
+    assert analytics_kernel._compiled is None
+    assert_matches(interpreted, reference(df))
+
+    monkeypatch.setattr(analytics_kernel, "INTERPRET_ROWS", 0)
     monkeypatch.setattr(analytics_kernel, "THREADS", 1)
     one_pass, _ = run(RollingAnomalyDetector(), df, [])
+    assert analytics_kernel._compiled is not None
+    assert one_pass.equals(interpreted)
     monkeypatch.setattr(analytics_kernel, "THREADS", 4)  # batches of >= 8,000 rows use four threads
     for cuts, restores in (([], set()), ([1, 8000, 0, 3], {0, 2}), ([4000], {1})):
         got, _ = run(RollingAnomalyDetector(), df, cuts, restores)
         assert got.equals(one_pass)
-    assert_matches(one_pass, reference(df))
 
 
 def test_empty_and_one_row_batches():

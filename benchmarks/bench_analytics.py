@@ -194,6 +194,12 @@ def main(argv: list[str] | None = None) -> None:
     a_c, b_c, a_b = mismatches(out_a, out_c), mismatches(out_b, out_c), mismatches(out_a, out_b)
     anomalies = int((out_c["anomaly_status"] == "ANOMALY").sum())
     rate = {k: n / v["seconds"] for k, v in phases.items()}
+
+    def spread(ref: str) -> str:
+        """A's speed over the reference's, round by round: how much the machine moved the ratio."""
+        warm = slice(1, None) if args.repeat > 1 else slice(None)  # round 1 of A loads the compiled loop
+        ratios = sorted(r / a for a, r in zip(times["A"][warm], times[ref][warm], strict=True))
+        return f"{ratios[0]:.2f} / {ratios[len(ratios) // 2]:.2f} / {ratios[-1]:.2f}"
     names = {
         "A": f"A: engine, {args.batch:,}-row micro-batches, state carried",
         "B": "B: one-shot Polars (whole stream in memory)",
@@ -226,6 +232,8 @@ def main(argv: list[str] | None = None) -> None:
         "|---|---:|",
         f"| A/B events/s (goal >= 0.5) | {rate['A'] / rate['B']:.2f} |",
         f"| A/C events/s (goal >= 1.0) | {rate['A'] / rate['C']:.2f} |",
+        f"| A/B, A/C per round (min / median / max of rounds 2-{args.repeat}) | "
+        f"{spread('B')}, {spread('C')} |",
         f"| A/B, A/C by CPU time (load-independent) | {phases['B']['cpu'] / phases['A']['cpu']:.2f}, "
         f"{phases['C']['cpu'] / phases['A']['cpu']:.2f} |",
         f"| state after the run: keys / bytes | {state_keys:,} / {state_bytes:,} |",

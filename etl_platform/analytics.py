@@ -37,7 +37,7 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from etl_platform.analytics_kernel import FIELDS, advance, block_size
+from etl_platform.analytics_kernel import FIELDS, advance, block_size, field_slot, state_stride
 
 __all__ = [
     "AnalyticsConfigError",
@@ -113,7 +113,7 @@ class RollingAnomalyDetector:
         self.keys = keys
         self._ring = max(avg_rows, baseline_rows) + 1
         self._block = block_size(self._ring)
-        self._stride = 2 * self._ring + len(FIELDS)
+        self._stride = state_stride(self._ring)
         self._keytab: pl.DataFrame | None = None  # key columns + "__kid"; row i has kid i
         self._nkeys = 0
         self._cap = 0
@@ -292,7 +292,7 @@ class RollingAnomalyDetector:
         if not parts:
             return out
         table = pl.concat(parts, how="vertical_relaxed").with_row_index("__order")
-        n_col = pl.col("state").arr.get(2 * first._ring + FIELDS.index("n"))
+        n_col = pl.col("state").arr.get(field_slot(first._ring, "n"))
         table = (
             table.sort(n_col, "__order", descending=[True, False])
             .unique(subset=list(first.keys), keep="first", maintain_order=True)

@@ -36,6 +36,16 @@ FIELDS = ("n", "rs", "x1", "c", "tp1", "tp2", "cp", "e1l", "e2l")
 _N, _RS, _X1, _C, _TP1, _TP2, _CP, _E1L, _E2L = range(len(FIELDS))
 
 
+def state_stride(ring: int) -> int:
+    """Float64 slots of state per key: the ring of (E1, E2) pairs, then the fields."""
+    return 2 * ring + len(FIELDS)
+
+
+def field_slot(ring: int, name: str) -> int:
+    """Offset of a field inside a key's state."""
+    return 2 * ring + FIELDS.index(name)
+
+
 def block_size(ring: int) -> int:
     """Block length: at least twice the ring, so any window spans at most two blocks."""
     return max(2 * ring, 32)

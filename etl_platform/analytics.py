@@ -13,11 +13,13 @@ snapshotted and restored, and exact to floating-point rounding (far below 1e-9 r
 
 How it stays fast and exact
 ---------------------------
-Polars does the batch-level work (validation, key lookup by a join with the table of known keys, the
-output columns); the per-row step is one compiled loop (:mod:`etl_platform.analytics_kernel`, numba;
-a large batch is split by key over threads) that advances each row's key in arrival order in O(1):
-windows come from block-local prefix sums around a per-block pivot, kept for the last
-``max(avg_rows, baseline_rows) + 1`` positions of each key (the kernel's docstring has the layout).
+Polars does the batch-level work (validation, hashing the key rows and checking the key lookup, the
+output columns). Two compiled loops (numba, :mod:`etl_platform.analytics_kernel`) do the per-row work:
+one numbers each row's key through a hash table (:mod:`etl_platform.key_index`; every answer is checked
+against the real keys, and an exact join takes over should two keys share a 64-bit hash), the other
+advances each row's key in arrival order in O(1): windows come from block-local prefix sums around a
+per-block pivot, kept for the last ``max(avg_rows, baseline_rows) + 1`` positions of each key (the
+kernel's docstring has the layout), and it prefetches the state of the rows ahead of it.
 So a batch costs O(rows), never O(keys touched x window), and memory is bounded by keys x window
 whatever the stream length.
 
@@ -38,6 +40,7 @@ import numpy as np
 import polars as pl
 
 from etl_platform.analytics_kernel import FIELDS, advance, block_size, field_slot, state_stride
+from etl_platform.key_index import KeyIndex
 
 __all__ = [
     "AnalyticsConfigError",
@@ -55,6 +58,26 @@ _HEADER = struct.Struct("<HI")  # version, header length
 VALUE = "value"
 AVG_VALUE = "avg_value"
 ANOMALY_STATUS = "anomaly_status"
+
+
+_MAX_KEY_CHUNKS = 8  # the key table is gathered from on every batch: 9 chunks make that 4x slower
+
+
+def _detached(frame: pl.DataFrame) -> pl.DataFrame:
+    """``frame`` with its strings copied out of the buffers they share with the batch they came from.
+
+    A gather of string rows keeps pointing into the batch's whole string buffer, so a key table
+    built from gathers would keep every batch that brought a new key alive.
+    """
+
+    def copied(col: pl.Series) -> pl.Series:
+        if col.dtype == pl.String:
+            return col + ""  # builds new strings (pyarrow would do too, but costs 0.2 s to import)
+        if col.dtype == pl.Binary:
+            return pl.Series(col.name, col.to_list(), dtype=pl.Binary)
+        return col
+
+    return pl.DataFrame([copied(col) for col in frame.get_columns()])
 
 
 class AnalyticsError(ValueError):
@@ -118,6 +141,8 @@ class RollingAnomalyDetector:
         self._nkeys = 0
         self._cap = 0
         self._mem = np.zeros(0)  # the per-key state, `_stride` float64 slots per key id (analytics_kernel)
+        self._index: KeyIndex | None = None  # key hash -> key id; rebuilt from _keytab when stale
+        self._hash_collision = False  # two keys share a hash: the exact join does every lookup
 
     # ------------------------------------------------------------------ introspection
     def __len__(self) -> int:
@@ -214,14 +239,11 @@ class RollingAnomalyDetector:
         nulls = {c: tab.schema[c] for c in self.keys if kf.schema[c] == pl.Null}
         return (kf.cast(nulls) if nulls else kf), tab
 
-    def _with_new_keys(self, kf: pl.DataFrame, tab: pl.DataFrame) -> pl.DataFrame:
-        """The key table plus the batch's unseen keys, numbered in order of first appearance."""
-        new = (
-            kf.join(tab, on=list(self.keys), how="anti", nulls_equal=True, maintain_order="left")
-            .unique(maintain_order=True)
-            .with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + tab.height).alias("__kid"))
-        )
-        return pl.concat([tab, new], how="vertical")
+    def _with_new_keys(self, tab: pl.DataFrame, new_keys: pl.DataFrame) -> pl.DataFrame:
+        """The key table plus ``new_keys`` (distinct, unseen), numbered on from the table's end."""
+        new = _detached(new_keys).with_columns((pl.int_range(pl.len(), dtype=pl.Int64) + tab.height).alias("__kid"))
+        grown = pl.concat([tab, new], how="vertical")
+        return grown.rechunk() if grown.n_chunks() > _MAX_KEY_CHUNKS else grown
 
     def _key_ids(self, kf: pl.DataFrame, tab: pl.DataFrame) -> pl.Series:
         """Each row's key id, in arrival order; null for keys the table does not hold yet."""
@@ -230,6 +252,29 @@ class RollingAnomalyDetector:
             kf.join(tab, on=list(self.keys), how="left", nulls_equal=nulls, maintain_order="left")
             .get_column("__kid")
         )
+
+    def _lookup(self, kf: pl.DataFrame, tab: pl.DataFrame) -> tuple[np.ndarray, pl.DataFrame]:
+        """Each row's key id, and the key table with the batch's unseen keys appended (not yet kept).
+
+        The hash index answers when it can (under half the cost of the join); every answer is checked
+        against the real keys, and on a hash collision the index is dropped for the exact join.
+        """
+        if self._index is None and not self._hash_collision and KeyIndex.supports(kf.schema):
+            self._index = KeyIndex.build(pl.DataFrame([tab.get_column(k) for k in self.keys]))
+            self._hash_collision = self._index is None
+        if self._index is not None and len(self._index) == tab.height:
+            ids, new_rows = self._index.assign(kf)
+            grown = self._with_new_keys(tab, kf[new_rows]) if len(new_rows) else tab
+            if KeyIndex.verify(kf, ids, pl.DataFrame([grown.get_column(k) for k in self.keys])):
+                return ids, grown
+            self._hash_collision = True
+        self._index = None  # dropped on a collision (rare: two keys sharing a 64-bit hash), or stale
+        kids = self._key_ids(kf, tab)
+        if kids.null_count():  # unseen keys: number them in order of first appearance, then look up again
+            unseen = kf.filter(kids.is_null()).unique(maintain_order=True)
+            tab = self._with_new_keys(tab, unseen)
+            kids = self._key_ids(kf, tab)
+        return kids.to_numpy(), tab
 
     # ------------------------------------------------------------------ processing
     def process(self, batch: pl.DataFrame) -> pl.DataFrame:
@@ -243,13 +288,10 @@ class RollingAnomalyDetector:
         anomaly = np.zeros(n, dtype=np.bool_)
         if n:
             kf, tab = self._key_frame(batch)
-            kids = self._key_ids(kf, tab)
-            if kids.null_count():  # unseen keys: number them, then look up again
-                tab = self._with_new_keys(kf, tab)
-                kids = self._key_ids(kf, tab)
+            kids, tab = self._lookup(kf, tab)
             self._reserve(tab.height)  # capacity only; no semantic change yet
             # Only now does the state change; nothing below depends on the input's validity.
-            advance(kids.to_numpy(), value.to_numpy(), self._mem, self._ring, self._block,
+            advance(kids, value.to_numpy(), self._mem, self._ring, self._block,
                     self.avg_rows, self.baseline_rows, self.sigmas, avg, anomaly)
             self._keytab, self._nkeys = tab, tab.height
         results = [

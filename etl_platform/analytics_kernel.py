@@ -26,9 +26,7 @@ same however the stream is cut into batches.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -51,15 +49,116 @@ def block_size(ring: int) -> int:
     return max(2 * ring, 32)
 
 
-_compiled: Callable[..., None] | None = None
-_pool: ThreadPoolExecutor | None = None
+_compiled: dict[str, Callable[..., int | None]] | None = None  # the loops, once numba has compiled them
 _interpreted_rows = 0
-THREADS = min(os.cpu_count() or 1, 4)
-MIN_ROWS_PER_THREAD = 2_000  # below this, handing work to a thread costs more than it saves
-# Loading the compiled loop costs a process ~2 s (numba's import and LLVM start-up, with the on-disk
-# cache warm); interpreted, the same loop takes ~6 us a row. So a process interprets its first rows
+# Loading the compiled loops costs a process ~2 s (numba's import and LLVM start-up, with the on-disk
+# cache warm); interpreted, the per-row step takes ~6 us a row. So a process interprets its first rows
 # (a short-lived micro-batch run never pays the start-up) and compiles once it has done this many.
 INTERPRET_ROWS = 100_000
+# The per-row step is bound by memory latency (a key's state is ~1.7 kB, the keys' state far larger
+# than the CPU caches), so the compiled loop asks for the cache lines of the rows this far ahead.
+PREFETCH_ROWS = 8
+
+
+def _prefetch(array: np.ndarray, index: int) -> None:
+    """Ask the CPU to start loading ``array[index]``'s cache line; compiled, a prefetch instruction."""
+
+
+def _compile() -> dict[str, Callable[..., int | None]]:
+    """numba-compile the loops, with :func:`_prefetch` lowered to LLVM's prefetch intrinsic."""
+    import numba
+    from llvmlite import ir
+    from numba.core import cgutils
+    from numba.extending import intrinsic, overload
+
+    @intrinsic
+    def prefetch_line(typingctx, array, index):  # noqa: ARG001 - numba's intrinsic signature
+        def codegen(context, builder, signature, args):  # noqa: ARG001
+            aryty = signature.args[0]
+            ary = context.make_array(aryty)(context, builder, args[0])
+            ptr = cgutils.get_item_pointer(context, builder, aryty, ary, [args[1]])
+            i8p, i32 = ir.IntType(8).as_pointer(), ir.IntType(32)
+            fn = cgutils.get_or_insert_function(
+                builder.module, ir.FunctionType(ir.VoidType(), [i8p, i32, i32, i32]), "llvm.prefetch.p0i8"
+            )
+            # read, keep in all cache levels, data cache
+            builder.call(fn, [builder.bitcast(ptr, i8p), i32(0), i32(3), i32(1)])
+            return context.get_dummy_value()
+
+        return numba.types.void(array, numba.types.intp), codegen
+
+    @overload(_prefetch)
+    def _prefetch_compiled(array, index):  # noqa: ARG001
+        return lambda array, index: prefetch_line(array, index)
+
+    jit = numba.njit(cache=True, nogil=True)
+    return {"advance": jit(_advance), "index_keys": jit(_index_keys)}
+
+
+def precompile() -> None:
+    """Compile both loops now and call each once, which writes numba's on-disk cache (for images)."""
+    global _compiled
+    if _compiled is None:
+        _compiled = _compile()
+    one = np.zeros(1, dtype=np.int64)
+    index_keys(one, np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64), 0, one.copy(), one.copy())
+    ring = 3
+    advance(one, np.zeros(1), np.zeros(state_stride(ring)), ring, block_size(ring), 1, 2, 3.0, np.zeros(1),
+            np.zeros(1, dtype=np.bool_))
+
+
+def _loops(rows: int) -> dict[str, Callable[..., int | None]]:
+    """The loops to run a batch of ``rows`` with: interpreted at first, compiled from then on."""
+    global _compiled, _interpreted_rows
+    if _compiled is None:
+        if _interpreted_rows + rows <= INTERPRET_ROWS:
+            _interpreted_rows += rows
+            return {"advance": _advance, "index_keys": _index_keys}
+        _compiled = _compile()
+    return _compiled
+
+
+def index_keys(
+    hashes: np.ndarray, slot_hash: np.ndarray, slot_id: np.ndarray, count: int, ids_out: np.ndarray,
+    new_rows_out: np.ndarray,
+) -> int:
+    """Look each row's key hash up in the open-addressing table, inserting unseen ones (see :func:`_index_keys`).
+
+    Runs compiled once :func:`advance` has started running compiled, interpreted before that (the
+    rows are counted there, not here).
+    """
+    loop = _compiled["index_keys"] if _compiled is not None else _index_keys
+    return int(loop(hashes, slot_hash, slot_id, count, ids_out, new_rows_out))
+
+
+def _index_keys(
+    hashes: np.ndarray,  # int64, each row's 64-bit key hash
+    slot_hash: np.ndarray,  # int64, the table (a power of two long, at most half full): hash per slot
+    slot_id: np.ndarray,  # int64, the id per slot, -1 for an empty slot; both updated in place
+    count: int,  # ids in use; unseen hashes get count, count + 1, ...
+    ids_out: np.ndarray,  # int64, per row: its key's id
+    new_rows_out: np.ndarray,  # int64: the rows whose hash was inserted, in order
+) -> int:
+    """Linear probing from the hash's low bits; returns how many hashes were inserted."""
+    mask = slot_id.shape[0] - 1
+    added = 0
+    for i in range(hashes.shape[0]):
+        h = hashes[i]
+        slot = h & mask
+        while True:
+            kid = slot_id[slot]
+            if kid < 0:
+                kid = count + added
+                slot_hash[slot] = h
+                slot_id[slot] = kid
+                new_rows_out[added] = i
+                added += 1
+                break
+            if slot_hash[slot] == h:
+                break
+            slot = (slot + 1) & mask
+        ids_out[i] = kid
+    return added
 
 
 def advance(
@@ -69,31 +168,13 @@ def advance(
     """Advance each row's key by one position and write the row's two results (see :func:`_advance`).
 
     The loop runs interpreted for a process's first ``INTERPRET_ROWS`` rows, compiled by numba after
-    that; both do the same float operations in the same order, so results are bit-identical. Keys
-    are independent, so a large batch is split by ``kid % threads`` across threads (the compiled loop
-    releases the GIL); each thread still takes its keys' rows in arrival order, so the result does
-    not depend on the split.
+    that; both do the same float operations in the same order, so results are bit-identical.
     """
-    global _compiled, _pool, _interpreted_rows
     # One signature for the cache: polars hands out read-only views, numba types those separately.
-    args = (np.require(kids, np.int64, "CW"), np.require(xs, np.float64, "CW"), mem, ring, block, avg_rows,
-            baseline_rows, float(sigmas), avg_out, anomaly_out)
-    if _compiled is None:
-        if _interpreted_rows + len(kids) <= INTERPRET_ROWS:
-            _interpreted_rows += len(kids)
-            _advance(*args, 0, 1)
-            return
-        import numba
-
-        _compiled = numba.njit(cache=True, nogil=True)(_advance)
-    parts = max(1, min(THREADS, len(kids) // MIN_ROWS_PER_THREAD))
-    if parts == 1:
-        _compiled(*args, 0, 1)
-        return
-    if _pool is None:
-        _pool = ThreadPoolExecutor(THREADS, thread_name_prefix="analytics")
-    for future in [_pool.submit(_compiled, *args, part, parts) for part in range(parts)]:
-        future.result()
+    kids, xs = np.require(kids, np.int64, "CW"), np.require(xs, np.float64, "CW")
+    loop = _loops(len(kids))["advance"]
+    ahead = 0 if loop is _advance else PREFETCH_ROWS  # interpreted, a prefetch is only overhead
+    loop(kids, xs, mem, ring, block, avg_rows, baseline_rows, float(sigmas), avg_out, anomaly_out, ahead)
 
 
 def _advance(
@@ -107,14 +188,28 @@ def _advance(
     sigmas: float,
     avg_out: np.ndarray,  # float64, per row: AVG over the avg_rows preceding rows and the row
     anomaly_out: np.ndarray,  # bool, per row: outside the sigma band of the baseline_rows preceding rows
-    part: int,  # this call takes the rows whose key id % parts == part
-    parts: int,
+    ahead: int,  # prefetch the state of the row this far ahead (0: don't)
 ) -> None:
     """The per-row loop, compiled by numba on first use."""
     stride = 2 * ring + len(FIELDS)
-    for i in range(kids.shape[0]):
-        if kids[i] % parts != part:
-            continue
+    rows = kids.shape[0]
+    half = ahead // 2
+    for i in range(rows):
+        if ahead:
+            # The fields of row i + ahead now; half-way there, with its position known, the ring
+            # slots it will read and write. Hints only: the results do not depend on them.
+            if i + ahead < rows:
+                f = kids[i + ahead] * stride + 2 * ring
+                _prefetch(mem, f)
+                _prefetch(mem, f + len(FIELDS) - 1)
+            if i + half < rows:
+                b = kids[i + half] * stride
+                p = int(mem[b + 2 * ring + _N])
+                _prefetch(mem, b + 2 * (p % ring))
+                if p > baseline_rows:
+                    _prefetch(mem, b + 2 * ((p - baseline_rows - 1) % ring))
+                if p > avg_rows:
+                    _prefetch(mem, b + 2 * ((p - avg_rows - 1) % ring))
         x = xs[i]
         base = kids[i] * stride
         f = base + 2 * ring

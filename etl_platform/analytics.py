@@ -18,8 +18,9 @@ output columns). Two compiled loops (numba, :mod:`etl_platform.analytics_kernel`
 one numbers each row's key through a hash table (:mod:`etl_platform.key_index`; every answer is checked
 against the real keys, and an exact join takes over should two keys share a 64-bit hash), the other
 advances each row's key in arrival order in O(1): windows come from block-local prefix sums around a
-per-block pivot, kept for the last ``max(avg_rows, baseline_rows) + 1`` positions of each key (the
-kernel's docstring has the layout), and it prefetches the state of the rows ahead of it.
+per-block pivot, kept for the last ``max(avg_rows, baseline_rows) + 1`` positions of each key (a key
+seen a few times keeps a small ring; the kernel's docstring has the layout), and it prefetches the
+state of the rows ahead of it. :mod:`etl_platform.analytics_state` holds that state in numpy.
 So a batch costs O(rows), never O(keys touched x window), and memory is bounded by keys x window
 whatever the stream length.
 
@@ -39,7 +40,8 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from etl_platform.analytics_kernel import FIELDS, advance, block_size, field_slot, state_stride
+from etl_platform.analytics_kernel import HISTORY_FIELDS, block_size, ring_floats
+from etl_platform.analytics_state import KeyState, ranges
 from etl_platform.key_index import KeyIndex
 
 __all__ = [
@@ -51,9 +53,10 @@ __all__ = [
     "SNAPSHOT_VERSION",
 ]
 
-SNAPSHOT_VERSION = 1
+SNAPSHOT_VERSION = 2  # 2: keys + history fields, then the rings in use; 1 (still read): whole rings
 _MAGIC = b"ETLRAD\x00"
 _HEADER = struct.Struct("<HI")  # version, header length
+_V1_LAYOUT = ["ring(e1,e2)", "n", "rs", "x1", "c", "tp1", "tp2", "cp", "e1l", "e2l"]
 
 VALUE = "value"
 AVG_VALUE = "avg_value"
@@ -136,11 +139,9 @@ class RollingAnomalyDetector:
         self.keys = keys
         self._ring = max(avg_rows, baseline_rows) + 1
         self._block = block_size(self._ring)
-        self._stride = state_stride(self._ring)
         self._keytab: pl.DataFrame | None = None  # key columns + "__kid"; row i has kid i
         self._nkeys = 0
-        self._cap = 0
-        self._mem = np.zeros(0)  # the per-key state, `_stride` float64 slots per key id (analytics_kernel)
+        self._state = KeyState(self._ring)  # per key id: the kernel's fields and ring
         self._index: KeyIndex | None = None  # key hash -> key id; rebuilt from _keytab when stale
         self._hash_collision = False  # two keys share a hash: the exact join does every lookup
 
@@ -156,10 +157,10 @@ class RollingAnomalyDetector:
         return self._keytab.drop("__kid")
 
     def state_bytes(self) -> int:
-        """Bytes of per-key state held (state array rows in use plus the key table), for metrics."""
+        """Bytes of per-key state held (fields and rings in use, plus the key table), for metrics."""
         if self._keytab is None:
             return 0
-        return self._nkeys * self._stride * 8 + int(self._keytab.estimated_size())
+        return self._state.nbytes() + int(self._keytab.estimated_size())
 
     def __repr__(self) -> str:
         return (
@@ -220,16 +221,7 @@ class RollingAnomalyDetector:
                     )
         return value
 
-    # ------------------------------------------------------------------ state storage
-    def _reserve(self, nkeys: int) -> None:
-        """Grow the state array (capacity only: no semantic state changes)."""
-        if nkeys <= self._cap:
-            return
-        cap = max(nkeys, 2 * self._cap, 1024)
-        mem = np.zeros(cap * self._stride)
-        mem[: self._cap * self._stride] = self._mem
-        self._mem, self._cap = mem, cap
-
+    # ------------------------------------------------------------------ keys
     def _key_frame(self, batch: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
         """The batch's key columns (all-null columns cast to the state's dtype) and the key table."""
         kf = pl.DataFrame([batch.get_column(k) for k in self.keys])  # (a select() plans a query: 5x slower)
@@ -289,10 +281,9 @@ class RollingAnomalyDetector:
         if n:
             kf, tab = self._key_frame(batch)
             kids, tab = self._lookup(kf, tab)
-            self._reserve(tab.height)  # capacity only; no semantic change yet
             # Only now does the state change; nothing below depends on the input's validity.
-            advance(kids, value.to_numpy(), self._mem, self._ring, self._block,
-                    self.avg_rows, self.baseline_rows, self.sigmas, avg, anomaly)
+            self._state.advance(kids, value.to_numpy(), tab.height, self._block, self.avg_rows,
+                                self.baseline_rows, self.sigmas, avg, anomaly)
             self._keytab, self._nkeys = tab, tab.height
         results = [
             pl.Series(AVG_VALUE, avg, pl.Float64),
@@ -323,34 +314,31 @@ class RollingAnomalyDetector:
                     f"cannot merge detectors with different configurations: {first._config()} vs {other._config()}"
                 )
         out = cls(avg_rows=first.avg_rows, baseline_rows=first.baseline_rows, sigmas=first.sigmas, keys=first.keys)
-        W = first._stride
-        parts = []
-        for det in detectors:
-            if det._keytab is None or det._nkeys == 0:
-                continue
-            k = det._nkeys
-            state = pl.Series(det._mem[: k * W]).reshape((k, W))
-            parts.append(det._keytab.drop("__kid").with_columns(state.alias("state")))
-        if not parts:
+        held = [det for det in detectors if det._nkeys]
+        if not held:
             return out
-        table = pl.concat(parts, how="vertical_relaxed").with_row_index("__order")
-        n_col = pl.col("state").arr.get(field_slot(first._ring, "n"))
-        table = (
-            table.sort(n_col, "__order", descending=[True, False])
+        histories = [det._state.history() for det in held]
+        keys = pl.concat([det.state_keys() for det in held], how="vertical_relaxed")
+        fields = np.concatenate([f for f, _ in histories])
+        rings = np.concatenate([r for _, r in histories])
+        ring_len = ring_floats(fields[:, 0].astype(np.int64), first._ring)
+        ring_at = np.cumsum(ring_len) - ring_len
+        winners = (
+            keys.with_columns(pl.Series("__n", fields[:, 0]), pl.int_range(pl.len()).alias("__order"))
+            .sort("__n", "__order", descending=[True, False])
             .unique(subset=list(first.keys), keep="first", maintain_order=True)
             .sort("__order")
-            .drop("__order")
         )
-        out._load_table(table)
+        rows = winners.get_column("__order").to_numpy()
+        out._load(winners.select(first.keys), fields[rows], rings[ranges(ring_at[rows], ring_len[rows])])
         return out
 
-    def _load_table(self, table: pl.DataFrame) -> None:
-        """Install per-key state from a (keys..., state) table; the detector must be empty."""
-        k, W = table.height, self._stride
-        self._keytab = table.select(self.keys).with_columns(pl.int_range(k, dtype=pl.Int64).alias("__kid"))
-        self._nkeys = k
-        self._reserve(k)
-        self._mem[: k * W] = table.get_column("state").reshape((k * W,)).to_numpy()
+    def _load(self, keys: pl.DataFrame, fields: np.ndarray, rings: np.ndarray) -> None:
+        """Install per-key history (as KeyState.history gives it, keys in the same order); must be empty."""
+        self._state = KeyState.load(self._ring, fields, rings)
+        self._keytab = keys.with_columns(pl.int_range(keys.height, dtype=pl.Int64).alias("__kid"))
+        self._nkeys = keys.height
+        self._index = None
 
     # ------------------------------------------------------------------ snapshot / restore
     def _config(self) -> dict[str, object]:
@@ -361,39 +349,43 @@ class RollingAnomalyDetector:
             "keys": list(self.keys),
             "block": self._block,
             "ring": self._ring,
-            "layout": ["ring(e1,e2)", *FIELDS],
         }
 
     def snapshot(self) -> bytes:
-        """The whole state as versioned bytes: magic, version, JSON config header, Arrow IPC table.
+        """The whole state as versioned bytes: magic, version, JSON header, Arrow IPC table, ring floats.
 
-        The table has one row per key: the key columns and ``state``, a fixed-size list of
-        ``2 * ring + 9`` float64 (the header's ``layout``).
+        The table has one row per key: the key columns and ``fields`` (the header's ``fields``, as a
+        fixed-size list of float64). After it come the rings in use, key by key: ``2 * min(n, ring)``
+        little-endian float64 each, in slot order. A key seen a few times takes ~100 bytes.
         """
-        k, W = self._nkeys, self._stride
-        if self._keytab is None:
-            table = pl.DataFrame()
+        if self._nkeys == 0:
+            table, rings = pl.DataFrame(), np.zeros(0)
         else:
-            table = self._keytab.drop("__kid").with_columns(pl.Series("state", self._mem[: k * W]).reshape((k, W)))
+            fields, rings = self._state.history()
+            history = pl.Series("fields", fields.reshape(-1)).reshape(fields.shape)
+            table = self.state_keys().with_columns(history)
         buf = io.BytesIO()
         table.write_ipc(buf, compression="uncompressed")
-        header = json.dumps(self._config(), sort_keys=True).encode()
-        return _MAGIC + _HEADER.pack(SNAPSHOT_VERSION, len(header)) + header + buf.getvalue()
+        ipc = buf.getvalue()
+        header = {**self._config(), "fields": list(HISTORY_FIELDS), "table_bytes": len(ipc)}
+        head = json.dumps(header, sort_keys=True).encode()
+        return _MAGIC + _HEADER.pack(SNAPSHOT_VERSION, len(head)) + head + ipc + rings.astype("<f8").tobytes()
 
     @classmethod
     def restore(cls, blob: bytes) -> RollingAnomalyDetector:
-        """Rebuild a detector from :meth:`snapshot` bytes; rejects unknown versions and foreign blobs."""
+        """Rebuild a detector from :meth:`snapshot` bytes (versions 1 and 2); rejects others and foreign blobs."""
         if not isinstance(blob, bytes | bytearray | memoryview):
             raise AnalyticsSnapshotError(f"snapshot must be bytes, got {type(blob).__name__}")
         blob = bytes(blob)
         if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + _HEADER.size:
             raise AnalyticsSnapshotError("not a RollingAnomalyDetector snapshot (bad magic)")
         version, hlen = _HEADER.unpack_from(blob, len(_MAGIC))
-        if version != SNAPSHOT_VERSION:
+        if version not in (1, SNAPSHOT_VERSION):
             raise AnalyticsSnapshotError(
-                f"unsupported snapshot version {version}; this engine reads version {SNAPSHOT_VERSION}"
+                f"unsupported snapshot version {version}; this engine reads versions 1 and {SNAPSHOT_VERSION}"
             )
         start = len(_MAGIC) + _HEADER.size
+        body = blob[start + hlen :]
         try:
             cfg = json.loads(blob[start : start + hlen])
             det = cls(
@@ -402,18 +394,41 @@ class RollingAnomalyDetector:
                 sigmas=cfg["sigmas"],
                 keys=cfg["keys"],
             )
-            layout = (cfg["ring"], cfg["block"], cfg["layout"])
-            table = pl.read_ipc(io.BytesIO(blob[start + hlen :]))
+            if (cfg["ring"], cfg["block"]) != (det._ring, det._block):
+                raise AnalyticsSnapshotError("snapshot ring and block sizes do not match this engine version")
+            if version == 1:
+                if cfg["layout"] != _V1_LAYOUT:
+                    raise AnalyticsSnapshotError("snapshot state layout does not match this engine version")
+                table, rings = pl.read_ipc(io.BytesIO(body)), None
+            else:
+                if cfg["fields"] != list(HISTORY_FIELDS):
+                    raise AnalyticsSnapshotError("snapshot state fields do not match this engine version")
+                cut = cfg["table_bytes"]
+                table, rings = pl.read_ipc(io.BytesIO(body[:cut])), np.frombuffer(body[cut:], dtype="<f8")
+        except AnalyticsSnapshotError:
+            raise
         except AnalyticsError as exc:
             raise AnalyticsSnapshotError(f"corrupt snapshot config: {exc}") from exc
         except Exception as exc:  # corrupt header or payload
             raise AnalyticsSnapshotError(f"corrupt snapshot: {exc!r}") from exc
-        if layout != (det._ring, det._block, det._config()["layout"]):
-            raise AnalyticsSnapshotError("snapshot state layout does not match this engine version")
         if table.width == 0:
             return det
-        W = det._stride
-        if table.columns != [*det.keys, "state"] or table.schema["state"] != pl.Array(pl.Float64, W):
+        if version == 1:
+            column, width = "state", 2 * det._ring + len(_V1_LAYOUT) - 1
+        else:
+            column, width = "fields", len(HISTORY_FIELDS)
+        if table.columns != [*det.keys, column] or table.schema[column] != pl.Array(pl.Float64, width):
             raise AnalyticsSnapshotError(f"snapshot table has unexpected columns {table.schema}")
-        det._load_table(table)
+        matrix = table.get_column(column).to_numpy().reshape(table.height, width)
+        if version == 1:  # [ring | fields]: keep the ring floats in use and the history fields
+            ring_part = 2 * det._ring
+            fields = matrix[:, ring_part : ring_part + len(HISTORY_FIELDS)]
+            used = ring_floats(np.nan_to_num(fields[:, 0]).astype(np.int64), det._ring)
+            rings = matrix[:, :ring_part][np.arange(ring_part) < used[:, None]]
+        else:
+            fields = matrix
+        try:
+            det._load(table.select(det.keys), fields, rings)
+        except ValueError as exc:
+            raise AnalyticsSnapshotError(f"corrupt snapshot: {exc}") from exc
         return det

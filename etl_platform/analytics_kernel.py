@@ -1,19 +1,21 @@
 """The compiled loops of the stream analytics engine (numba): the per-row step and the key-hash probe.
 
-The per-row step owns the per-key state layout:
-
-Per key the state is ``stride = 2 * ring + len(FIELDS)`` float64 slots of one flat array, at
-``kid * stride``: ``[ring | fields]``.
+The per-row step owns the per-key state layout. A key has a row of ``len(FIELDS)`` float64 in
+``fields`` (at ``kid * len(FIELDS)``: 64 bytes) and a ring of (E1, E2) pairs in ``arena``
+at float offset ``ring_at``:
 
 * The key's history is cut into aligned *blocks* of ``block`` positions (``block >= 2 * ring``, so a
   window spans at most two blocks). Each block has a *pivot* ``c``, its first value, so a series that
   drifts stays close to it.
 * The ring holds the block-local prefix sums ``E1 = sum(x - c)`` and ``E2 = sum((x - c)^2)`` of the
-  key's last ``ring`` positions, side by side at ``2 * (position % ring)``.
+  key's last ``ring`` positions, side by side at ``ring_at + 2 * (position % ring)``.
+* A key starts with a *small* ring of ``small_ring(ring)`` pairs (its positions never wrap while it is
+  that short) and moves to a full ring when its history outgrows it, so a key seen a few times costs
+  ~200 bytes rather than ~1.7 kB. Rings are carved from the end of the arena, in arrival order; a key
+  never seen has ``ring_at = -1``.
 * The fields describe the key's last row: ``n`` rows seen; ``rs`` start of the run of equal values
   ending there; ``x1`` its value; ``c`` its block's pivot; ``tp1``/``tp2``/``cp`` the previous
-  block's final prefix sums and pivot; ``e1l``/``e2l`` its own prefix sums. Counts are float64, exact
-  up to 2**53 rows per key.
+  block's final prefix sums and pivot; ``ring_at``. Counts and offsets are float64, exact up to 2**53.
 
 A window's sums come from two prefix values (its end and the position before its start); a window
 reaching into the previous block re-expresses that part around the current pivot. Because the sums
@@ -34,18 +36,31 @@ from collections.abc import Callable
 
 import numpy as np
 
-FIELDS = ("n", "rs", "x1", "c", "tp1", "tp2", "cp", "e1l", "e2l")
-_N, _RS, _X1, _C, _TP1, _TP2, _CP, _E1L, _E2L = range(len(FIELDS))
+FIELDS = ("n", "rs", "x1", "c", "tp1", "tp2", "cp", "ring_at")
+_N, _RS, _X1, _C, _TP1, _TP2, _CP, _AT = range(len(FIELDS))
+HISTORY_FIELDS = FIELDS[:_AT]  # what a snapshot keeps of the fields (ring_at is where, not what)
+SMALL_RING = 8  # pairs in a new key's ring: 128 bytes, two cache lines
 
 
-def state_stride(ring: int) -> int:
-    """Float64 slots of state per key: the ring of (E1, E2) pairs, then the fields."""
-    return 2 * ring + len(FIELDS)
+def small_ring(ring: int) -> int:
+    """Pairs in a new key's ring (all of them when the windows are that short)."""
+    return min(SMALL_RING, ring)
 
 
-def field_slot(ring: int, name: str) -> int:
-    """Offset of a field inside a key's state."""
-    return 2 * ring + FIELDS.index(name)
+def ring_floats(n: np.ndarray, ring: int) -> np.ndarray:
+    """Float64 in use in the ring of a key that has seen ``n`` rows (its last ``min(n, ring)`` pairs)."""
+    return 2 * np.minimum(n, ring)
+
+
+def ring_capacity(n: np.ndarray, ring: int) -> np.ndarray:
+    """Float64 a key that has seen ``n`` rows is given on restore: a small ring while it fits."""
+    small = small_ring(ring)
+    return np.where(n <= small, 2 * small, 2 * ring)
+
+
+def arena_headroom(rows: int, ring: int) -> int:
+    """Most arena float64 a batch of ``rows`` can claim: each row starts one ring at most."""
+    return 2 * ring * rows
 
 
 def block_size(ring: int) -> int:
@@ -114,8 +129,10 @@ def precompile() -> None:
     one = np.zeros(1, dtype=np.int64)
     index_keys(one, np.zeros(2, dtype=np.int64), np.full(2, -1, dtype=np.int64), 0, one.copy(), one.copy())
     ring = 3
-    advance(one, np.zeros(1), np.zeros(state_stride(ring)), ring, block_size(ring), 1, 2, 3.0, np.zeros(1),
-            np.zeros(1, dtype=np.bool_))
+    fields = np.full(len(FIELDS), -1.0)
+    fields[:_AT] = 0.0
+    advance(one, np.zeros(1), fields, np.zeros(arena_headroom(1, ring)), np.zeros(1, dtype=np.int64), ring,
+            block_size(ring), 1, 2, 3.0, np.zeros(1), np.zeros(1, dtype=np.bool_))
 
 
 def _loops(rows: int) -> dict[str, Callable[..., int | None]]:
@@ -173,11 +190,12 @@ def _index_keys(
 
 
 def advance(
-    kids: np.ndarray, xs: np.ndarray, mem: np.ndarray, ring: int, block: int, avg_rows: int,
-    baseline_rows: int, sigmas: float, avg_out: np.ndarray, anomaly_out: np.ndarray,
+    kids: np.ndarray, xs: np.ndarray, fields: np.ndarray, arena: np.ndarray, arena_used: np.ndarray, ring: int,
+    block: int, avg_rows: int, baseline_rows: int, sigmas: float, avg_out: np.ndarray, anomaly_out: np.ndarray,
 ) -> None:
     """Advance each row's key by one position and write the row's two results (see :func:`_advance`).
 
+    ``arena`` must have ``arena_headroom(len(kids), ring)`` float64 free after ``arena_used[0]``.
     The loop runs interpreted for a process's first ``INTERPRET_ROWS`` rows, compiled by numba after
     that; both do the same float operations in the same order, so results are bit-identical.
     """
@@ -185,14 +203,18 @@ def advance(
     kids, xs = np.require(kids, np.int64, "CW"), np.require(xs, np.float64, "CW")
     loop = _loops(len(kids))["advance"]
     ahead = 0 if loop is _advance else PREFETCH_ROWS  # interpreted, a prefetch is only overhead
-    loop(kids, xs, mem, ring, block, avg_rows, baseline_rows, float(sigmas), avg_out, anomaly_out, ahead)
+    loop(kids, xs, fields, arena, arena_used, ring, small_ring(ring), block, avg_rows, baseline_rows, float(sigmas),
+         avg_out, anomaly_out, ahead)
 
 
 def _advance(
     kids: np.ndarray,  # int64, the key id of each row, in arrival order
     xs: np.ndarray,  # float64, each row's value
-    mem: np.ndarray,  # float64, the state array; updated in place
+    fields: np.ndarray,  # float64, len(FIELDS) per key id; updated in place
+    arena: np.ndarray,  # float64, the keys' rings; updated in place
+    arena_used: np.ndarray,  # int64[1], float64 of the arena in use; rings are taken from there on
     ring: int,
+    small: int,
     block: int,
     avg_rows: int,
     baseline_rows: int,
@@ -202,33 +224,45 @@ def _advance(
     ahead: int,  # prefetch the state of the row this far ahead (0: don't)
 ) -> None:
     """The per-row loop, compiled by numba on first use."""
-    stride = 2 * ring + len(FIELDS)
+    nf = len(FIELDS)
     rows = kids.shape[0]
     half = ahead // 2
     for i in range(rows):
         if ahead:
-            # The fields of row i + ahead now; half-way there, with its position known, the ring
-            # slots it will read and write. Hints only: the results do not depend on them.
+            # The fields of row i + ahead now; half-way there, with its ring and position known, the
+            # ring slots it will read and write. Hints only: the results do not depend on them.
             if i + ahead < rows:
-                f = kids[i + ahead] * stride + 2 * ring
-                _prefetch(mem, f)
-                _prefetch(mem, f + len(FIELDS) - 1)
+                _prefetch(fields, kids[i + ahead] * nf)
             if i + half < rows:
-                b = kids[i + half] * stride
-                p = int(mem[b + 2 * ring + _N])
-                _prefetch(mem, b + 2 * (p % ring))
-                if p > baseline_rows:
-                    _prefetch(mem, b + 2 * ((p - baseline_rows - 1) % ring))
-                if p > avg_rows:
-                    _prefetch(mem, b + 2 * ((p - avg_rows - 1) % ring))
+                g = kids[i + half] * nf
+                at = int(fields[g + _AT])
+                if at >= 0:
+                    p = int(fields[g + _N])
+                    _prefetch(arena, at + 2 * (p % ring))
+                    if p > baseline_rows:
+                        _prefetch(arena, at + 2 * ((p - baseline_rows - 1) % ring))
+                    if p > avg_rows:
+                        _prefetch(arena, at + 2 * ((p - avg_rows - 1) % ring))
         x = xs[i]
-        base = kids[i] * stride
-        f = base + 2 * ring
-        pos = int(mem[f + _N])
-        rs = int(mem[f + _RS])
-        x1, c = mem[f + _X1], mem[f + _C]
-        tp1, tp2, cp = mem[f + _TP1], mem[f + _TP2], mem[f + _CP]
-        e1l, e2l = mem[f + _E1L], mem[f + _E2L]
+        f = kids[i] * nf
+        pos = int(fields[f + _N])
+        rs = int(fields[f + _RS])
+        x1, c = fields[f + _X1], fields[f + _C]
+        tp1, tp2, cp = fields[f + _TP1], fields[f + _TP2], fields[f + _CP]
+        base = int(fields[f + _AT])
+        if base < 0:  # the key's first row: a small ring
+            base = arena_used[0]
+            arena_used[0] += 2 * small
+        elif pos == small and small < ring:  # about to outgrow its small ring: move to a full one
+            grown = arena_used[0]
+            arena_used[0] += 2 * ring
+            for j in range(2 * small):
+                arena[grown + j] = arena[base + j]
+            base = grown
+        e1l = e2l = 0.0  # the prefix sums at the key's last row (its block's, which may have ended)
+        if pos >= 1:
+            last = base + 2 * ((pos - 1) % ring)
+            e1l, e2l = arena[last], arena[last + 1]
 
         # Baseline: positions [pos - nb, pos - 1], read from the state as of the key's last row.
         nb = min(pos, baseline_rows)
@@ -243,7 +277,7 @@ def _advance(
                 p1 = p2 = 0.0  # prefix sums just before the window (0 when it starts the block)
                 if lo != bs:
                     s = base + 2 * ((lo - 1) % ring)
-                    p1, p2 = mem[s], mem[s + 1]
+                    p1, p2 = arena[s], arena[s + 1]
                 if lo >= bs:
                     s1, s2 = e1l - p1, e2l - p2
                 else:  # [lo, bs - 1] lies in the previous block, relative to its pivot cp
@@ -259,7 +293,7 @@ def _advance(
         loa = pos - min(pos, avg_rows)
         pa = 0.0
         if loa >= 1:
-            pa = mem[base + 2 * ((loa - 1) % ring)]
+            pa = arena[base + 2 * ((loa - 1) % ring)]
 
         # Advance the key by this row.
         pm = pos % block
@@ -270,19 +304,18 @@ def _advance(
         e1l += d
         e2l += d * d
         slot = base + 2 * (pos % ring)
-        mem[slot] = e1l
-        mem[slot + 1] = e2l
+        arena[slot] = e1l
+        arena[slot + 1] = e2l
         if pos == 0 or x != x1:
             rs = pos
-        mem[f + _N] = pos + 1
-        mem[f + _RS] = rs
-        mem[f + _X1] = x
-        mem[f + _C] = c
-        mem[f + _TP1] = tp1
-        mem[f + _TP2] = tp2
-        mem[f + _CP] = cp
-        mem[f + _E1L] = e1l
-        mem[f + _E2L] = e2l
+        fields[f + _N] = pos + 1
+        fields[f + _RS] = rs
+        fields[f + _X1] = x
+        fields[f + _C] = c
+        fields[f + _TP1] = tp1
+        fields[f + _TP2] = tp2
+        fields[f + _CP] = cp
+        fields[f + _AT] = base
 
         na = pos - loa + 1
         if rs <= loa:  # every value in the window equals x

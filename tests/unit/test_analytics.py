@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import struct
+from pathlib import Path
 
 import polars as pl
 import pytest
@@ -24,7 +25,7 @@ from etl_platform.analytics import (
 from tests.unit.analytics_reference import reference
 
 KEYS = ("user_id", "event_type")
-SMALL = {"avg_rows": 3, "baseline_rows": 5, "sigmas": 2.0}  # blocks of 32 rows: many block crossings
+SMALL = {"avg_rows": 3, "baseline_rows": 12, "sigmas": 2.0}  # blocks of 32 rows, rings of 13 (small ones of 8)
 
 
 def stream(
@@ -330,7 +331,7 @@ def test_snapshot_round_trip_is_deterministic_and_keeps_the_config():
     blob = det.snapshot()
     again = RollingAnomalyDetector.restore(blob)
     assert again.snapshot() == blob
-    assert (again.avg_rows, again.baseline_rows, again.sigmas, again.keys) == (3, 5, 2.0, KEYS)
+    assert (again.avg_rows, again.baseline_rows, again.sigmas, again.keys) == (3, 12, 2.0, KEYS)
     assert again.state_keys().equals(det.state_keys())
     empty = RollingAnomalyDetector.restore(RollingAnomalyDetector().snapshot())
     assert len(empty) == 0 and empty.process(df).equals(RollingAnomalyDetector().process(df))
@@ -360,6 +361,52 @@ def test_state_is_bounded_by_keys_not_rows():
         det.process(stream(5000, 2, seed=seed))
     assert len(det) == 6 and det.state_bytes() == size
     assert len(det.snapshot()) < 6 * (2 * 101 + 9) * 8 + 4096
+
+
+def test_keys_seen_a_few_times_keep_small_rings_until_they_outgrow_them():
+    """A key's ring starts at 8 pairs and moves to a full one on its 9th row; snapshots keep only the
+    ring floats in use. So sparse keys cost ~200 bytes in memory and ~100 in a snapshot, not ~1.7 kB."""
+    sparse = pl.DataFrame({"user_id": [f"u{i:05d}" for i in range(10_000)], "event_type": ["click"] * 10_000,
+                           "value": [float(i % 97) for i in range(10_000)]})
+    det = RollingAnomalyDetector()
+    det.process(sparse)
+    assert len(det) == 10_000
+    assert det.state_bytes() < 10_000 * 250
+    assert len(det.snapshot()) < 10_000 * 120
+    dense = RollingAnomalyDetector()
+    dense.process(pl.concat([sparse] * 9))  # the 9th row of every key moves it to a full ring
+    assert dense.state_bytes() > 10_000 * (2 * 101 + 8) * 8
+
+
+@pytest.mark.parametrize("rows_before", [7, 8, 9, 13, 14])
+def test_restores_and_cuts_around_the_move_to_a_full_ring(rows_before):
+    df = stream(400, 2, seed=24, repeats=0.1)  # 6 keys, ~67 rows each
+    indexed = df.with_row_index("row")
+    first = indexed.group_by(KEYS, maintain_order=True).head(rows_before).get_column("row")  # every key at the boundary
+    head, rest = indexed.filter(pl.col("row").is_in(first)), indexed.filter(~pl.col("row").is_in(first))
+    reordered = pl.concat([head, rest]).drop("row")
+    want, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), reordered, [])
+    assert_matches(want, reference(reordered, **SMALL))
+    for cuts, restores in (([head.height], {0}), ([1], set(range(0, 400, 7))), ([head.height - 1, 1, 1], {0, 1, 2})):
+        got, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), reordered, cuts, restores)
+        assert got.equals(want)
+
+
+def test_version_1_snapshots_restore_and_continue_exactly():
+    """tests/unit/data/analytics_snapshot_v1.bin was written by the engine before snapshot version 2,
+    after the first 2,900 rows of this stream (keys with 1 to ~200 rows: small, full and wrapped rings)."""
+    df = pl.concat([stream(2000, 3, seed=40), stream(300, 40, seed=41), stream(600, 8, seed=42),
+                    stream(1500, 45, seed=43)])
+    blob = (Path(__file__).parent / "data" / "analytics_snapshot_v1.bin").read_bytes()
+    assert struct.unpack_from("<H", blob, 7) == (1,)
+    det = RollingAnomalyDetector.restore(blob)
+    assert len(det) == 111
+    one = RollingAnomalyDetector()
+    one.process(df.slice(0, 2900))
+    assert det.snapshot() == one.snapshot()  # the same state, now as version 2
+    assert det.process(df.slice(2900)).equals(one.process(df.slice(2900)))
+    got, _ = run(RollingAnomalyDetector(), df, [])
+    assert_matches(got, reference(df))
 
 
 def test_merge_of_shards_continues_like_one_detector():

@@ -24,6 +24,7 @@ import random
 import resource
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
@@ -49,11 +50,11 @@ ORDER BY seq
 """
 
 
-def generate(events: int, seed: int = 7) -> pl.DataFrame:
+def generate(events: int, seed: int = 7, users: int = 2000) -> pl.DataFrame:
     """The benchmark stream in arrival order (seq = ROWTIME)."""
     rng = random.Random(seed)
-    users = [f"user_{i:05d}" for i in range(2000)]
-    user_id = [users[rng.randrange(2000)] for _ in range(events)]
+    names = [f"user_{i:06d}" for i in range(users)]
+    user_id = [names[rng.randrange(users)] for _ in range(events)]
     event_type = [EVENT_TYPES[rng.randrange(5)] for _ in range(events)]
     value = [
         rng.gauss(100.0, 10.0) if rng.random() > 0.001 else 100.0 + rng.choice((-1, 1)) * rng.uniform(60, 200)
@@ -141,33 +142,46 @@ def write_section(text: str, path: Path = Path("BENCHMARKS.md")) -> None:
     path.write_text(new.rstrip("\n") + "\n")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--events", type=int, default=1_000_000)
-    parser.add_argument("--batch", type=int, default=10_000)
-    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per engine; the best counts")
-    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
-    args = parser.parse_args(argv)
+@dataclass
+class Measured:
+    """One stream run by the three engines: times and CPU per round, peak RSS, outputs, A's state."""
 
-    print(f"generating {args.events:,} events ...", file=sys.stderr)
-    stream = generate(args.events)
-    load_before = os.getloadavg()[0]
+    times: dict[str, list[float]]
+    cpu: dict[str, list[float]]
+    peaks: dict[str, float]
+    outs: dict[str, pl.DataFrame]
+    det: RollingAnomalyDetector
+    blob: bytes
+    snapshot_s: float
+    restore_s: float
 
-    # Interleaved repeats, best of each: the machine is shared, and a burst of load should not
-    # decide a ratio. Peak RSS is taken from each engine's first run.
+    @property
+    def phases(self) -> dict[str, dict[str, float]]:
+        return {k: {"seconds": min(v), "cpu": min(self.cpu[k]), "peak": self.peaks[k]} for k, v in self.times.items()}
+
+    def rate(self, engine: str) -> float:
+        return self.outs["C"].height / min(self.times[engine])
+
+    def mismatches(self, a: str, b: str) -> tuple[int, int]:
+        return mismatches(self.outs[a], self.outs[b])
+
+
+def measure(stream: pl.DataFrame, batch: int, repeat: int) -> Measured:
+    """Run A, B and C ``repeat`` times, interleaved (the machine is shared, and a burst of load should
+    not decide a ratio). Peak RSS and outputs come from each engine's first run."""
     outs: dict[str, pl.DataFrame] = {}
     times: dict[str, list[float]] = {"A": [], "B": [], "C": []}
     cpu: dict[str, list[float]] = {"A": [], "B": [], "C": []}
     peaks: dict[str, float] = {}
     det = None
-    for rep in range(args.repeat):
+    for rep in range(repeat):
         for k in ("A", "B", "C"):
-            print(f"run {rep + 1}/{args.repeat}: {k} ...", file=sys.stderr)
+            print(f"run {rep + 1}/{repeat}: {k} ...", file=sys.stderr)
             gc.collect()
             _reset_peak()
             c0 = time.process_time()
             if k == "A":
-                out, seconds, det = run_engine(stream, args.batch)
+                out, seconds, det = run_engine(stream, batch)
             elif k == "B":
                 out, seconds = run_polars(stream)
             else:
@@ -179,40 +193,80 @@ def main(argv: list[str] | None = None) -> None:
                 outs[k] = out
             del out
     assert det is not None
-    load_after = os.getloadavg()[0]
-    phases = {k: {"seconds": min(v), "cpu": min(cpu[k]), "peak": peaks[k]} for k, v in times.items()}
-    out_a, out_b, out_c = outs["A"], outs["B"], outs["C"]
     t0 = time.perf_counter()
     blob = det.snapshot()
-    snap_s = time.perf_counter() - t0
+    snapshot_s = time.perf_counter() - t0
     t0 = time.perf_counter()
     RollingAnomalyDetector.restore(blob)
-    restore_s = time.perf_counter() - t0
-    state_keys, state_bytes = len(det), det.state_bytes()
+    return Measured(times, cpu, peaks, outs, det, blob, snapshot_s, time.perf_counter() - t0)
 
-    n = stream.height
-    a_c, b_c, a_b = mismatches(out_a, out_c), mismatches(out_b, out_c), mismatches(out_a, out_b)
-    anomalies = int((out_c["anomaly_status"] == "ANOMALY").sum())
-    rate = {k: n / v["seconds"] for k, v in phases.items()}
 
-    def spread(ref: str) -> str:
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=1_000_000)
+    parser.add_argument("--batch", type=int, default=10_000)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per engine; the best counts")
+    parser.add_argument("--sparse-users", type=int, default=100_000,
+                        help="users of the second, high-cardinality stream (x 5 event types)")
+    parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
+    args = parser.parse_args(argv)
+
+    print(f"generating {args.events:,} events ...", file=sys.stderr)
+    stream = generate(args.events)
+    load_before = os.getloadavg()[0]
+
+    std = measure(stream, args.batch, args.repeat)
+    print(f"generating {args.events:,} events over {args.sparse_users:,} users ...", file=sys.stderr)
+    sparse = measure(generate(args.events, seed=8, users=args.sparse_users), args.batch, args.repeat)
+    load_after = os.getloadavg()[0]
+
+    def spread(m: Measured, ref: str) -> str:
         """A's speed over the reference's, round by round: how much the machine moved the ratio."""
         warm = slice(1, None) if args.repeat > 1 else slice(None)  # round 1 of A loads the compiled loop
-        ratios = sorted(r / a for a, r in zip(times["A"][warm], times[ref][warm], strict=True))
+        ratios = sorted(r / a for a, r in zip(m.times["A"][warm], m.times[ref][warm], strict=True))
         return f"{ratios[0]:.2f} / {ratios[len(ratios) // 2]:.2f} / {ratios[-1]:.2f}"
-    names = {
-        "A": f"A: engine, {args.batch:,}-row micro-batches, state carried",
-        "B": "B: one-shot Polars (whole stream in memory)",
-        "C": "C: DuckDB, the seed's window SQL",
-    }
+
+    def engines(m: Measured) -> list[str]:
+        rows = ["| run | seconds | events/s | CPU seconds (all threads) | peak RSS (MiB) |",
+                "|---|---:|---:|---:|---:|"]
+        for k, name in (("A", f"A: engine, {args.batch:,}-row micro-batches, state carried"),
+                        ("B", "B: one-shot Polars (whole stream in memory)"),
+                        ("C", "C: DuckDB, the seed's window SQL")):
+            p = m.phases[k]
+            rows.append(f"| {name} | {p['seconds']:.3f} | {m.rate(k):,.0f} | {p['cpu']:.3f} | {p['peak']:,.0f} |")
+        return rows
+
+    def measures(m: Measured, goals: bool) -> list[str]:
+        a_c, b_c, a_b = m.mismatches("A", "C"), m.mismatches("B", "C"), m.mismatches("A", "B")
+        phases = m.phases
+        return [
+            "| measure | value |",
+            "|---|---:|",
+            f"| A/B events/s{' (goal >= 0.5)' if goals else ''} | {m.rate('A') / m.rate('B'):.2f} |",
+            f"| A/C events/s{' (goal >= 1.0)' if goals else ''} | {m.rate('A') / m.rate('C'):.2f} |",
+            f"| A/B, A/C per round (min / median / max of rounds 2-{args.repeat}) | "
+            f"{spread(m, 'B')}, {spread(m, 'C')} |",
+            f"| A/B, A/C by CPU time (load-independent) | {phases['B']['cpu'] / phases['A']['cpu']:.2f}, "
+            f"{phases['C']['cpu'] / phases['A']['cpu']:.2f} |",
+            f"| state after the run: keys / bytes | {len(m.det):,} / {m.det.state_bytes():,} |",
+            f"| snapshot size (bytes) / snapshot s / restore s | {len(m.blob):,} / {m.snapshot_s:.3f} / "
+            f"{m.restore_s:.3f} |",
+            f"| A vs C mismatches: anomaly_status / avg_value > 1e-9 rel | {a_c[0]} / {a_c[1]} |",
+            f"| B vs C mismatches: anomaly_status / avg_value > 1e-9 rel | {b_c[0]} / {b_c[1]} |",
+            f"| A vs B mismatches: anomaly_status / avg_value > 1e-9 rel | {a_b[0]} / {a_b[1]} |",
+        ]
+
+    n = stream.height
+    anomalies = int((std.outs["C"]["anomaly_status"] == "ANOMALY").sum())
     lines = [
         SECTION,
         "",
         f"Command: `.venv/bin/python -m benchmarks.bench_analytics --events {args.events}"
         + (f" --batch {args.batch}" if args.batch != 10_000 else "")
+        + (f" --sparse-users {args.sparse_users}" if args.sparse_users != 100_000 else "")
         + (f" --repeat {args.repeat}`" if args.repeat != 3 else "`"),
         "",
-        f"{n:,} events, 2,000 users x 5 event types ({state_keys:,} keys), values ~ N(100, 10) with rare "
+        f"{n:,} events, 2,000 users x 5 event types ({len(std.det):,} keys), values ~ N(100, 10) with rare "
         f"spikes; avg over 11 rows, 3-sigma band over the previous 100; {anomalies:,} anomalies. "
         f"Seconds: best of {args.repeat} interleaved runs on {os.cpu_count()} cores (the machine is shared: "
         f"1-minute load average {load_before:.1f} before, {load_after:.1f} after). B and C use every core "
@@ -221,27 +275,18 @@ def main(argv: list[str] | None = None) -> None:
         "engine (kernel high-water mark reset before its first run); the generated stream is resident "
         "throughout.",
         "",
-        "| run | seconds | events/s | CPU seconds (all threads) | peak RSS (MiB) |",
-        "|---|---:|---:|---:|---:|",
-    ]
-    for k in ("A", "B", "C"):
-        p = phases[k]
-        lines.append(f"| {names[k]} | {p['seconds']:.3f} | {rate[k]:,.0f} | {p['cpu']:.3f} | {p['peak']:,.0f} |")
-    lines += [
+        *engines(std),
         "",
-        "| measure | value |",
-        "|---|---:|",
-        f"| A/B events/s (goal >= 0.5) | {rate['A'] / rate['B']:.2f} |",
-        f"| A/C events/s (goal >= 1.0) | {rate['A'] / rate['C']:.2f} |",
-        f"| A/B, A/C per round (min / median / max of rounds 2-{args.repeat}) | "
-        f"{spread('B')}, {spread('C')} |",
-        f"| A/B, A/C by CPU time (load-independent) | {phases['B']['cpu'] / phases['A']['cpu']:.2f}, "
-        f"{phases['C']['cpu'] / phases['A']['cpu']:.2f} |",
-        f"| state after the run: keys / bytes | {state_keys:,} / {state_bytes:,} |",
-        f"| snapshot size (bytes) / snapshot s / restore s | {len(blob):,} / {snap_s:.3f} / {restore_s:.3f} |",
-        f"| A vs C mismatches: anomaly_status / avg_value > 1e-9 rel | {a_c[0]} / {a_c[1]} |",
-        f"| B vs C mismatches: anomaly_status / avg_value > 1e-9 rel | {b_c[0]} / {b_c[1]} |",
-        f"| A vs B mismatches: anomaly_status / avg_value > 1e-9 rel | {a_b[0]} / {a_b[1]} |",
+        *measures(std, goals=True),
+        "",
+        f"### High-cardinality stream: {n:,} events over {args.sparse_users:,} users x 5 event types",
+        "",
+        f"{len(sparse.det):,} keys, {n / len(sparse.det):.1f} rows each on average: most keys never fill "
+        "their windows, and the engine keeps a small ring for a key seen up to 8 times.",
+        "",
+        *engines(sparse),
+        "",
+        *measures(sparse, goals=False),
         "",
     ]
     text = "\n".join(lines)

@@ -239,6 +239,8 @@ def _advance(
                 if at >= 0:
                     p = int(fields[g + _N])
                     _prefetch(arena, at + 2 * (p % ring))
+                    if p >= 1:
+                        _prefetch(arena, at + 2 * ((p - 1) % ring))
                     if p > baseline_rows:
                         _prefetch(arena, at + 2 * ((p - baseline_rows - 1) % ring))
                     if p > avg_rows:

@@ -32,6 +32,12 @@ def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
     return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(int(lengths.sum()))
 
 
+def _new_arena(size: int) -> np.ndarray:
+    """Uninitialised: the kernel writes every ring slot before it reads it, and pages never touched
+    cost nothing, so generous headroom is free and growth copies rarely."""
+    return np.empty(size)
+
+
 class KeyState:
     """Per-key state for key ids ``0 .. keys - 1`` of a detector whose ring holds ``ring`` positions."""
 
@@ -58,7 +64,7 @@ class KeyState:
             self._fields = grown
         need = int(self._used[0]) + arena_headroom(rows, self.ring)
         if need > len(self._arena):
-            arena = np.zeros(max(need, 2 * len(self._arena)))  # zeroed lazily by the OS: headroom is free
+            arena = _new_arena(max(need, 4 * len(self._arena)))
             arena[: int(self._used[0])] = self._arena[: int(self._used[0])]
             self._arena = arena
 

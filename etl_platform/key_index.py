@@ -31,12 +31,12 @@ class KeyIndex:
     """Hash of each key tuple -> its id; ids are dense and follow first appearance."""
 
     def __init__(self) -> None:
-        self._hashes = np.zeros(0, dtype=np.int64)  # the hash of key id i, for rehashing
+        self._count = 0  # ids given out
         self._slot_hash = np.zeros(_MIN_SLOTS, dtype=np.int64)
         self._slot_id = np.full(_MIN_SLOTS, -1, dtype=np.int64)  # -1: empty slot
 
     def __len__(self) -> int:
-        return len(self._hashes)
+        return self._count
 
     @staticmethod
     def supports(schema: pl.Schema) -> bool:
@@ -58,14 +58,12 @@ class KeyIndex:
         """
         n = keys.height
         hashes = row_hashes(keys)
-        self._reserve(len(self._hashes) + n)
+        self._reserve(self._count + n)
         ids = np.empty(n, dtype=np.int64)
         new_rows = np.empty(n, dtype=np.int64)
-        added = index_keys(hashes, self._slot_hash, self._slot_id, len(self._hashes), ids, new_rows)
-        new_rows = new_rows[:added]
-        if added:
-            self._hashes = np.concatenate([self._hashes, hashes[new_rows]])
-        return ids, new_rows
+        added = index_keys(hashes, self._slot_hash, self._slot_id, self._count, ids, new_rows)
+        self._count += added
+        return ids, new_rows[:added]
 
     @staticmethod
     def verify(keys: pl.DataFrame, ids: np.ndarray, table: pl.DataFrame) -> bool:
@@ -79,9 +77,11 @@ class KeyIndex:
             return
         while 2 * count > slots:
             slots *= 2
+        held = self._slot_id >= 0
+        by_id = np.empty(self._count, dtype=np.int64)
+        by_id[self._slot_id[held]] = self._slot_hash[held]
         self._slot_hash = np.zeros(slots, dtype=np.int64)
         self._slot_id = np.full(slots, -1, dtype=np.int64)
-        k = len(self._hashes)
-        ids, new_rows = np.empty(k, dtype=np.int64), np.empty(k, dtype=np.int64)
-        # The stored hashes are distinct, so reinserting them in order gives each its old id back.
-        index_keys(self._hashes, self._slot_hash, self._slot_id, 0, ids, new_rows)
+        ids, new_rows = np.empty(self._count, dtype=np.int64), np.empty(self._count, dtype=np.int64)
+        # The held hashes are distinct, so reinserting them in id order gives each its old id back.
+        index_keys(by_id, self._slot_hash, self._slot_id, 0, ids, new_rows)

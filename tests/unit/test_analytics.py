@@ -11,6 +11,7 @@ import random
 import struct
 from pathlib import Path
 
+import numpy as np
 import polars as pl
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -482,3 +483,18 @@ def test_key_table_does_not_keep_the_batches_that_brought_new_keys(monkeypatch, 
     assert keys.schema["session"] == dtype and keys.height == 20
     held = keys.to_arrow(compat_level=pl.CompatLevel.newest()).get_total_buffer_size()
     assert held < 20 * 200, f"the key table holds {held:,} bytes for 20 keys of 72 bytes"
+
+
+def test_ring_slots_are_written_before_they_are_read(monkeypatch):
+    """The ring arena grows uninitialised; fill it with NaN instead and nothing may change."""
+    from etl_platform import analytics_state
+
+    df = stream(6000, 40, seed=25, repeats=0.05)
+    want, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), df, [])
+    monkeypatch.setattr(analytics_state, "_new_arena", lambda size: np.full(size, np.nan))
+    for config, cuts, restores in ((SMALL, [700, 1], {0, 3}), ({}, [6000], set()), ({}, [1, 2000], {1})):
+        got, _ = run(RollingAnomalyDetector(keys=KEYS, **config), df, cuts, restores)
+        if config:
+            assert got.equals(want)
+        else:
+            assert_matches(got, reference(df))

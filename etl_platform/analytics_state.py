@@ -55,13 +55,14 @@ class KeyState:
     def reserve(self, keys: int, rows: int) -> None:
         """Room for ``keys`` key ids and a batch of ``rows`` rows (capacity only: no state changes)."""
         have = len(self._fields) // _NF
-        if keys > have:
+        if keys > have:  # spare rows stay untouched (and cost no memory) until keys arrive
             grown = np.empty(max(keys, 2 * have, 1024) * _NF)
-            grown[: have * _NF] = self._fields
-            fresh = grown[have * _NF :].reshape(-1, _NF)
+            grown[: self.keys * _NF] = self._fields[: self.keys * _NF]
+            self._fields = grown
+        if keys > self.keys:
+            fresh = self._fields[self.keys * _NF : keys * _NF].reshape(-1, _NF)
             fresh[:] = 0.0
             fresh[:, _AT] = -1.0  # no ring yet
-            self._fields = grown
         need = int(self._used[0]) + arena_headroom(rows, self.ring)
         if need > len(self._arena):
             arena = _new_arena(max(need, 4 * len(self._arena)))

@@ -19,17 +19,22 @@ from etl_platform.analytics_kernel import (
     ring_floats,
 )
 
-__all__ = ["KeyState", "ranges"]
+__all__ = ["KeyState", "ranges", "starts"]
 
 _NF = len(FIELDS)
 _N, _AT = FIELDS.index("n"), FIELDS.index("ring_at")
 
 
-def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """The indices ``starts[i] .. starts[i] + lengths[i] - 1``, concatenated in order."""
+def starts(lengths: np.ndarray) -> np.ndarray:
+    """Where each of consecutive pieces of these lengths starts (0, then running sums)."""
     lengths = np.asarray(lengths, dtype=np.int64)
-    before = np.cumsum(lengths) - lengths
-    return np.repeat(np.asarray(starts, dtype=np.int64) - before, lengths) + np.arange(int(lengths.sum()))
+    return np.cumsum(lengths) - lengths
+
+
+def ranges(first: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """The indices ``first[i] .. first[i] + lengths[i] - 1``, concatenated in order."""
+    lengths = np.asarray(lengths, dtype=np.int64)
+    return np.repeat(np.asarray(first, dtype=np.int64) - starts(lengths), lengths) + np.arange(int(lengths.sum()))
 
 
 def _new_arena(size: int) -> np.ndarray:
@@ -101,7 +106,7 @@ class KeyState:
             raise ValueError(f"history holds {len(rings)} ring floats, its row counts need {int(used.sum())}")
         state = cls(ring)
         state.reserve(len(fields), 0)
-        at = np.cumsum(capacity) - capacity
+        at = starts(capacity)
         state._arena = np.zeros(int(capacity.sum()))  # rings packed in key order, each small while it fits
         state._used[0] = len(state._arena)
         table = state._fields[: len(fields) * _NF].reshape(len(fields), _NF)

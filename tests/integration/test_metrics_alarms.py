@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import threading
+import time
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, HTTPServer
 
@@ -39,7 +40,13 @@ def minute(now: datetime, back: int) -> datetime:
 
 @pytest.fixture
 def now() -> datetime:
-    return datetime.now(UTC)
+    """The test's clock. The alarm sensor reads the wall clock on each tick, so start no later than
+    40 s into a minute: a test's ticks then all judge the same complete minutes."""
+    current = datetime.now(UTC)
+    if current.second >= 40:
+        time.sleep(60.5 - current.second - current.microsecond / 1e6)
+        current = datetime.now(UTC)
+    return current
 
 
 def test_publish_batches_and_read_back(cloudwatch, unique_name, now):

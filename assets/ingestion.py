@@ -22,10 +22,11 @@ from dagster import (
 )
 
 from assets.partitions import daily_partitions
-from etl_platform import lake as layout
-from etl_platform.consumer import ConsumerConfig
-from etl_platform.lake_checks import PROCESSED_SCHEMA
-from etl_platform.replay import RAW_SCHEMA, read_day, recompute_processed_day
+from etl_platform.analytics import AnalyticsConfig
+from etl_platform.lake import layout
+from etl_platform.lake.checks import PROCESSED_SCHEMA
+from etl_platform.lake.readers import RAW_SCHEMA, read_day
+from etl_platform.lake.replay import recompute_processed_day
 from resources import LakeResource
 
 SOURCE_KINDS = {
@@ -98,7 +99,7 @@ def raw_events(context: AssetExecutionContext, lake: LakeResource) -> Materializ
 )
 def processed_events(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     day = date.fromisoformat(context.partition_key)
-    result = recompute_processed_day(lake.client(), lake.bucket, day, ConsumerConfig.from_env())
+    result = recompute_processed_day(lake.client(), lake.bucket, day, AnalyticsConfig.from_env())
     context.log.info(
         f"replayed {day}: {result.rows} rows ({result.anomalies} anomalies) from {result.history_rows} rows "
         f"of history; wrote {len(result.written)} objects, removed {len(result.deleted)}"

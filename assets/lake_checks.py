@@ -17,9 +17,9 @@ from dagster import (
 
 from assets.ingestion import processed_events
 from assets.partitions import daily_partitions
-from etl_platform import lake as layout
-from etl_platform.lake_checks import null_key_counts, reconcile, reconciled, schema_problems
-from etl_platform.replay import read_day
+from etl_platform.lake import layout
+from etl_platform.lake.checks import null_key_counts, reconcile, reconciled, schema_problems
+from etl_platform.lake.readers import read_day
 from resources import LakeResource
 
 with warnings.catch_warnings():

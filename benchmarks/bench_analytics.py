@@ -30,8 +30,8 @@ from pathlib import Path
 import duckdb
 import polars as pl
 
-from etl_platform import analytics_kernel
 from etl_platform.analytics import RollingAnomalyDetector
+from etl_platform.analytics import kernel as analytics_kernel
 
 SECTION = "## Stream analytics engine"
 KEYS = ["user_id", "event_type"]

@@ -18,11 +18,11 @@ from datetime import UTC, datetime
 
 from etl_platform import aws
 from etl_platform.config import load_settings
-from etl_platform.consumer import ConsumerConfig, StreamConsumer, read_range
-from etl_platform.producer import KinesisProducer
-from etl_platform.provisioning import ensure_bucket, ensure_stream
-from etl_platform.shards import list_shards
-from etl_platform.sources import demo_mix
+from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
+from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer, read_range
+from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.shards import list_shards
+from etl_platform.stream.sources import demo_mix
 
 
 def _fresh(settings, shards: int):

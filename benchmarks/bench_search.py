@@ -24,7 +24,7 @@ from etl_platform.config import load_settings
 from etl_platform.search import indices
 from etl_platform.search.client import make_client
 from etl_platform.search.indexer import IndexerConfig, bulk_lines, documents, index_processed_frame
-from etl_platform.search.sample import sample_processed_frame
+from etl_platform.stream.samples import sample_processed_frame
 
 
 def _reference_actions(frame, prefix: str) -> list[dict]:

@@ -36,9 +36,10 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
-from etl_platform import aws, lake
+from etl_platform import aws
 from etl_platform.config import load_settings
-from etl_platform.provisioning import ensure_bucket
+from etl_platform.lake import layout
+from etl_platform.ops.provisioning import ensure_bucket
 from etl_platform.warehouse import connect, pgcopy, source
 from etl_platform.warehouse.schema import TABLE_COLUMNS
 
@@ -80,8 +81,8 @@ def write_day(s3, bucket: str, frame: pl.DataFrame) -> int:
     count = 0
     for (moment, shard), part in hourly.group_by("_hour", "shard_id", maintain_order=True):
         part = part.drop("_hour")
-        key = lake.object_key(lake.PROCESSED, lake.HourPartition.of(moment), shard, part["sequence_number"][0], 0)
-        lake.put(s3, bucket, key, lake.parquet_bytes(part))
+        key = layout.object_key(layout.PROCESSED, layout.HourPartition.of(moment), shard, part["sequence_number"][0], 0)
+        layout.put(s3, bucket, key, layout.parquet_bytes(part))
         count += 1
     return count
 

@@ -195,3 +195,13 @@ def events_to_frame(events: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
         for name in EVENT_FIELDS:
             columns[name].append(event[name])
     return pl.DataFrame(columns, schema=EVENT_SCHEMA, strict=True)
+
+
+def with_depth(frame: pl.DataFrame, depth: int) -> pl.DataFrame:
+    """`frame` with `shard_depth`: the generation of the shard its events came from (see stream.shards)."""
+    return frame.with_columns(pl.lit(depth, dtype=pl.Int32).alias("shard_depth"))
+
+
+def arrival_order(frame: pl.DataFrame) -> pl.DataFrame:
+    """Stream order for every key: parents before children (depth), then sequence, then sub-record."""
+    return frame.sort(["shard_depth", sequence_sort_expr(), "sub_sequence"], maintain_order=True)

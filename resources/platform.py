@@ -39,7 +39,7 @@ class LakeResource(ConfigurableResource):
 
 
 class WarehouseResource(ConfigurableResource):
-    """Redshift in production, PostgreSQL locally (DESIGN.md §3: two dialects behind one interface)."""
+    """Redshift in production, PostgreSQL locally (two dialects behind one interface: etl_platform.warehouse)."""
 
     dialect: str = Field(description="postgres | redshift")
     dsn: str = Field(description="libpq URI (postgres) or redshift://user@host:port/db")

@@ -17,11 +17,11 @@ from typing import Any
 from dagster import DefaultSensorStatus, HookContext, SensorEvaluationContext, SkipReason, failure_hook, sensor
 
 from etl_platform import aws
-from etl_platform import metrics as m
-from etl_platform.alarms import ALARM, OK, AlarmState, evaluate_states, load_alarms
-from etl_platform.alerts import ALERTS_PREFIX, Alert, Outbox, build_sinks
 from etl_platform.config import Settings, load_settings
-from etl_platform.consumer import BatchResult
+from etl_platform.ops import metrics as m
+from etl_platform.ops.alarms import ALARM, OK, AlarmState, evaluate_states, load_alarms
+from etl_platform.ops.alerts import ALERTS_PREFIX, Alert, Outbox, build_sinks
+from etl_platform.stream.consumer import BatchResult
 from resources import KinesisResource, LakeResource
 
 RENOTIFY_S = 3600  # a still-breaching alarm is re-sent this often

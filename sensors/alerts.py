@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from dagster import DefaultSensorStatus, SensorEvaluationContext, SkipReason, sensor
 
-from etl_platform.alerts import AlertMonitor, build_sinks
 from etl_platform.config import load_settings
+from etl_platform.ops.alerts import AlertMonitor, build_sinks
 from etl_platform.search.indexer import prefix_from_env
 from resources import LakeResource, OpenSearchResource
 

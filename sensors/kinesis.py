@@ -33,9 +33,9 @@ from dagster import (
 
 from assets.ingestion import PROCESSED_COLUMN_METADATA, RAW_COLUMN_METADATA
 from etl_platform.config import load_settings
-from etl_platform.consumer import BatchResult, ConsumerConfig, StreamConsumer
 from etl_platform.search.indexer import search_sink
-from etl_platform.shards import readable_shards
+from etl_platform.stream.consumer import BatchResult, ConsumerConfig, StreamConsumer
+from etl_platform.stream.shards import readable_shards
 from resources import KinesisResource, LakeResource, OpenSearchResource
 from sensors.alarms import delivery_failure_metrics, publish_batch_metrics
 

@@ -24,7 +24,7 @@ from pydantic import Field
 
 from etl_platform import aws
 from etl_platform.config import load_settings
-from etl_platform.scaling import ScalingHistory, ScalingPolicy, scale_stream
+from etl_platform.ops.scaling import ScalingHistory, ScalingPolicy, scale_stream
 from resources import KinesisResource, LakeResource
 
 SCALER_TAG = "etl/scaler"

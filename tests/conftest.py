@@ -8,7 +8,7 @@ import pytest
 
 from etl_platform import aws
 from etl_platform.config import Settings, load_settings
-from etl_platform.provisioning import ensure_bucket, ensure_stream
+from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
 
 
 def _require_stack(settings: Settings) -> None:

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 from typing import Any
 
-from etl_platform import lake
+from etl_platform.lake import layout
 from etl_platform.search.indexer import count_documents
 from etl_platform.search.indices import ANOMALIES, EVENTS, index_name
 
@@ -37,8 +37,8 @@ def day_counts(client: Any, s3: Any, bucket: str, day: date, prefix: str = "") -
     import polars as pl
 
     rows = anomalies = 0
-    for key in lake.list_keys(s3, bucket, lake.day_prefix(lake.PROCESSED, day)):
-        status = lake.read_parquet(lake.get(s3, bucket, key)).select("anomaly_status")
+    for key in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day)):
+        status = layout.read_parquet(layout.get(s3, bucket, key)).select("anomaly_status")
         rows += status.height
         anomalies += status.filter(pl.col("anomaly_status") == "ANOMALY").height
     events_index, anomalies_index = index_name(EVENTS, day, prefix), index_name(ANOMALIES, day, prefix)

@@ -5,7 +5,7 @@
 - Bulk requests are cut by bytes (default 5 MiB, Amazon OpenSearch's sweet spot and Firehose's
   buffer), never by a fixed count alone, so wide documents cannot build a request the node rejects.
 - `_id` = `event_id`, so a retried batch, a replayed day or a replayed failure overwrites instead of
-  duplicating (DESIGN.md §6: deterministic `_id`s).
+  duplicating (docs/architecture.md, "Delivery guarantees": deterministic `_id`s).
 - 429, 5xx and connection errors are retried with exponential backoff and jitter, only for the items
   that failed, within a bounded total wait shared by the whole call (`max_total_wait_s`): a node that
   stays down delays a batch by at most that, then the circuit opens and the rest is backed up at once.
@@ -30,8 +30,8 @@ from typing import Any
 
 import polars as pl
 
-from etl_platform import lake
 from etl_platform.config import env_number
+from etl_platform.lake import layout
 from etl_platform.search.indices import (
     ANOMALIES,
     EVENT_PROPERTIES,
@@ -376,7 +376,7 @@ class BulkEngine:
 
 # --- failed-document backup -----------------------------------------------------------------------
 def failed_prefix(day: date | str | None = None) -> str:
-    return f"{FAILED}/" if day is None else lake.day_prefix(FAILED, day)
+    return f"{FAILED}/" if day is None else layout.day_prefix(FAILED, day)
 
 
 def backup_failures(s3: Any, bucket: str, failures: Sequence[Failure], payloads: Sequence[str],
@@ -397,14 +397,14 @@ def backup_failures(s3: Any, bucket: str, failures: Sequence[Failure], payloads:
         )
     digest = hashlib.sha1("\n".join(sorted(f"{indices[f.position]}/{ids[f.position]}" for f in failures))
                           .encode()).hexdigest()[:16]
-    hour = lake.HourPartition.of(now.astimezone(UTC))
+    hour = layout.HourPartition.of(now.astimezone(UTC))
     keys = []
     part_lines: list[str] = []
     size = 0
     for line in [*lines, None]:
         if line is None or (part_lines and size + len(line) + 1 > max_object_bytes):
             key = f"{hour.prefix(FAILED)}{digest}-{len(keys):04d}.jsonl.gz"
-            lake.put(s3, bucket, key, lake.gzip_lines(part_lines))
+            layout.put(s3, bucket, key, layout.gzip_lines(part_lines))
             keys.append(key)
             part_lines, size = [], 0
         if line is not None:
@@ -504,11 +504,11 @@ def index_day(client: Any, s3: Any, bucket: str, day: date, prefix: str = "",
     longer holds and that were written before this run started are deleted (the "written before"
     guard keeps a document a concurrent micro-batch just added). Reindexing is idempotent.
     """
-    from etl_platform.replay import read_day
+    from etl_platform.lake.readers import read_day
 
     config = config or IndexerConfig()
     started = datetime.now(UTC)
-    frame = read_day(s3, bucket, lake.PROCESSED, day)
+    frame = read_day(s3, bucket, layout.PROCESSED, day)
     result = DayIndexResult(day=day, rows=frame.height)
     if frame.height:
         result.anomalies = int((frame["anomaly_status"] == "ANOMALY").sum())
@@ -561,9 +561,9 @@ def replay_failed(client: Any, s3: Any, bucket: str, day: date | str | None = No
     """
     config = config or IndexerConfig()
     result = ReplayStats()
-    keys = lake.list_keys(s3, bucket, failed_prefix(day))
+    keys = layout.list_keys(s3, bucket, failed_prefix(day))
     for number, key in enumerate(keys, 1):
-        records = list(lake.read_jsonl_gz(lake.get(s3, bucket, key)))
+        records = list(layout.read_jsonl_gz(layout.get(s3, bucket, key)))
         now = datetime.now(UTC)
         stamp = _timestamp(now)
         for prefix in sorted({r.get("prefix", "") for r in records}):
@@ -599,8 +599,8 @@ def replay_failed(client: Any, s3: Any, bucket: str, day: date | str | None = No
 
 def iter_failed(s3: Any, bucket: str, day: date | str | None = None) -> Iterable[dict[str, Any]]:
     """Every backed-up failed document record (index, id, prefix, status, error, failed_at, doc)."""
-    for key in lake.list_keys(s3, bucket, failed_prefix(day)):
-        yield from lake.read_jsonl_gz(lake.get(s3, bucket, key))
+    for key in layout.list_keys(s3, bucket, failed_prefix(day)):
+        yield from layout.read_jsonl_gz(layout.get(s3, bucket, key))
 
 
 def search_sink(client: Any, s3: Any, bucket: str, env: Mapping[str, str] | None = None

@@ -1,4 +1,4 @@
-"""The local stack: real servers on 127.0.0.1 standing in for the AWS services (DESIGN.md §3)."""
+"""The local stack: real servers on 127.0.0.1 standing in for the AWS services (docs/architecture.md, "The local stack")."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Warehouse loading: processed lake partitions into `events` and `anomalies`, idempotently.
 
-One interface (`Warehouse`), two dialects (DESIGN.md §3): Redshift in production
+One interface (`Warehouse`), two dialects (docs/architecture.md, "The local stack"): Redshift in production
 (redshift_connector; `COPY ... FORMAT AS PARQUET MANIFEST` into temp staging, then delete the day
 + insert, one transaction) and PostgreSQL locally (psycopg; binary `COPY FROM STDIN` into the day's
 new partition, then swap it in, one transaction). `connect` picks the dialect by name:

@@ -20,7 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from etl_platform import lake
+from etl_platform.lake import layout
 from etl_platform.warehouse.schema import ARRIVAL_ORDER, SEQUENCE_WIDTH, SchemaDriftError
 
 MANIFESTS = "_manifests"
@@ -35,7 +35,7 @@ class LakeObject:
 
 def partition_objects(s3: Any, bucket: str, day: date) -> list[LakeObject]:
     """The processed Parquet objects of one event-time day, in key order."""
-    prefix = lake.day_prefix(lake.PROCESSED, day)
+    prefix = layout.day_prefix(layout.PROCESSED, day)
     found: list[LakeObject] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         found += [LakeObject(o["Key"], int(o["Size"])) for o in page.get("Contents", [])
@@ -56,7 +56,7 @@ def read_objects(
     """All rows of `objects` as one Arrow table; objects written before a new column get NULLs in it."""
 
     def one(obj: LakeObject) -> pa.Table:
-        data = lake.get(s3, bucket, obj.key)
+        data = layout.get(s3, bucket, obj.key)
         if columns is None:
             return pq.read_table(io.BytesIO(data))
         present = [c for c in columns if c in pq.read_schema(io.BytesIO(data)).names]
@@ -143,13 +143,13 @@ def manifest(bucket: str, objects: Sequence[LakeObject]) -> dict[str, Any]:
 
 def manifest_key(day: date, group: int) -> str:
     """Deterministic, so a retried load overwrites its manifest instead of adding one."""
-    return f"{MANIFESTS}/warehouse/{lake.PROCESSED}/dt={day.isoformat()}/group-{group:02d}.manifest"
+    return f"{MANIFESTS}/warehouse/{layout.PROCESSED}/dt={day.isoformat()}/group-{group:02d}.manifest"
 
 
 def write_manifest(s3: Any, bucket: str, day: date, group: int, objects: Sequence[LakeObject]) -> str:
     key = manifest_key(day, group)
     body = json.dumps(manifest(bucket, objects), indent=1).encode()
-    lake.put(s3, bucket, key, body)
+    layout.put(s3, bucket, key, body)
     return key
 
 

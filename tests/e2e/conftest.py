@@ -24,8 +24,8 @@ from pathlib import Path
 import pytest
 import requests
 
-from etl_platform.producer import KinesisProducer
-from etl_platform.sources import demo_mix
+from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.sources import demo_mix
 
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")

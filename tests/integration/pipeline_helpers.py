@@ -13,12 +13,12 @@ from pathlib import Path
 
 import polars as pl
 
-from etl_platform import lake
-from etl_platform.consumer import ConsumerConfig, arrival_order, read_range, shard_depths, with_depth
-from etl_platform.decoding import decode_records
-from etl_platform.events import events_to_frame
-from etl_platform.replay import read_processed, read_raw
-from etl_platform.shards import lineage_order, list_shards
+from etl_platform.events import arrival_order, events_to_frame, with_depth
+from etl_platform.lake import layout
+from etl_platform.lake.readers import read_processed, read_raw
+from etl_platform.stream.consumer import ConsumerConfig, read_range
+from etl_platform.stream.decoding import decode_records
+from etl_platform.stream.shards import lineage_order, list_shards, shard_depths
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -38,12 +38,12 @@ def one_pass(kinesis, stream: str, config: ConsumerConfig | None = None) -> pl.D
             after = read.records[-1]["SequenceNumber"]
         frames.append(with_depth(events_to_frame(decode_records(shard.shard_id, records).events),
                                  depths[shard.shard_id]))
-    return config.new_detector().process(arrival_order(pl.concat(frames)))
+    return config.analytics.new_detector().process(arrival_order(pl.concat(frames)))
 
 
 def lake_rows(s3, bucket: str, dataset: str) -> pl.DataFrame:
-    keys = lake.list_keys(s3, bucket, f"{dataset}/")
-    if dataset == lake.RAW:
+    keys = layout.list_keys(s3, bucket, f"{dataset}/")
+    if dataset == layout.RAW:
         return read_raw(s3, bucket, keys)
     return read_processed(s3, bucket, keys)
 
@@ -72,7 +72,7 @@ def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> su
     full_env = {**os.environ, **(env or {})}
     full_env.pop("ETL_PROFILE", None)
     result = subprocess.run(
-        [sys.executable, "-m", "etl_platform.cli", *args], capture_output=True, text=True, env=full_env,
+        [sys.executable, "-m", "etl_platform.cli.main", *args], capture_output=True, text=True, env=full_env,
         cwd=REPO, timeout=600,
     )
     if check:

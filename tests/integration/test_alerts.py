@@ -14,10 +14,10 @@ import boto3
 import polars as pl
 import pytest
 
-from etl_platform import lake
-from etl_platform.alerts import AlertConfig, AlertMonitor, LogSink, SnsSink, WebhookSink, build_sinks
+from etl_platform.lake import layout
+from etl_platform.ops.alerts import AlertConfig, AlertMonitor, LogSink, SnsSink, WebhookSink, build_sinks
 from etl_platform.search.indexer import index_processed_frame
-from etl_platform.search.sample import known_processed_frame
+from etl_platform.stream.samples import known_processed_frame
 
 pytestmark = pytest.mark.stack
 
@@ -188,14 +188,14 @@ def test_threshold_breaches_alert_once_per_rise(client, prefix, s3, bucket):
     assert monitor.tick().thresholds == []  # no anomalies index yet either: a quiet tick, not an error
 
     for n in range(2):
-        lake.put(s3, bucket, f"{lake.day_prefix('errors', today)}hour=01/shard-{n}.jsonl.gz", b"x")
-    lake.put(s3, bucket, f"{lake.day_prefix('search-failed', today - timedelta(days=1))}hour=23/a.jsonl.gz", b"x")
+        layout.put(s3, bucket, f"{layout.day_prefix('errors', today)}hour=01/shard-{n}.jsonl.gz", b"x")
+    layout.put(s3, bucket, f"{layout.day_prefix('search-failed', today - timedelta(days=1))}hour=23/a.jsonl.gz", b"x")
     report = monitor.tick()
     assert sorted(report.thresholds) == sorted([f"errors/dt={today}/ 0->2",
                                                 f"search-failed/dt={today - timedelta(days=1)}/ 0->1"])
     assert monitor.tick().thresholds == [] and len(logged) == 2
 
-    lake.put(s3, bucket, f"{lake.day_prefix('errors', today)}hour=02/shard-9.jsonl.gz", b"x")
+    layout.put(s3, bucket, f"{layout.day_prefix('errors', today)}hour=02/shard-9.jsonl.gz", b"x")
     report = monitor.tick()
     assert report.thresholds == [f"errors/dt={today}/ 2->3"] and report.sent == {"log": 1}
     assert "rose from 2 to 3" in logged[-1]

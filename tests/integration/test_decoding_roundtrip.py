@@ -6,11 +6,11 @@ import json
 
 import pytest
 
-from etl_platform.decoding import decode_records
 from etl_platform.events import events_to_frame, parse_event_time
-from etl_platform.producer import KinesisProducer
-from etl_platform.provisioning import ensure_stream
-from etl_platform.sources import demo_mix, generate
+from etl_platform.ops.provisioning import ensure_stream
+from etl_platform.stream.decoding import decode_records
+from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.sources import demo_mix, generate
 
 pytestmark = pytest.mark.stack
 

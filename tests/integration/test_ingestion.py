@@ -9,10 +9,10 @@ from datetime import UTC, datetime
 
 import pytest
 
-from etl_platform import lake
-from etl_platform.consumer import ConsumerConfig, StreamConsumer
-from etl_platform.producer import KinesisProducer
-from etl_platform.sources import demo_mix
+from etl_platform.lake import layout
+from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
+from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.sources import demo_mix
 from tests.integration.pipeline_helpers import assert_same_results, cli, lake_rows, one_pass, write_jsonl
 
 pytestmark = pytest.mark.stack
@@ -41,30 +41,30 @@ def test_end_to_end_file_gzip_and_kpl_across_shards(kinesis, s3, bucket, stream,
 
     assert {r.shard_id for r in results} == {s["ShardId"] for s in kinesis.list_shards(StreamName=stream)["Shards"]}
     assert sum(r.events for r in results) == 900 and sum(r.errors for r in results) == 0
-    processed = lake_rows(s3, bucket, lake.PROCESSED)
+    processed = lake_rows(s3, bucket, layout.PROCESSED)
     expected = one_pass(kinesis, stream)
     assert expected.height == 900
     assert_same_results(processed, expected)
     assert processed["anomaly_status"].to_list().count("ANOMALY") > 0
-    raw = lake_rows(s3, bucket, lake.RAW)
+    raw = lake_rows(s3, bucket, layout.RAW)
     assert sorted(raw["event_id"].to_list()) == sorted(e["event_id"] for e in batch)
     # Partitioned by event time: every object sits under the hour of each of its events.
     for row in raw.select("event_time", "_object").iter_rows():
-        assert row[1].startswith(lake.HourPartition.of(row[0]).prefix(lake.RAW))
+        assert row[1].startswith(layout.HourPartition.of(row[0]).prefix(layout.RAW))
     assert len({k.split("/")[1] for k in raw["_object"].to_list()}) == 2  # two days
 
 
 def test_retried_batches_overwrite_their_objects(kinesis, s3, bucket, stream):
     KinesisProducer(kinesis, stream).send(events(200, seed=2))
     first = consumer(kinesis, s3, bucket, stream).drain()
-    keys_before = lake.list_keys(s3, bucket, "raw/") + lake.list_keys(s3, bucket, "processed/")
+    keys_before = layout.list_keys(s3, bucket, "raw/") + layout.list_keys(s3, bucket, "processed/")
     # Forget the commits, as if every batch had crashed just before its checkpoint: the replay must
     # write exactly the same object names and contents.
     consumer(kinesis, s3, bucket, stream).checkpoints.reset()
     again = consumer(kinesis, s3, bucket, stream).drain()
     assert [r.raw_objects for r in first] == [r.raw_objects for r in again]
-    assert lake.list_keys(s3, bucket, "raw/") + lake.list_keys(s3, bucket, "processed/") == keys_before
-    assert_same_results(lake_rows(s3, bucket, lake.PROCESSED), one_pass(kinesis, stream))
+    assert layout.list_keys(s3, bucket, "raw/") + layout.list_keys(s3, bucket, "processed/") == keys_before
+    assert_same_results(lake_rows(s3, bucket, layout.PROCESSED), one_pass(kinesis, stream))
 
 
 @pytest.mark.parametrize("stage", ["raw", "processed"])
@@ -75,13 +75,13 @@ def test_crash_before_commit_then_retry_leaves_no_duplicate_and_no_gap(kinesis, 
     crashed = cli("consume", "--until-caught-up", "--quiet", "--no-index", env={**env, "ETL_FAULT_KILL_AFTER": stage},
                   check=False)
     assert crashed.returncode == -9
-    assert lake.list_keys(s3, bucket, f"{stage}/")  # it did deliver before dying
-    assert not lake.list_keys(s3, bucket, "_checkpoints/")  # ... and committed nothing
+    assert layout.list_keys(s3, bucket, f"{stage}/")  # it did deliver before dying
+    assert not layout.list_keys(s3, bucket, "_checkpoints/")  # ... and committed nothing
     done = cli("consume", "--until-caught-up", "--quiet", "--no-index", env=env)
     summary = json.loads(done.stdout)
     assert summary["events"] == 500
-    assert_same_results(lake_rows(s3, bucket, lake.PROCESSED), one_pass(kinesis, stream))
-    raw = lake_rows(s3, bucket, lake.RAW)
+    assert_same_results(lake_rows(s3, bucket, layout.PROCESSED), one_pass(kinesis, stream))
+    raw = lake_rows(s3, bucket, layout.RAW)
     assert raw.height == 500 and raw["event_id"].n_unique() == 500
 
 
@@ -100,8 +100,8 @@ def test_poison_records_go_to_errors_and_the_rest_flows_on(kinesis, s3, bucket, 
     results = consumer(kinesis, s3, bucket, stream).drain()
 
     assert sum(r.errors for r in results) == 3 and sum(r.events for r in results) == 60
-    error_rows = [row for key in lake.list_keys(s3, bucket, "errors/")
-                  for row in lake.read_jsonl_gz(lake.get(s3, bucket, key))]
+    error_rows = [row for key in layout.list_keys(s3, bucket, "errors/")
+                  for row in layout.read_jsonl_gz(layout.get(s3, bucket, key))]
     assert sorted(r["partition_key"] for r in error_rows) == ["poison-1", "poison-2", "poison-3"]
     by_key = {r["partition_key"]: r for r in error_rows}
     assert base64.b64decode(by_key["poison-1"]["raw_base64"]) == b"\x00\xffnot json"
@@ -109,7 +109,7 @@ def test_poison_records_go_to_errors_and_the_rest_flows_on(kinesis, s3, bucket, 
     assert "value" in by_key["poison-2"]["reason"]
     assert by_key["poison-3"]["reason"].startswith("gzip:")
     assert all(r["shard_id"] and r["sequence_number"] for r in error_rows)
-    assert_same_results(lake_rows(s3, bucket, lake.PROCESSED), one_pass(kinesis, stream))
+    assert_same_results(lake_rows(s3, bucket, layout.PROCESSED), one_pass(kinesis, stream))
 
 
 def test_resharding_2_to_4_to_2_while_consuming_is_exact(kinesis, s3, bucket, stream):
@@ -133,4 +133,4 @@ def test_resharding_2_to_4_to_2_while_consuming_is_exact(kinesis, s3, bucket, st
                if next(s for s in shards if s.shard_id == sid).closed)
     expected = one_pass(kinesis, stream)
     assert expected.height == 900
-    assert_same_results(lake_rows(s3, bucket, lake.PROCESSED), expected)
+    assert_same_results(lake_rows(s3, bucket, layout.PROCESSED), expected)

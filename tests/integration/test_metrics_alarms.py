@@ -13,9 +13,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 import pytest
 from dagster import DagsterInstance, build_sensor_context, job, op
 
-from etl_platform import lake
-from etl_platform import metrics as m
-from etl_platform.alarms import (
+from etl_platform.lake import layout
+from etl_platform.ops import metrics as m
+from etl_platform.ops.alarms import (
     ALARM,
     INSUFFICIENT,
     OK,
@@ -26,7 +26,7 @@ from etl_platform.alarms import (
     load_alarms,
     parse_alarms,
 )
-from etl_platform.consumer import BatchResult
+from etl_platform.stream.consumer import BatchResult
 from resources import build_resources
 from sensors.alarms import cloudwatch_alarms_sensor, delivery_failure_metrics, publish_batch_metrics
 
@@ -167,7 +167,7 @@ def test_alarm_sensor_alerts_once_per_breach(cloudwatch, s3, settings, bucket, u
     state = json.loads(cursor)
     assert list(state["active"]) == ["Delivery-To-S3-Failures"]
     assert any(k.startswith("Delivery-To-S3-Failures@") for k in state["sent"])
-    outbox = json.loads(lake.get(s3, bucket, "_alerts/alarms/outbox/webhook.json"))
+    outbox = json.loads(layout.get(s3, bucket, "_alerts/alarms/outbox/webhook.json"))
     assert outbox["pending"] == [] and list(outbox["delivered"]) == [key]
 
 
@@ -201,8 +201,8 @@ def test_batch_metrics_and_failure_hook_publish(cloudwatch, settings, unique_nam
 
 
 def test_producer_reports_incoming_records_and_bytes(kinesis, cloudwatch, stream):
-    from etl_platform.producer import KinesisProducer
-    from etl_platform.sources import demo_mix
+    from etl_platform.stream.producer import KinesisProducer
+    from etl_platform.stream.sources import demo_mix
 
     reporter = m.ProducerMetricsReporter(cloudwatch, stream, interval_s=3600)
     producer = KinesisProducer(kinesis, stream, progress=reporter.update)

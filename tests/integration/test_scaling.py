@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from dagster import DagsterInstance
 
-from etl_platform import metrics as m
-from etl_platform.consumer import ConsumerConfig, StreamConsumer
-from etl_platform.producer import KinesisProducer
-from etl_platform.provisioning import ensure_stream
-from etl_platform.scaling import ScalingHistory, ScalingPolicy, open_shard_count, scale_stream
-from etl_platform.scaling_cli import add_scale_parser
-from etl_platform.sources import demo_mix
+from etl_platform.cli.scale import add_scale_parser
+from etl_platform.ops import metrics as m
+from etl_platform.ops.provisioning import ensure_stream
+from etl_platform.ops.scaling import ScalingHistory, ScalingPolicy, open_shard_count, scale_stream
+from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
+from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.sources import demo_mix
 from resources import build_resources
 from sensors.scaling import kinesis_scaling_job
 from tests.integration.pipeline_helpers import assert_same_results, lake_rows, one_pass

@@ -21,7 +21,7 @@ import polars as pl
 import pytest
 from opensearchpy import OpenSearch
 
-from etl_platform import lake
+from etl_platform.lake import layout
 from etl_platform.search import indices, queries
 from etl_platform.search.checks import day_counts
 from etl_platform.search.indexer import (
@@ -31,7 +31,7 @@ from etl_platform.search.indexer import (
     iter_failed,
     replay_failed,
 )
-from etl_platform.search.sample import KNOWN_ANSWERS, known_processed_frame
+from etl_platform.stream.samples import KNOWN_ANSWERS, known_processed_frame
 
 pytestmark = pytest.mark.stack
 
@@ -52,8 +52,8 @@ def write_processed(s3, bucket: str, frame: pl.DataFrame) -> None:
     """The frame into the lake as the consumer would: one Parquet object per event-time hour."""
     hour = pl.col("event_time").dt.truncate("1h")
     for (moment,), part in frame.group_by(hour.alias("_h"), maintain_order=True):
-        key = lake.object_key(lake.PROCESSED, lake.HourPartition.of(moment), "shardId-000000000000", "1", 0)
-        lake.put(s3, bucket, key, lake.parquet_bytes(part))
+        key = layout.object_key(layout.PROCESSED, layout.HourPartition.of(moment), "shardId-000000000000", "1", 0)
+        layout.put(s3, bucket, key, layout.parquet_bytes(part))
 
 
 # --- indexing -------------------------------------------------------------------------------------
@@ -111,7 +111,7 @@ def test_reindexing_changes_no_count_and_removes_rows_the_lake_dropped(client, p
     changed = frame.filter(pl.col("event_id") != "alice-click-00").with_columns(
         pl.when(pl.col("event_id") == "alice-click-03").then(pl.lit("NORMAL"))
         .otherwise(pl.col("anomaly_status")).alias("anomaly_status"))
-    for key in lake.list_keys(s3, bucket, lake.day_prefix(lake.PROCESSED, DAY1)):
+    for key in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, DAY1)):
         s3.delete_object(Bucket=bucket, Key=key)
     write_processed(s3, bucket, changed.filter(pl.col("event_time").dt.date() == DAY1))
     result = index_day(client, s3, bucket, DAY1, prefix)
@@ -152,8 +152,8 @@ def test_search_questions_return_the_known_answers(client, prefix, s3, bucket, c
     import argparse
     import json
 
+    from etl_platform.cli.search import add_search_parser, cmd_search
     from etl_platform.config import load_settings
-    from etl_platform.search.cli import add_search_parser, cmd_search
 
     parser = argparse.ArgumentParser()
     add_search_parser(parser.add_subparsers(dest="command"))
@@ -240,7 +240,7 @@ def test_node_unreachable_backs_up_every_document_and_replay_delivers_all(client
         + [(indices.index_name("anomalies", r["event_time"], prefix), r["event_id"])
            for r in frame.filter(pl.col("anomaly_status") == "ANOMALY").iter_rows(named=True)])
     assert all(r["doc"]["event_id"] == r["id"] and "ConnectionError" in r["error"] for r in backed_up)
-    assert stats.backup_objects == lake.list_keys(s3, bucket, "search-failed/")
+    assert stats.backup_objects == layout.list_keys(s3, bucket, "search-failed/")
     assert stats.backup_objects[0].startswith(f"search-failed/dt={datetime.now(UTC).date().isoformat()}/hour=")
 
     # Still down: a replay backs the documents up again (new object first) and loses none.
@@ -251,7 +251,7 @@ def test_node_unreachable_backs_up_every_document_and_replay_delivers_all(client
     proxy.up()  # the node is back
     replayed = replay_failed(via_proxy, s3, bucket, config=config)
     assert (replayed.documents, replayed.stats.indexed, replayed.stats.failed) == (33, 33, 0)
-    assert lake.list_keys(s3, bucket, "search-failed/") == []
+    assert layout.list_keys(s3, bucket, "search-failed/") == []
     refresh(client, prefix)
     for day in (DAY1, DAY2):
         expected = frame.filter(pl.col("event_time").dt.date() == day)
@@ -277,7 +277,7 @@ def test_node_down_for_a_while_delays_indexing_without_failures(client, prefix, 
     stats = result["stats"]
     assert (stats.indexed, stats.failed, stats.backup_objects) == (33, 0, [])
     assert stats.retried > 0
-    assert lake.list_keys(s3, bucket, "search-failed/") == []
+    assert layout.list_keys(s3, bucket, "search-failed/") == []
     refresh(client, prefix)
     assert client.count(index=indices.alias_name("events", prefix))["count"] == 25
     via_proxy.close()

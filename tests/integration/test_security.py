@@ -10,10 +10,10 @@ import pytest
 from botocore.exceptions import ClientError
 
 from etl_platform import aws
-from etl_platform.consumer import StreamConsumer
-from etl_platform.producer import KinesisProducer
-from etl_platform.security import apply_bucket_security, ensure_kms_key, load_security_config, secure_platform
-from etl_platform.sources import demo_mix
+from etl_platform.ops.security import apply_bucket_security, ensure_kms_key, load_security_config, secure_platform
+from etl_platform.stream.consumer import StreamConsumer
+from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.sources import demo_mix
 from tests.integration.pipeline_helpers import assert_same_results, lake_rows, one_pass
 
 pytestmark = pytest.mark.stack

@@ -11,9 +11,9 @@ from dagster import DagsterInstance, build_sensor_context, materialize
 
 from assets.ingestion import processed_events
 from assets.lake_checks import processed_matches_raw, processed_schema_and_keys
-from etl_platform import lake
-from etl_platform.producer import KinesisProducer
-from etl_platform.sources import demo_mix
+from etl_platform.lake import layout
+from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.sources import demo_mix
 from resources import build_resources
 from sensors.kinesis import SHARD_TAG, kinesis_microbatch_job, kinesis_microbatch_sensor
 from tests.integration.pipeline_helpers import assert_same_results, lake_rows, one_pass
@@ -61,22 +61,22 @@ def test_sensor_launches_shard_runs_that_materialize_partitions(kinesis, s3, str
         for event in run.get_asset_materialization_events():
             mat = event.event_specific_data.materialization
             materialized.add((mat.asset_key.to_user_string(), mat.partition))
-    days = {key.split("/")[1].removeprefix("dt=") for key in lake.list_keys(s3, bucket, "raw/")}
+    days = {key.split("/")[1].removeprefix("dt=") for key in layout.list_keys(s3, bucket, "raw/")}
     assert {("raw_events", d) for d in days} <= materialized
     assert {("processed_events", d) for d in days} <= materialized
-    stream_rows = lake_rows(s3, bucket, lake.PROCESSED)
+    stream_rows = lake_rows(s3, bucket, layout.PROCESSED)
     assert_same_results(stream_rows, one_pass(kinesis, stream))
 
     # A backfill of one day (as launched from the UI) replays it from raw: same rows, same objects.
     day = sorted(days)[-1]
-    before = {k: lake.get(s3, bucket, k) for k in lake.list_keys(s3, bucket, lake.day_prefix(lake.PROCESSED, day))}
+    before = {k: layout.get(s3, bucket, k) for k in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day))}
     for key in before:
         s3.delete_object(Bucket=bucket, Key=key)
     result = materialize([processed_events], partition_key=day, resources=resources, instance=instance)
     assert result.success
-    after = lake.list_keys(s3, bucket, lake.day_prefix(lake.PROCESSED, day))
+    after = layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day))
     assert sorted(after) == sorted(before)
-    assert_same_results(lake_rows(s3, bucket, lake.PROCESSED), one_pass(kinesis, stream))
+    assert_same_results(lake_rows(s3, bucket, layout.PROCESSED), one_pass(kinesis, stream))
     meta = result.get_asset_materialization_events()[0].event_specific_data.materialization.metadata
     assert meta["rows"].value == sum(1 for d in stream_rows["event_time"].dt.date().cast(str).to_list() if d == day)
     lineage = meta["dagster/column_lineage"].value.deps_by_column

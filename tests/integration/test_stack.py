@@ -20,7 +20,7 @@ REQUIRED_KEYS = {
 
 def test_status_json_lists_every_endpoint_and_health(settings):
     result = subprocess.run(
-        [sys.executable, "-m", "etl_platform.cli", "stack", "status", "--json"],
+        [sys.executable, "-m", "etl_platform.cli.main", "stack", "status", "--json"],
         capture_output=True, text=True, timeout=60,
     )
     assert result.returncode == 0, result.stderr

@@ -14,13 +14,13 @@ import psycopg
 import pytest
 from opensearchpy import OpenSearch
 
-from etl_platform import lake
-from etl_platform.consumer import ConsumerConfig, StreamConsumer
-from etl_platform.producer import KinesisProducer
+from etl_platform.lake import layout
 from etl_platform.search import indices
 from etl_platform.search.checks import day_counts
 from etl_platform.search.indexer import search_sink
-from etl_platform.sources import demo_mix
+from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
+from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.sources import demo_mix
 from etl_platform.warehouse import connect
 from tests.integration.pipeline_helpers import lake_rows
 
@@ -58,7 +58,7 @@ def test_stream_positions_flow_into_the_warehouse_and_the_index(
     results = consumer.drain()
     assert sum(r.search_indexed for r in results) >= 400 and sum(r.search_failed for r in results) == 0
 
-    processed = lake_rows(s3, bucket, lake.PROCESSED)
+    processed = lake_rows(s3, bucket, layout.PROCESSED)
     assert processed.height == 400
     assert processed["sequence_number"].str.len_chars().max() > 40  # real emulator positions
     day = date(2026, 7, 1)

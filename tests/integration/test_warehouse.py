@@ -27,9 +27,9 @@ from dagster_aws.s3 import S3Resource
 from dagster_dbt import DbtProject
 from polars.testing import assert_frame_equal
 
-from etl_platform import lake
 from etl_platform.config import Settings, load_settings
 from etl_platform.events import EVENT_SCHEMA, derive_event_id
+from etl_platform.lake import layout
 from etl_platform.warehouse import (
     PartitionMismatchError,
     SchemaDriftError,
@@ -120,8 +120,8 @@ def write_partition(s3: Any, bucket: str, frame: pl.DataFrame) -> list[str]:
     hourly = frame.sort("event_time").with_columns(pl.col("event_time").dt.truncate("1h").alias("_hour"))
     for (moment, shard), part in hourly.group_by("_hour", "shard_id", maintain_order=True):
         part = part.drop("_hour")
-        key = lake.object_key(lake.PROCESSED, lake.HourPartition.of(moment), shard, part["sequence_number"][0], 0)
-        lake.put(s3, bucket, key, lake.parquet_bytes(part))
+        key = layout.object_key(layout.PROCESSED, layout.HourPartition.of(moment), shard, part["sequence_number"][0], 0)
+        layout.put(s3, bucket, key, layout.parquet_bytes(part))
         keys.append(key)
     return keys
 
@@ -168,7 +168,7 @@ def test_a_replay_that_drops_rows_and_an_emptied_day_are_mirrored(settings, s3, 
     write_partition(s3, bucket, other_day)
     warehouse.load_day(s3, bucket, DAY2)
 
-    gone = lake.read_parquet(lake.get(s3, bucket, keys[0]))
+    gone = layout.read_parquet(layout.get(s3, bucket, keys[0]))
     s3.delete_object(Bucket=bucket, Key=keys[0])
     result = warehouse.load_day(s3, bucket, DAY)["events"]
     assert (result.rows_loaded, result.rows_deleted) == (200 - gone.height, 200)
@@ -201,8 +201,8 @@ def test_drift_fails_by_default_naming_the_column_and_changes_nothing(settings, 
     write_partition(s3, bucket, frame)
     warehouse.load_day(s3, bucket, DAY)
     wider = processed_day(DAY, n=10, seed=3, first=1000).with_columns(pl.lit("eu-west-1").alias("region"))
-    lake.put(s3, bucket, lake.object_key(lake.PROCESSED, lake.HourPartition(DAY, 23), "shardId-000000000005",
-                                         "1", 0), lake.parquet_bytes(wider))
+    layout.put(s3, bucket, layout.object_key(layout.PROCESSED, layout.HourPartition(DAY, 23), "shardId-000000000005",
+                                         "1", 0), layout.parquet_bytes(wider))
     with pytest.raises(SchemaDriftError, match=r"new column\(s\) not in .*events: region \(string\)") as err:
         warehouse.load_day(s3, bucket, DAY)
     assert err.value.columns == ("region",)
@@ -227,9 +227,9 @@ def test_incompatible_types_and_rows_outside_the_day_are_refused(settings, s3, b
         warehouse.load_day(s3, bucket, DAY, on_drift="add")
 
     misplaced = processed_day(DAY2, n=5)
-    lake.put(s3, bucket, lake.object_key(lake.PROCESSED, lake.HourPartition(DAY, 1), "shardId-000000000000",
-                                         "1", 0), lake.parquet_bytes(misplaced))
-    for key in lake.list_keys(s3, bucket, lake.day_prefix(lake.PROCESSED, DAY)):
+    layout.put(s3, bucket, layout.object_key(layout.PROCESSED, layout.HourPartition(DAY, 1), "shardId-000000000000",
+                                         "1", 0), layout.parquet_bytes(misplaced))
+    for key in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, DAY)):
         if "hour=01/shardId-000000000000-1-" not in key:
             s3.delete_object(Bucket=bucket, Key=key)
     with pytest.raises(PartitionMismatchError, match="5 row\\(s\\) with event_time outside"):
@@ -242,7 +242,7 @@ def test_database_errors_roll_back_and_name_the_problem(settings, s3, bucket, wa
     write_partition(s3, bucket, frame)
     warehouse.load_day(s3, bucket, DAY)
     too_long = frame.with_columns(pl.lit("u" * 65).alias("user_id"))
-    for key in lake.list_keys(s3, bucket, lake.day_prefix(lake.PROCESSED, DAY)):
+    for key in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, DAY)):
         s3.delete_object(Bucket=bucket, Key=key)
     write_partition(s3, bucket, too_long)
     with pytest.raises(WarehouseLoadError, match="value too long for type character varying\\(64\\)"):
@@ -307,9 +307,9 @@ def test_redshift_load_writes_manifests_and_runs_one_transaction(s3, bucket):
     keys = write_partition(s3, bucket, processed_day(DAY, n=80))
     conn = FakeRedshiftConnection(fail_copy=False)
     result = fake_redshift(conn).load_day(s3, bucket, DAY)
-    manifest_keys = lake.list_keys(s3, bucket, "_manifests/")
+    manifest_keys = layout.list_keys(s3, bucket, "_manifests/")
     assert manifest_keys == ["_manifests/warehouse/processed/dt=2024-03-05/group-00.manifest"]
-    manifest = json.loads(lake.get(s3, bucket, manifest_keys[0]))
+    manifest = json.loads(layout.get(s3, bucket, manifest_keys[0]))
     assert [e["url"] for e in manifest["entries"]] == [f"s3://{bucket}/{k}" for k in sorted(keys)]
     for entry, key in zip(manifest["entries"], sorted(keys), strict=True):
         assert entry["mandatory"] is True
@@ -394,7 +394,7 @@ def test_dagster_loads_checks_and_builds_dbt_marts_that_reconcile(settings, s3, 
         wh.load_day(s3, bucket, DAY2)  # in the warehouse, so the marts must leave it out
 
     for version, frame in (("preliminary", preliminary), ("final", final)):
-        for key in lake.list_keys(s3, bucket, lake.day_prefix(lake.PROCESSED, DAY)):
+        for key in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, DAY)):
             s3.delete_object(Bucket=bucket, Key=key)
         write_partition(s3, bucket, frame)
         if version == "preliminary":  # the loader alone; the Dagster path is checked on the reload

@@ -178,7 +178,7 @@ def test_many_keys_in_one_batch_and_across_batches():
 def test_results_are_bit_identical_whatever_the_cuts_prefetching_and_compilation(monkeypatch):
     """Rows are advanced one by one in arrival order, so cuts, restores, prefetching and running the
     loops interpreted or compiled change nothing, not even the last bit."""
-    from etl_platform import analytics_kernel
+    from etl_platform.analytics import kernel as analytics_kernel
 
     df = stream(12_000, 400, seed=12, repeats=0.05)
     monkeypatch.setattr(analytics_kernel, "_compiled", None)
@@ -449,7 +449,7 @@ def _user_only_hash(frame: pl.DataFrame):
 
 @pytest.mark.parametrize("cuts", [[700], [1, 300, 2000], [5000]])
 def test_hash_collisions_fall_back_to_the_exact_join(monkeypatch, cuts):
-    from etl_platform import key_index
+    from etl_platform.analytics import key_index
 
     clicks = stream(1500, 30, seed=22).filter(pl.col("event_type") == "click")
     df = pl.concat([clicks, stream(3000, 30, seed=23)])  # other event types appear later, and collide
@@ -469,7 +469,7 @@ def test_hash_collisions_fall_back_to_the_exact_join(monkeypatch, cuts):
 @pytest.mark.parametrize("dtype", [pl.String, pl.Binary])
 def test_key_table_does_not_keep_the_batches_that_brought_new_keys(monkeypatch, collisions, dtype):
     """Polars gathers of strings point into the batch's whole string buffer; the key table copies."""
-    from etl_platform import key_index
+    from etl_platform.analytics import key_index
 
     if collisions:  # the exact-join path
         monkeypatch.setattr(key_index, "row_hashes", lambda frame: frame.hash_rows().to_numpy().view("int64") % 2)
@@ -487,7 +487,7 @@ def test_key_table_does_not_keep_the_batches_that_brought_new_keys(monkeypatch, 
 
 def test_ring_slots_are_written_before_they_are_read(monkeypatch):
     """The ring arena grows uninitialised; fill it with NaN instead and nothing may change."""
-    from etl_platform import analytics_state
+    from etl_platform.analytics import state as analytics_state
 
     df = stream(6000, 40, seed=25, repeats=0.05)
     want, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), df, [])

@@ -62,7 +62,7 @@ def test_bad_settings_fail_naming_the_setting(env, named):
 
 
 def test_cli_reports_a_bad_setting_and_exits_2(monkeypatch, capsys):
-    from etl_platform.cli import main
+    from etl_platform.cli.main import main
 
     monkeypatch.setenv("ETL_PROFILE", "staging")
     assert main(["stack", "status"]) == 2
@@ -70,7 +70,7 @@ def test_cli_reports_a_bad_setting_and_exits_2(monkeypatch, capsys):
 
 
 def test_consumer_settings_fail_naming_the_variable():
-    from etl_platform.consumer import FIREHOSE_BUFFER_INTERVAL_S, ConsumerConfig
+    from etl_platform.stream.consumer import FIREHOSE_BUFFER_INTERVAL_S, ConsumerConfig
 
     assert ConsumerConfig.from_env({}, profile="aws").buffer_interval_s == FIREHOSE_BUFFER_INTERVAL_S
     assert ConsumerConfig.from_env({}, profile="local").buffer_interval_s == 10.0

@@ -15,9 +15,9 @@ from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl_platform import decoding
-from etl_platform.decoding import decode_records
 from etl_platform.events import EVENT_FIELDS, EVENT_SCHEMA, derive_event_id, events_to_frame
+from etl_platform.stream import decoding
+from etl_platform.stream.decoding import decode_records
 
 SHARD = "shardId-000000000003"
 ARRIVAL = datetime(2024, 5, 1, 8, 0, 0, 250000, tzinfo=UTC)

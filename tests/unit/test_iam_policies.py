@@ -26,7 +26,7 @@ from pathlib import Path
 import botocore.session
 import pytest
 
-from etl_platform.security import IAM_DIR, PLACEHOLDERS
+from etl_platform.ops.security import IAM_DIR, PLACEHOLDERS
 
 REPO = Path(__file__).resolve().parents[2]
 SCANNED = ("etl_platform", "assets", "sensors", "resources")
@@ -38,21 +38,21 @@ ROLES = ("producer", "consumer", "loader", "indexer", "orchestrator", "bootstrap
 
 # Which deployed role runs a module's AWS calls (longest matching prefix wins).
 MODULE_ROLES: dict[str, set[str]] = {
-    "etl_platform/producer.py": {"producer"},
-    "etl_platform/consumer.py": {"consumer"},  # read_range + delivery, in micro-batch runs
-    "etl_platform/checkpoints.py": {"consumer"},  # commits (the sensor only reads via lake.py)
-    "etl_platform/replay.py": {"consumer"},  # processed_events backfills run as consumer
-    "etl_platform/shards.py": {"consumer", "orchestrator"},  # runs and the sensor list shards
-    "etl_platform/lake.py": {"consumer", "loader", "indexer", "orchestrator"},  # shared lake I/O
-    "etl_platform/metrics.py": {"producer", "consumer", "loader", "indexer", "orchestrator"},
+    "etl_platform/stream/producer.py": {"producer"},
+    "etl_platform/stream/consumer.py": {"consumer"},  # read_range + delivery, in micro-batch runs
+    "etl_platform/stream/checkpoints.py": {"consumer"},  # commits (the sensor only reads via lake/layout.py)
+    "etl_platform/lake/replay.py": {"consumer"},  # processed_events backfills run as consumer
+    "etl_platform/stream/shards.py": {"consumer", "orchestrator"},  # runs and the sensor list shards
+    "etl_platform/lake/layout.py": {"consumer", "loader", "indexer", "orchestrator"},  # shared lake I/O
+    "etl_platform/ops/metrics.py": {"producer", "consumer", "loader", "indexer", "orchestrator"},
     "etl_platform/warehouse/": {"loader"},
     "etl_platform/search/": {"indexer", "consumer"},  # micro-batches index near-real-time (search_sink)
-    "etl_platform/alerts.py": {"orchestrator"},
-    "etl_platform/alarms.py": {"orchestrator", "bootstrap"},  # evaluate (sensor) / apply (deploy)
-    "etl_platform/scaling.py": {"orchestrator"},
-    "etl_platform/scaling_cli.py": {"orchestrator"},
-    "etl_platform/provisioning.py": {"bootstrap"},
-    "etl_platform/security.py": {"bootstrap"},
+    "etl_platform/ops/alerts.py": {"orchestrator"},
+    "etl_platform/ops/alarms.py": {"orchestrator", "bootstrap"},  # evaluate (sensor) / apply (deploy)
+    "etl_platform/ops/scaling.py": {"orchestrator"},
+    "etl_platform/cli/scale.py": {"orchestrator"},
+    "etl_platform/ops/provisioning.py": {"bootstrap"},
+    "etl_platform/ops/security.py": {"bootstrap"},
     "sensors/kinesis.py": {"orchestrator"},  # its direct calls are the sensor's peek at new records
     "sensors/": {"orchestrator"},
     "assets/ingestion.py": {"consumer"},
@@ -62,8 +62,8 @@ MODULE_ROLES: dict[str, set[str]] = {
 }
 # Functions whose calls only one role makes (reading metrics is the scaler's and the alarms' job).
 FUNCTION_ROLES: dict[str, set[str]] = {
-    "etl_platform/metrics.py:statistic": {"orchestrator"},
-    "etl_platform/metrics.py:period_values": {"orchestrator"},
+    "etl_platform/ops/metrics.py:statistic": {"orchestrator"},
+    "etl_platform/ops/metrics.py:period_values": {"orchestrator"},
     "etl_platform/search/indexer.py:replay_failed": {"indexer"},  # re-indexing parked documents
 }
 
@@ -252,22 +252,22 @@ def test_the_scan_finds_the_platforms_calls():
     calls = scanned_calls()
     actions = {(module, action) for module, found in calls.items() for _, action, _ in found}
     for expected in [
-        ("etl_platform/producer.py", "kinesis:PutRecords"),  # receiver `self.client`
-        ("etl_platform/consumer.py", "kinesis:GetRecords"),
-        ("etl_platform/shards.py", "kinesis:ListShards"),
-        ("etl_platform/lake.py", "s3:ListBucket"),  # via get_paginator("list_objects_v2")
-        ("etl_platform/lake.py", "s3:PutObject"),
-        ("etl_platform/scaling.py", "kinesis:UpdateShardCount"),
-        ("etl_platform/metrics.py", "cloudwatch:PutMetricData"),
-        ("etl_platform/alarms.py", "cloudwatch:PutMetricAlarm"),
-        ("etl_platform/security.py", "kinesis:StartStreamEncryption"),
-        ("etl_platform/security.py", "s3:PutEncryptionConfiguration"),
-        ("etl_platform/security.py", "kms:CreateKey"),
+        ("etl_platform/stream/producer.py", "kinesis:PutRecords"),  # receiver `self.client`
+        ("etl_platform/stream/consumer.py", "kinesis:GetRecords"),
+        ("etl_platform/stream/shards.py", "kinesis:ListShards"),
+        ("etl_platform/lake/layout.py", "s3:ListBucket"),  # via get_paginator("list_objects_v2")
+        ("etl_platform/lake/layout.py", "s3:PutObject"),
+        ("etl_platform/ops/scaling.py", "kinesis:UpdateShardCount"),
+        ("etl_platform/ops/metrics.py", "cloudwatch:PutMetricData"),
+        ("etl_platform/ops/alarms.py", "cloudwatch:PutMetricAlarm"),
+        ("etl_platform/ops/security.py", "kinesis:StartStreamEncryption"),
+        ("etl_platform/ops/security.py", "s3:PutEncryptionConfiguration"),
+        ("etl_platform/ops/security.py", "kms:CreateKey"),
         ("sensors/kinesis.py", "kinesis:GetShardIterator"),  # receiver `consumer.kinesis`
     ]:
         assert expected in actions, f"scanner missed {expected}"
     # Our own functions that share a name with an API are not AWS calls (metrics.publish vs sns.publish).
-    assert not any(a == "sns:Publish" for m, a in actions if m != "etl_platform/alerts.py")
+    assert not any(a == "sns:Publish" for m, a in actions if m != "etl_platform/ops/alerts.py")
 
 
 def test_every_module_calling_aws_has_a_role():

@@ -1,4 +1,4 @@
-"""The hash index that numbers a stream's key tuples (etl_platform.key_index), in both loop modes."""
+"""The hash index that numbers a stream's key tuples (etl_platform.analytics.key_index), in both loop modes."""
 
 from __future__ import annotations
 
@@ -6,8 +6,9 @@ import numpy as np
 import polars as pl
 import pytest
 
-from etl_platform import analytics_kernel, key_index
-from etl_platform.key_index import KeyIndex
+from etl_platform.analytics import kernel as analytics_kernel
+from etl_platform.analytics import key_index
+from etl_platform.analytics.key_index import KeyIndex
 
 
 @pytest.fixture(params=["interpreted", "compiled"])
@@ -69,7 +70,7 @@ def test_precompile_writes_the_cache_of_both_loops(tmp_path):
     import sys
 
     env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
-    code = "from etl_platform.analytics_kernel import precompile; precompile()"
+    code = "from etl_platform.analytics.kernel import precompile; precompile()"
     subprocess.run([sys.executable, "-c", code], env=env, check=True, timeout=120)
     cached = {p.name.split(".")[1].split("-")[0] for p in tmp_path.rglob("*.nbc")}
     assert cached == {"_advance", "_index_keys"}

@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 
 import polars as pl
 
-from etl_platform.lake_checks import PROCESSED_SCHEMA, null_key_counts, reconcile, reconciled, schema_problems
+from etl_platform.lake.checks import PROCESSED_SCHEMA, null_key_counts, reconcile, reconciled, schema_problems
 
 
 def frame(ids: list[str]) -> pl.DataFrame:

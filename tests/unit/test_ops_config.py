@@ -8,17 +8,17 @@ from pathlib import Path
 import pytest
 import yaml
 
-from etl_platform import metrics as m
-from etl_platform.alarms import AlarmConfigError, load_alarms, parse_alarms
-from etl_platform.consumer import BatchResult
-from etl_platform.producer import ProducerStats
-from etl_platform.security import (
+from etl_platform.ops import metrics as m
+from etl_platform.ops.alarms import AlarmConfigError, load_alarms, parse_alarms
+from etl_platform.ops.security import (
     SecurityConfigError,
     lifecycle_rules,
     load_security_config,
     parse_security_config,
     render_policy,
 )
+from etl_platform.stream.consumer import BatchResult
+from etl_platform.stream.producer import ProducerStats
 
 REPO = Path(__file__).resolve().parents[2]
 GOOD_ALARM = {"name": "A", "metric": "M", "threshold": 1, "comparison": "GreaterThanThreshold"}

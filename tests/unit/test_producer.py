@@ -19,7 +19,7 @@ from aws_kinesis_agg import MAGIC
 from aws_kinesis_agg.deaggregator import iter_deaggregate_records
 from botocore.exceptions import ClientError
 
-from etl_platform.producer import (
+from etl_platform.stream.producer import (
     MAX_RECORD_BYTES,
     MAX_RECORDS_PER_REQUEST,
     MAX_REQUEST_BYTES,
@@ -27,7 +27,7 @@ from etl_platform.producer import (
     ProducerError,
     ProducerStats,
 )
-from etl_platform.sources import demo_mix
+from etl_platform.stream.sources import demo_mix
 
 
 class ThrottlingKinesisFake:

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from etl_platform.config import ConfigError
-from etl_platform.scaling import (
+from etl_platform.ops.scaling import (
     NONE,
     SCALE_IN,
     SCALE_OUT,

@@ -27,7 +27,7 @@ from etl_platform.search.indexer import (
     index_processed_frame,
 )
 from etl_platform.search.indices import EVENT_PROPERTIES
-from etl_platform.search.sample import known_processed_frame
+from etl_platform.stream.samples import known_processed_frame
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, 678901, tzinfo=UTC)
 

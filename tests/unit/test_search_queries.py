@@ -7,8 +7,8 @@ from datetime import UTC, date, datetime
 
 import pytest
 
+from etl_platform.cli.search import add_search_parser
 from etl_platform.search import indices
-from etl_platform.search.cli import add_search_parser
 from etl_platform.search.queries import format_table, parse_time
 
 NOW = datetime(2026, 5, 10, 12, 0, tzinfo=UTC)

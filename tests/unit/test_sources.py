@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 import pytest
 
 from etl_platform.events import SOURCES, parse_event_time, validate_envelope
-from etl_platform.sources import DEFAULT_START, demo_mix, generate
+from etl_platform.stream.sources import DEFAULT_START, demo_mix, generate
 
 NATIVE_FIELDS = {
     "app_log": {"level", "logger", "message", "latency_ms"},

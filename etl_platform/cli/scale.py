@@ -52,7 +52,7 @@ def _rate(value: float | None, unit: str) -> str:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
-    from etl_platform.scaling import NONE, replay
+    from etl_platform.ops.scaling import NONE, replay
 
     path = Path(args.replay)
     try:
@@ -84,7 +84,7 @@ def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
     if args.replay:
         return cmd_replay(args)
     from etl_platform import aws
-    from etl_platform.scaling import ScalingHistory, ScalingPolicy, scale_stream
+    from etl_platform.ops.scaling import ScalingHistory, ScalingPolicy, scale_stream
 
     stream = args.stream or settings.stream_name
     policy = ScalingPolicy.from_env(**_overrides(args))

@@ -15,7 +15,7 @@ from __future__ import annotations
 import numpy as np
 import polars as pl
 
-from etl_platform.analytics_kernel import index_keys
+from etl_platform.analytics.kernel import index_keys
 
 __all__ = ["KeyIndex", "row_hashes"]
 

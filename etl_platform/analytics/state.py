@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from etl_platform.analytics_kernel import (
+from etl_platform.analytics.kernel import (
     FIELDS,
     HISTORY_FIELDS,
     advance,

@@ -82,6 +82,14 @@ def readable_shards(shards: Iterable[Shard], finished: set[str]) -> list[Shard]:
     ]
 
 
+def shard_depths(shards: list[Shard]) -> dict[str, int]:
+    """Generation of each shard: 0 for the original ones, 1 + deepest parent otherwise."""
+    depth: dict[str, int] = {}
+    for shard in lineage_order(shards):
+        depth[shard.shard_id] = 1 + max((depth[p] for p in shard.parents if p in depth), default=-1)
+    return depth
+
+
 def hash_key(partition_key: str) -> int:
     """The 128-bit hash Kinesis routes a partition key by (MD5, big-endian)."""
     import hashlib

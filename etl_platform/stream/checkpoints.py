@@ -14,7 +14,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from etl_platform import lake
+from etl_platform.lake import layout
 
 
 @dataclass(frozen=True)
@@ -39,29 +39,29 @@ class CheckpointStore:
 
     def load(self, shard_id: str) -> Checkpoint | None:
         try:
-            body = lake.get(self.s3, self.bucket, self._key(shard_id))
+            body = layout.get(self.s3, self.bucket, self._key(shard_id))
         except self.s3.exceptions.NoSuchKey:
             return None
         return Checkpoint(**json.loads(body))
 
     def load_all(self) -> dict[str, Checkpoint]:
         found = {}
-        for key in lake.list_keys(self.s3, self.bucket, self.prefix):
-            cp = Checkpoint(**json.loads(lake.get(self.s3, self.bucket, key)))
+        for key in layout.list_keys(self.s3, self.bucket, self.prefix):
+            cp = Checkpoint(**json.loads(layout.get(self.s3, self.bucket, key)))
             found[cp.shard_id] = cp
         return found
 
     def load_state(self, checkpoint: Checkpoint | None) -> bytes | None:
         if checkpoint is None or checkpoint.state_key is None:
             return None
-        return lake.get(self.s3, self.bucket, checkpoint.state_key)
+        return layout.get(self.s3, self.bucket, checkpoint.state_key)
 
     def commit(self, checkpoint: Checkpoint, state: bytes, previous: Checkpoint | None = None) -> Checkpoint:
         """Write the state, then the checkpoint (the commit point); then drop the superseded state."""
         state_key = f"_state/{self.stream_name}/{checkpoint.shard_id}/{checkpoint.sequence_number or 'start'}.bin"
-        lake.put(self.s3, self.bucket, state_key, state)
+        layout.put(self.s3, self.bucket, state_key, state)
         committed = Checkpoint(**{**asdict(checkpoint), "state_key": state_key})
-        lake.put(self.s3, self.bucket, self._key(checkpoint.shard_id), json.dumps(asdict(committed)).encode())
+        layout.put(self.s3, self.bucket, self._key(checkpoint.shard_id), json.dumps(asdict(committed)).encode())
         if previous is not None and previous.state_key and previous.state_key != state_key:
             self.s3.delete_object(Bucket=self.bucket, Key=previous.state_key)
         return committed
@@ -69,5 +69,5 @@ class CheckpointStore:
     def reset(self) -> None:
         """Forget every checkpoint and state of this stream (tests, and replays from scratch)."""
         for prefix in (self.prefix, f"_state/{self.stream_name}/"):
-            for key in lake.list_keys(self.s3, self.bucket, prefix):
+            for key in layout.list_keys(self.s3, self.bucket, prefix):
                 self.s3.delete_object(Bucket=self.bucket, Key=key)

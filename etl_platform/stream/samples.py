@@ -10,9 +10,9 @@ from datetime import UTC, datetime, timedelta
 
 import polars as pl
 
-from etl_platform.consumer import ConsumerConfig, with_depth
-from etl_platform.events import EVENT_SCHEMA, events_to_frame, validate_envelope
-from etl_platform.sources import demo_mix
+from etl_platform.analytics import AnalyticsConfig
+from etl_platform.events import EVENT_SCHEMA, events_to_frame, validate_envelope, with_depth
+from etl_platform.stream.sources import demo_mix
 
 SHARD = "shardId-000000000000"
 
@@ -35,7 +35,7 @@ def sample_processed_frame(n: int, seed: int = 0, start: datetime | None = None,
             "partition_key": event["user_id"],
         })
     frame = with_depth(events_to_frame(events), 0)
-    return ConsumerConfig().new_detector().process(frame)
+    return AnalyticsConfig().new_detector().process(frame)
 
 
 # --- a small data set with known answers, for tests and demos -------------------------------------

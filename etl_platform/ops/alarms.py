@@ -24,9 +24,9 @@ from typing import Any
 import yaml
 
 from etl_platform.config import ConfigError
-from etl_platform.metrics import DIMENSION, NAMESPACE, STATISTICS, combine_datapoints
+from etl_platform.ops.metrics import DIMENSION, NAMESPACE, STATISTICS, combine_datapoints
 
-DEFAULT_PATH = Path(__file__).resolve().parents[1] / "config" / "alarms.yaml"
+DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "alarms.yaml"
 COMPARISONS: Mapping[str, Callable[[float, float], bool]] = {
     "GreaterThanThreshold": operator.gt,
     "GreaterThanOrEqualToThreshold": operator.ge,

@@ -1,6 +1,6 @@
 """The stream analytics engine: the seed's two Kinesis Analytics windows, computed incrementally.
 
-Semantics (DESIGN.md §5), per key, rows in arrival order (row order across batches = ROWTIME):
+Semantics (docs/architecture.md, "Stream analytics semantics"), per key, rows in arrival order (row order across batches = ROWTIME):
 
 * ``avg_value`` = AVG(value) over ``ROWS BETWEEN avg_rows PRECEDING AND CURRENT ROW``;
 * ``anomaly_status`` = ``'ANOMALY'`` iff ``|value - AVG(prev)| > sigmas * STDDEV_SAMP(prev)`` where
@@ -14,13 +14,13 @@ snapshotted and restored, and exact to floating-point rounding (far below 1e-9 r
 How it stays fast and exact
 ---------------------------
 Polars does the batch-level work (validation, hashing the key rows and checking the key lookup, the
-output columns). Two compiled loops (numba, :mod:`etl_platform.analytics_kernel`) do the per-row work:
-one numbers each row's key through a hash table (:mod:`etl_platform.key_index`; every answer is checked
+output columns). Two compiled loops (numba, :mod:`etl_platform.analytics.kernel`) do the per-row work:
+one numbers each row's key through a hash table (:mod:`etl_platform.analytics.key_index`; every answer is checked
 against the real keys, and an exact join takes over should two keys share a 64-bit hash), the other
 advances each row's key in arrival order in O(1): windows come from block-local prefix sums around a
 per-block pivot, kept for the last ``max(avg_rows, baseline_rows) + 1`` positions of each key (a key
 seen a few times keeps a small ring; the kernel's docstring has the layout), and it prefetches the
-state of the rows ahead of it. :mod:`etl_platform.analytics_state` holds that state in numpy.
+state of the rows ahead of it. :mod:`etl_platform.analytics.state` holds that state in numpy.
 So a batch costs O(rows), never O(keys touched x window), and memory is bounded by keys x window
 whatever the stream length.
 
@@ -31,32 +31,22 @@ block sums). Null keys are allowed and form their own partition, as SQL ``PARTIT
 
 from __future__ import annotations
 
-import io
-import json
 import math
-import struct
 from collections.abc import Sequence
 
 import numpy as np
 import polars as pl
 
-from etl_platform.analytics_kernel import HISTORY_FIELDS, block_size, ring_floats
-from etl_platform.analytics_state import KeyState, ranges, starts
-from etl_platform.key_index import KeyIndex
-
-__all__ = [
-    "AnalyticsConfigError",
-    "AnalyticsError",
-    "AnalyticsInputError",
-    "AnalyticsSnapshotError",
-    "RollingAnomalyDetector",
-    "SNAPSHOT_VERSION",
-]
-
-SNAPSHOT_VERSION = 2  # 2: keys + history fields, then the rings in use; 1 (still read): whole rings
-_MAGIC = b"ETLRAD\x00"
-_HEADER = struct.Struct("<HI")  # version, header length
-_V1_LAYOUT = ["ring(e1,e2)", "n", "rs", "x1", "c", "tp1", "tp2", "cp", "e1l", "e2l"]
+from etl_platform.analytics import snapshot as snapshot_format
+from etl_platform.analytics.errors import (
+    AnalyticsConfigError,
+    AnalyticsError,
+    AnalyticsInputError,
+    AnalyticsSnapshotError,
+)
+from etl_platform.analytics.kernel import HISTORY_FIELDS, block_size, ring_floats
+from etl_platform.analytics.key_index import KeyIndex
+from etl_platform.analytics.state import KeyState, ranges, starts
 
 VALUE = "value"
 AVG_VALUE = "avg_value"
@@ -81,27 +71,6 @@ def _detached(frame: pl.DataFrame) -> pl.DataFrame:
         return col
 
     return pl.DataFrame([copied(col) for col in frame.get_columns()])
-
-
-class AnalyticsError(ValueError):
-    """Base class of the engine's errors (a ValueError, so callers can treat it as bad input)."""
-
-
-class AnalyticsConfigError(AnalyticsError):
-    """A constructor setting is invalid; the message names the setting."""
-
-
-class AnalyticsInputError(AnalyticsError):
-    """A batch was rejected; ``column`` and ``row`` (first offending row, or None) say where."""
-
-    def __init__(self, message: str, column: str, row: int | None = None) -> None:
-        super().__init__(message)
-        self.column = column
-        self.row = row
-
-
-class AnalyticsSnapshotError(AnalyticsError):
-    """A snapshot blob is not one this version can restore."""
 
 
 class RollingAnomalyDetector:
@@ -356,83 +325,32 @@ class RollingAnomalyDetector:
         }
 
     def snapshot(self) -> bytes:
-        """The whole state as versioned bytes: magic, version, JSON header, Arrow IPC table, ring floats.
-
-        The table has one row per key: the key columns and ``fields`` (the header's ``fields``, as a
-        fixed-size list of float64). After it come the rings in use, key by key: ``2 * min(n, ring)``
-        little-endian float64 each, in slot order. A key seen a few times takes ~100 bytes.
-        """
+        """The whole state as versioned bytes (format: :mod:`etl_platform.analytics.snapshot`)."""
         if self._nkeys == 0:
-            table, rings = pl.DataFrame(), np.zeros(0)
-        else:
-            fields, rings = self._state.history()
-            history = pl.Series("fields", fields.reshape(-1)).reshape(fields.shape)
-            table = self.state_keys().with_columns(history)
-        buf = io.BytesIO()
-        table.write_ipc(buf, compression="uncompressed")
-        ipc = buf.getvalue()
-        header = {**self._config(), "fields": list(HISTORY_FIELDS), "table_bytes": len(ipc)}
-        head = json.dumps(header, sort_keys=True).encode()
-        return _MAGIC + _HEADER.pack(SNAPSHOT_VERSION, len(head)) + head + ipc + rings.astype("<f8").tobytes()
+            return snapshot_format.encode(self._config(), None, np.zeros((0, len(HISTORY_FIELDS))), np.zeros(0))
+        fields, rings = self._state.history()
+        return snapshot_format.encode(self._config(), self.state_keys(), fields, rings)
 
     @classmethod
     def restore(cls, blob: bytes) -> RollingAnomalyDetector:
-        """Rebuild a detector from :meth:`snapshot` bytes (versions 1 and 2); rejects others and foreign blobs."""
-        if not isinstance(blob, bytes | bytearray | memoryview):
-            raise AnalyticsSnapshotError(f"snapshot must be bytes, got {type(blob).__name__}")
-        blob = bytes(blob)
-        if not blob.startswith(_MAGIC) or len(blob) < len(_MAGIC) + _HEADER.size:
-            raise AnalyticsSnapshotError("not a RollingAnomalyDetector snapshot (bad magic)")
-        version, hlen = _HEADER.unpack_from(blob, len(_MAGIC))
-        if version not in (1, SNAPSHOT_VERSION):
-            raise AnalyticsSnapshotError(
-                f"unsupported snapshot version {version}; this engine reads versions 1 and {SNAPSHOT_VERSION}"
-            )
-        start = len(_MAGIC) + _HEADER.size
-        body = blob[start + hlen :]
+        """Rebuild a detector from :meth:`snapshot` bytes (every version the format reads)."""
+        saved = snapshot_format.decode(blob)
+        cfg = saved.config
         try:
-            cfg = json.loads(blob[start : start + hlen])
-            det = cls(
-                avg_rows=cfg["avg_rows"],
-                baseline_rows=cfg["baseline_rows"],
-                sigmas=cfg["sigmas"],
-                keys=cfg["keys"],
-            )
-            if (cfg["ring"], cfg["block"]) != (det._ring, det._block):
-                raise AnalyticsSnapshotError("snapshot ring and block sizes do not match this engine version")
-            if version == 1:
-                if cfg["layout"] != _V1_LAYOUT:
-                    raise AnalyticsSnapshotError("snapshot state layout does not match this engine version")
-                table, rings = pl.read_ipc(io.BytesIO(body)), None
-            else:
-                if cfg["fields"] != list(HISTORY_FIELDS):
-                    raise AnalyticsSnapshotError("snapshot state fields do not match this engine version")
-                cut = cfg["table_bytes"]
-                table, rings = pl.read_ipc(io.BytesIO(body[:cut])), np.frombuffer(body[cut:], dtype="<f8")
-        except AnalyticsSnapshotError:
-            raise
+            det = cls(avg_rows=cfg["avg_rows"], baseline_rows=cfg["baseline_rows"], sigmas=cfg["sigmas"],
+                      keys=cfg["keys"])
         except AnalyticsError as exc:
             raise AnalyticsSnapshotError(f"corrupt snapshot config: {exc}") from exc
-        except Exception as exc:  # corrupt header or payload
+        except (KeyError, TypeError) as exc:
             raise AnalyticsSnapshotError(f"corrupt snapshot: {exc!r}") from exc
-        if table.width == 0:
+        if (cfg["ring"], cfg["block"]) != (det._ring, det._block):
+            raise AnalyticsSnapshotError("snapshot ring and block sizes do not match this engine version")
+        if saved.keys is None:
             return det
-        if version == 1:
-            column, width = "state", 2 * det._ring + len(_V1_LAYOUT) - 1
-        else:
-            column, width = "fields", len(HISTORY_FIELDS)
-        if table.columns != [*det.keys, column] or table.schema[column] != pl.Array(pl.Float64, width):
-            raise AnalyticsSnapshotError(f"snapshot table has unexpected columns {table.schema}")
-        matrix = table.get_column(column).to_numpy().reshape(table.height, width)
-        if version == 1:  # [ring | fields]: keep the ring floats in use and the history fields
-            ring_part = 2 * det._ring
-            fields = matrix[:, ring_part : ring_part + len(HISTORY_FIELDS)]
-            used = ring_floats(np.nan_to_num(fields[:, 0]).astype(np.int64), det._ring)
-            rings = matrix[:, :ring_part][np.arange(ring_part) < used[:, None]]
-        else:
-            fields = matrix
+        if saved.keys.columns != list(det.keys):
+            raise AnalyticsSnapshotError(f"snapshot table has unexpected columns {saved.keys.columns}")
         try:
-            det._load(table.select(det.keys), fields, rings)
+            det._load(saved.keys, saved.fields, saved.rings)
         except ValueError as exc:
             raise AnalyticsSnapshotError(f"corrupt snapshot: {exc}") from exc
         return det

@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
-from etl_platform import lake
+from etl_platform.lake import layout
 
 ALERTS_PREFIX = "_alerts"
 THRESHOLD_DATASETS = ("errors", "search-failed")
@@ -136,13 +136,13 @@ class SnsSink:
 # --- persistent state -----------------------------------------------------------------------------
 def _load_json(s3: Any, bucket: str, key: str) -> dict[str, Any] | None:
     try:
-        return json.loads(lake.get(s3, bucket, key))
+        return json.loads(layout.get(s3, bucket, key))
     except s3.exceptions.NoSuchKey:
         return None
 
 
 def _save_json(s3: Any, bucket: str, key: str, data: dict[str, Any]) -> None:
-    lake.put(s3, bucket, key, json.dumps(data, separators=(",", ":"), sort_keys=True).encode())
+    layout.put(s3, bucket, key, json.dumps(data, separators=(",", ":"), sort_keys=True).encode())
 
 
 class Outbox:
@@ -325,8 +325,8 @@ class AlertMonitor:
         days = [today - timedelta(days=n) for n in range(self.config.threshold_days)]
         for dataset in self.config.threshold_datasets:
             for day in days:
-                prefix = lake.day_prefix(dataset, day)
-                count = len(lake.list_keys(self.s3, self.bucket, prefix))
+                prefix = layout.day_prefix(dataset, day)
+                count = len(layout.list_keys(self.s3, self.bucket, prefix))
                 seen = counts.setdefault(prefix, {"count": 0, "breaches": 0})
                 if count > seen["count"]:
                     seen["breaches"] += 1
@@ -342,7 +342,7 @@ class AlertMonitor:
                     report.thresholds.append(f"{prefix} {seen['count']}->{count}")
                 seen["count"] = count
         # Keep only the days still watched.
-        watched = {lake.day_prefix(ds, d) for ds in self.config.threshold_datasets for d in days}
+        watched = {layout.day_prefix(ds, d) for ds in self.config.threshold_datasets for d in days}
         for prefix in [p for p in counts if p not in watched]:
             del counts[prefix]
         return alerts

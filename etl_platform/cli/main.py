@@ -21,9 +21,9 @@ def _dagster_up(url: str) -> bool:
 
 def bootstrap(settings: Settings, log=print) -> None:
     """Create the stream and the lake bucket, encrypt them, set retention/lifecycle, apply the alarms."""
-    from etl_platform.alarms import apply_alarms, load_alarms
-    from etl_platform.provisioning import ensure_bucket, ensure_stream
-    from etl_platform.security import secure_platform
+    from etl_platform.ops.alarms import apply_alarms, load_alarms
+    from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
+    from etl_platform.ops.security import secure_platform
 
     ensure_stream(aws.client("kinesis", settings), settings.stream_name)
     ensure_bucket(aws.client("s3", settings), settings.lake_bucket, settings.aws_region)
@@ -100,7 +100,7 @@ def _demo_events(rate: float, duration: float, seed: int):
     import time
     from datetime import UTC, datetime
 
-    from etl_platform.sources import demo_mix
+    from etl_platform.stream.sources import demo_mix
 
     started = time.monotonic()
     tick = 0
@@ -112,8 +112,8 @@ def _demo_events(rate: float, duration: float, seed: int):
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
-    from etl_platform.metrics import ProducerMetricsReporter
-    from etl_platform.producer import KinesisProducer, ProducerError
+    from etl_platform.ops.metrics import ProducerMetricsReporter
+    from etl_platform.stream.producer import KinesisProducer, ProducerError
 
     progress = Progress(args.quiet)
     stream = args.stream or settings.stream_name
@@ -151,9 +151,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def make_consumer(settings: Settings, on_stage=None, index: bool = True):
-    from etl_platform.consumer import ConsumerConfig, StreamConsumer
     from etl_platform.search.client import make_client
     from etl_platform.search.indexer import search_sink
+    from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
 
     s3 = aws.client("s3", settings)
     return StreamConsumer(
@@ -239,8 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--no-index", action="store_true", help="skip near-real-time OpenSearch indexing")
     consume.set_defaults(func=cmd_consume)
 
-    from etl_platform.scaling_cli import add_scale_parser
-    from etl_platform.search.cli import add_search_parser
+    from etl_platform.cli.scale import add_scale_parser
+    from etl_platform.cli.search import add_search_parser
 
     add_search_parser(sub)
     add_scale_parser(sub)

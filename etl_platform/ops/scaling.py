@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from etl_platform.config import ConfigError, env_number
-from etl_platform.metrics import INCOMING_BYTES, INCOMING_RECORDS, NAMESPACE, period_values, statistic
+from etl_platform.ops.metrics import INCOMING_BYTES, INCOMING_RECORDS, NAMESPACE, period_values, statistic
 
 SHARD_RECORDS_PER_S = 1000
 SHARD_BYTES_PER_S = 1024 * 1024
@@ -275,7 +275,7 @@ def open_shard_count(kinesis: Any, stream: str) -> tuple[int, str]:
     summary = kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]
     count = summary.get("OpenShardCount")
     if count is None:
-        from etl_platform.shards import list_shards
+        from etl_platform.stream.shards import list_shards
 
         count = sum(1 for s in list_shards(kinesis, stream) if not s.closed)
     return int(count), summary["StreamStatus"]

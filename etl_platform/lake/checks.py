@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import polars as pl
 
-from etl_platform.replay import RAW_SCHEMA
+from etl_platform.lake.readers import RAW_SCHEMA
 
 PROCESSED_SCHEMA: dict[str, pl.DataType] = {**RAW_SCHEMA, "avg_value": pl.Float64(), "anomaly_status": pl.String()}
 KEY_COLUMNS = ("event_id", "user_id", "event_type", "event_time", "value", "anomaly_status")

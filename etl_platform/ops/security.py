@@ -27,7 +27,7 @@ import yaml
 
 from etl_platform.config import ConfigError, Settings
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = REPO / "config" / "lake.yaml"
 IAM_DIR = REPO / "security" / "iam"
 MIN_RETENTION_H, MAX_RETENTION_H = 24, 8760

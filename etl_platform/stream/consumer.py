@@ -14,22 +14,22 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
 
-from etl_platform import lake
-from etl_platform.analytics import RollingAnomalyDetector
-from etl_platform.checkpoints import Checkpoint, CheckpointStore
+from etl_platform.analytics import AnalyticsConfig, RollingAnomalyDetector
 from etl_platform.config import env_number
-from etl_platform.decoding import decode_records
-from etl_platform.events import events_to_frame, sequence_sort_expr
-from etl_platform.shards import Shard, lineage_order, list_shards, readable_shards
+from etl_platform.events import events_to_frame, with_depth
+from etl_platform.lake import writers
+from etl_platform.stream.checkpoints import Checkpoint, CheckpointStore
+from etl_platform.stream.decoding import decode_records
+from etl_platform.stream.shards import Shard, list_shards, readable_shards, shard_depths
 
-ANALYTICS_KEYS = ("user_id", "event_type")
 # Firehose's S3 defaults are 5 MiB / 300 s; the interval is the sensor's launch cadence per shard.
 FIREHOSE_BUFFER_BYTES = 5 * 1024 * 1024
 FIREHOSE_BUFFER_INTERVAL_S = 300
@@ -40,28 +40,18 @@ class ConsumerConfig:
     max_records: int = 10_000  # per batch; GetRecords returns at most 10,000 per call
     buffer_bytes: int = FIREHOSE_BUFFER_BYTES  # per batch read and per delivered object
     buffer_interval_s: float = FIREHOSE_BUFFER_INTERVAL_S
-    avg_rows: int = 10
-    baseline_rows: int = 100
-    sigmas: float = 3.0
+    analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, profile: str = "local") -> ConsumerConfig:
         """Settings from ETL_* variables; the local profile flushes every 10 s so the demo is lively."""
         env = os.environ if env is None else env
         defaults = cls(buffer_interval_s=10.0) if profile == "local" else cls()
-
         return cls(
             max_records=env_number(env, "ETL_BATCH_MAX_RECORDS", defaults.max_records, int, 1),
             buffer_bytes=env_number(env, "ETL_BUFFER_BYTES", defaults.buffer_bytes, int, 1024),
             buffer_interval_s=env_number(env, "ETL_BUFFER_INTERVAL_S", defaults.buffer_interval_s, float, 0),
-            avg_rows=env_number(env, "ETL_AVG_ROWS", defaults.avg_rows, int, 0),
-            baseline_rows=env_number(env, "ETL_BASELINE_ROWS", defaults.baseline_rows, int, 2),
-            sigmas=env_number(env, "ETL_ANOMALY_SIGMAS", defaults.sigmas, float, 0),
-        )
-
-    def new_detector(self) -> RollingAnomalyDetector:
-        return RollingAnomalyDetector(
-            avg_rows=self.avg_rows, baseline_rows=self.baseline_rows, sigmas=self.sigmas, keys=ANALYTICS_KEYS
+            analytics=AnalyticsConfig.from_env(env),
         )
 
 
@@ -138,34 +128,14 @@ class BatchResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-def _split_by_bytes(lines: list[str], max_bytes: int) -> list[tuple[int, int]]:
-    """Row ranges [start, end) whose serialized size stays within max_bytes (at least one row each)."""
-    ranges, start, size = [], 0, 0
-    for i, line in enumerate(lines):
-        if i > start and size + len(line) + 1 > max_bytes:
-            ranges.append((start, i))
-            start, size = i, 0
-        size += len(line) + 1
-    if start < len(lines):
-        ranges.append((start, len(lines)))
-    return ranges
-
-
-def with_depth(frame: pl.DataFrame, depth: int) -> pl.DataFrame:
-    return frame.with_columns(pl.lit(depth, dtype=pl.Int32).alias("shard_depth"))
-
-
-def arrival_order(frame: pl.DataFrame) -> pl.DataFrame:
-    """Stream order for every key: parents before children (depth), then sequence, then sub-record."""
-    return frame.sort(["shard_depth", sequence_sort_expr(), "sub_sequence"], maintain_order=True)
-
-
-def shard_depths(shards: list[Shard]) -> dict[str, int]:
-    """Generation of each shard: 0 for the original ones, 1 + deepest parent otherwise."""
-    depth: dict[str, int] = {}
-    for shard in lineage_order(shards):
-        depth[shard.shard_id] = 1 + max((depth[p] for p in shard.parents if p in depth), default=-1)
-    return depth
+@contextmanager
+def stage(result: BatchResult, name: str) -> Iterator[None]:
+    """Time one stage of a batch into `result.timings[name]` (seconds)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        result.timings[name] = time.monotonic() - started
 
 
 class StreamConsumer:
@@ -206,137 +176,94 @@ class StreamConsumer:
             if blob is not None:
                 states.append(RollingAnomalyDetector.restore(blob))
         if not states:
-            return self.config.new_detector()
+            return self.config.analytics.new_detector()
         return RollingAnomalyDetector.merge(states)
 
+    def _initial_state(self, shard: Shard, checkpoint: Checkpoint | None) -> RollingAnomalyDetector:
+        """The detector as last committed for this shard, else as its parents left it."""
+        blob = self.checkpoints.load_state(checkpoint)
+        return RollingAnomalyDetector.restore(blob) if blob is not None else self._initial_detector(shard)
+
     def process_shard(self, shard_id: str) -> BatchResult:
+        """One batch of one shard: read -> decode -> raw + errors -> analytics -> processed -> index -> commit."""
         started = time.monotonic()
         shards = self.shards()
-        by_id = {s.shard_id: s for s in shards}
-        if shard_id not in by_id:
+        shard = next((s for s in shards if s.shard_id == shard_id), None)
+        if shard is None:
             raise ValueError(f"shard {shard_id} is not in stream {self.stream_name}")
-        shard = by_id[shard_id]
         checkpoint = self.checkpoints.load(shard_id)
         result = BatchResult(shard_id=shard_id)
         if checkpoint is not None and checkpoint.finished:
             return result
-        if shard not in readable_shards(shards, {c.shard_id for c in self.checkpoints.load_all().values()
-                                                  if c.finished}):
+        if shard not in self.readable(shards):
             raise RuntimeError(f"shard {shard_id} is not readable yet: a parent is not fully consumed")
+        detector = self._initial_state(shard, checkpoint)
 
-        detector = (
-            RollingAnomalyDetector.restore(self.checkpoints.load_state(checkpoint))  # type: ignore[arg-type]
-            if checkpoint is not None and checkpoint.state_key
-            else self._initial_detector(shard)
-        )
-        t0 = time.monotonic()
-        read = read_range(
-            self.kinesis, self.stream_name, shard_id, checkpoint.sequence_number if checkpoint else None,
-            self.config.max_records, self.config.buffer_bytes,
-        )
-        result.timings["read"] = time.monotonic() - t0
+        with stage(result, "read"):
+            read = read_range(
+                self.kinesis, self.stream_name, shard_id, checkpoint.sequence_number if checkpoint else None,
+                self.config.max_records, self.config.buffer_bytes,
+            )
         result.ended, result.cut, result.millis_behind_latest = read.ended, read.cut, read.millis_behind_latest
         result.records = len(read.records)
         if not read.records and not read.ended:
             return result  # nothing new: no objects, no commit
         if read.records:
-            result.first_sequence = read.records[0]["SequenceNumber"]
-            result.last_sequence = read.records[-1]["SequenceNumber"]
+            self._deliver(read.records, shard_depths(shards)[shard_id], detector, result)
 
-            t0 = time.monotonic()
-            decoded = decode_records(shard_id, read.records)
-            depth = shard_depths(shards)[shard_id]
-            frame = with_depth(events_to_frame(decoded.events), depth)
-            result.events, result.errors = frame.height, len(decoded.errors)
-            result.timings["decode"] = time.monotonic() - t0
-
-            t0 = time.monotonic()
-            parts = self._deliver_raw(frame, result)
-            self._deliver_errors(decoded.errors, result)
-            result.timings["raw_delivery"] = time.monotonic() - t0
-            self.on_stage("raw", result)
-
-            t0 = time.monotonic()
-            processed = detector.process(frame)
-            result.anomalies = int((processed["anomaly_status"] == "ANOMALY").sum())
-            result.timings["analytics"] = time.monotonic() - t0
-
-            t0 = time.monotonic()
-            self._deliver_processed(processed, parts, result)
-            result.timings["processed_delivery"] = time.monotonic() - t0
-            if frame.height:
-                oldest = frame["arrival_time"].min()
-                result.max_latency_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds())  # type: ignore[operator]
-            self.on_stage("processed", result)
-            if self.search_sink is not None and processed.height:
-                t0 = time.monotonic()
-                stats = self.search_sink(processed)
-                result.search_indexed, result.search_failed = stats.indexed, stats.failed
-                result.timings["search_indexing"] = time.monotonic() - t0
-
-        t0 = time.monotonic()
-        self.checkpoints.commit(
-            Checkpoint(
-                shard_id=shard_id,
-                sequence_number=result.last_sequence or (checkpoint.sequence_number if checkpoint else None),
-                finished=read.ended,
-                records=(checkpoint.records if checkpoint else 0) + result.records,
-                more_available=read.cut,
-                millis_behind_latest=read.millis_behind_latest,
-            ),
-            detector.snapshot(),
-            previous=checkpoint,
-        )
+        with stage(result, "commit"):
+            self.checkpoints.commit(
+                Checkpoint(
+                    shard_id=shard_id,
+                    sequence_number=result.last_sequence or (checkpoint.sequence_number if checkpoint else None),
+                    finished=read.ended,
+                    records=(checkpoint.records if checkpoint else 0) + result.records,
+                    more_available=read.cut,
+                    millis_behind_latest=read.millis_behind_latest,
+                ),
+                detector.snapshot(),
+                previous=checkpoint,
+            )
         result.committed = True
-        result.timings["commit"] = time.monotonic() - t0
         result.timings["total"] = time.monotonic() - started
         self.on_stage("committed", result)
         return result
 
-    # --- delivery ---------------------------------------------------------------------------------
-    def _deliver_raw(self, frame: pl.DataFrame, result: BatchResult) -> list[tuple[str, pl.Series]]:
-        """Raw objects per event-time hour, split by size; returns (part name, row mask) per object."""
-        parts: list[tuple[str, pl.Series]] = []
-        if frame.height == 0:
-            return parts
-        indexed = frame.with_row_index("_row").with_columns(pl.col("event_time").dt.truncate("1h").alias("_hour"))
-        for (moment,), group in indexed.group_by("_hour", maintain_order=True):
-            partition = lake.HourPartition.of(moment)
-            rows = group.drop("_hour")
-            lines = rows.drop("_row").write_ndjson().splitlines()
-            for part, (start, end) in enumerate(_split_by_bytes(lines, self.config.buffer_bytes)):
-                key = lake.object_key(lake.RAW, partition, result.shard_id, result.first_sequence or "", part)
-                lake.put(self.s3, self.bucket, key, lake.gzip_lines(lines[start:end]))
-                result.raw_objects.append(key)
-                parts.append((key, rows["_row"].slice(start, end - start)))
-                day = partition.day.isoformat()
-                result.rows_by_day[day] = result.rows_by_day.get(day, 0) + (end - start)
-        return parts
-
-    def _deliver_errors(self, errors: list[dict[str, Any]], result: BatchResult) -> None:
-        if not errors:
-            return
-        by_partition: dict[lake.HourPartition, list[dict[str, Any]]] = {}
-        for err in errors:
-            arrival = err.get("arrival_time") or datetime.now(UTC)
-            by_partition.setdefault(lake.HourPartition.of(arrival), []).append(
-                {**err, "stream_name": self.stream_name}
-            )
-        for partition, rows in by_partition.items():
-            key = lake.object_key(lake.ERRORS, partition, result.shard_id, result.first_sequence or "", 0)
-            lake.put(self.s3, self.bucket, key, lake.jsonl_gz(rows))
-            result.error_objects.append(key)
-
-    def _deliver_processed(
-        self, processed: pl.DataFrame, parts: list[tuple[str, pl.Series]], result: BatchResult
+    def _deliver(
+        self, records: list[dict[str, Any]], depth: int, detector: RollingAnomalyDetector, result: BatchResult
     ) -> None:
-        """One Parquet object per raw object, holding exactly the same events (see lake.processed_key)."""
-        indexed = processed.with_row_index("_row")
-        for raw_key, rows in parts:
-            key = lake.processed_key_for(raw_key)
-            part = indexed.join(rows.to_frame("_row"), on="_row", how="semi").drop("_row")
-            lake.put(self.s3, self.bucket, key, lake.parquet_bytes(part))
-            result.processed_objects.append(key)
+        """Every output of a non-empty batch, durable before the commit; `detector` advances over it."""
+        result.first_sequence = first = records[0]["SequenceNumber"]
+        result.last_sequence = records[-1]["SequenceNumber"]
+        with stage(result, "decode"):
+            decoded = decode_records(result.shard_id, records)
+            frame = with_depth(events_to_frame(decoded.events), depth)
+            result.events, result.errors = frame.height, len(decoded.errors)
+
+        with stage(result, "raw_delivery"):
+            raw = writers.deliver_raw(self.s3, self.bucket, frame, result.shard_id, first, self.config.buffer_bytes)
+            result.raw_objects, result.rows_by_day = raw.objects, raw.rows_by_day
+            if decoded.errors:
+                result.error_objects = writers.deliver_errors(
+                    self.s3, self.bucket, decoded.errors, self.stream_name, result.shard_id, first
+                )
+        self.on_stage("raw", result)
+
+        with stage(result, "analytics"):
+            processed = detector.process(frame)
+            result.anomalies = int((processed["anomaly_status"] == "ANOMALY").sum())
+
+        with stage(result, "processed_delivery"):
+            result.processed_objects = writers.deliver_processed(self.s3, self.bucket, processed, raw)
+        if frame.height:
+            oldest = frame["arrival_time"].min()
+            result.max_latency_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds())  # type: ignore[operator]
+        self.on_stage("processed", result)
+
+        if self.search_sink is not None and processed.height:
+            with stage(result, "search_indexing"):
+                stats = self.search_sink(processed)
+                result.search_indexed, result.search_failed = stats.indexed, stats.failed
 
     # --- draining ---------------------------------------------------------------------------------
     def drain(self, progress: Callable[[BatchResult], None] | None = None, max_batches: int = 100_000

@@ -1,0 +1,49 @@
+"""Reading the lake back: raw and processed objects, whole days, as polars frames."""
+
+from __future__ import annotations
+
+import gzip
+from datetime import date, timedelta
+from typing import Any
+
+import polars as pl
+
+from etl_platform.events import EVENT_SCHEMA
+from etl_platform.lake import layout
+
+RAW_SCHEMA: dict[str, pl.DataType] = {**EVENT_SCHEMA, "shard_depth": pl.Int32()}
+
+
+def read_raw(s3: Any, bucket: str, keys: list[str]) -> pl.DataFrame:
+    """Raw objects as one frame, with `_object` naming the object each row came from."""
+    frames = [
+        pl.read_ndjson(gzip.decompress(layout.get(s3, bucket, key)), schema=RAW_SCHEMA).with_columns(
+            pl.lit(key).alias("_object")
+        )
+        for key in keys
+    ]
+    if not frames:
+        return pl.DataFrame(schema={**RAW_SCHEMA, "_object": pl.String()})
+    return pl.concat(frames)
+
+
+def read_processed(s3: Any, bucket: str, keys: list[str]) -> pl.DataFrame:
+    frames = [layout.read_parquet(layout.get(s3, bucket, key)) for key in keys]
+    return pl.concat(frames) if frames else pl.DataFrame()
+
+
+def keys_for_days(s3: Any, bucket: str, dataset: str, first: date, last: date) -> list[str]:
+    keys: list[str] = []
+    day = first
+    while day <= last:
+        keys += layout.list_keys(s3, bucket, layout.day_prefix(dataset, day))
+        day += timedelta(days=1)
+    return keys
+
+
+def read_day(s3: Any, bucket: str, dataset: str, day: date) -> pl.DataFrame:
+    """Every row of one day of `raw` or `processed`."""
+    keys = layout.list_keys(s3, bucket, layout.day_prefix(dataset, day))
+    if dataset == layout.RAW:
+        return read_raw(s3, bucket, keys).drop("_object")
+    return read_processed(s3, bucket, keys)

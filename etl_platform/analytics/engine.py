@@ -53,7 +53,7 @@ AVG_VALUE = "avg_value"
 ANOMALY_STATUS = "anomaly_status"
 
 
-_MAX_KEY_CHUNKS = 8  # the key table is gathered from on every batch: 9 chunks make that 4x slower
+_MAX_KEY_CHUNKS = 8  # the key table is gathered from on every batch, and gathers slow down with its chunks
 
 
 def _detached(frame: pl.DataFrame) -> pl.DataFrame:
@@ -65,7 +65,7 @@ def _detached(frame: pl.DataFrame) -> pl.DataFrame:
 
     def copied(col: pl.Series) -> pl.Series:
         if col.dtype == pl.String:
-            return col + ""  # builds new strings (pyarrow would do too, but costs 0.2 s to import)
+            return col + ""  # builds new strings (pyarrow would too, but its import is slow)
         if col.dtype == pl.Binary:
             return pl.Series(col.name, col.to_list(), dtype=pl.Binary)
         return col

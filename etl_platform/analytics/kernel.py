@@ -70,12 +70,13 @@ def block_size(ring: int) -> int:
 
 _compiled: dict[str, Callable[..., int | None]] | None = None  # the loops, once numba has compiled them
 _interpreted_rows = 0
-# Loading the compiled loops costs a process ~2 s (numba's import and LLVM start-up, with the on-disk
-# cache warm); interpreted, the per-row step takes ~6 us a row. So a process interprets its first rows
-# (a short-lived micro-batch run never pays the start-up) and compiles once it has done this many.
+# Loading the compiled loops costs a process seconds (numba's import and LLVM start-up, even with the
+# on-disk cache warm) while the interpreted step costs microseconds a row. So
+# a process interprets its first rows (a short micro-batch run never pays the start-up) and compiles
+# once it has done this many.
 INTERPRET_ROWS = 100_000
-# The per-row step is bound by memory latency (a key's state is ~1.7 kB, the keys' state far larger
-# than the CPU caches), so the compiled loop asks for the cache lines of the rows this far ahead.
+# The per-row step is bound by memory latency (the keys' state is far larger than the CPU caches),
+# so the compiled loop asks for the cache lines of the rows this far ahead.
 PREFETCH_ROWS = 8
 
 

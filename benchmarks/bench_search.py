@@ -22,8 +22,10 @@ from opensearchpy import helpers
 
 from etl_platform.config import load_settings
 from etl_platform.search import indices
+from etl_platform.search.bulk import IndexerConfig
 from etl_platform.search.client import make_client
-from etl_platform.search.indexer import IndexerConfig, bulk_lines, documents, index_processed_frame
+from etl_platform.search.documents import bulk_lines, documents
+from etl_platform.search.indexer import index_processed_frame
 from etl_platform.stream.samples import sample_processed_frame
 
 

@@ -102,7 +102,8 @@ def _run(args: argparse.Namespace, settings: Settings, client: Any, prefix: str)
         return 0
 
     from etl_platform import aws
-    from etl_platform.search.indexer import IndexerConfig, index_day, replay_failed
+    from etl_platform.search.bulk import IndexerConfig
+    from etl_platform.search.indexer import index_day, replay_failed
     from etl_platform.search.indices import ensure_templates
 
     def progress(text: str) -> None:

@@ -23,14 +23,10 @@ from opensearchpy import OpenSearch
 
 from etl_platform.lake import layout
 from etl_platform.search import indices, queries
+from etl_platform.search.backup import iter_failed
+from etl_platform.search.bulk import IndexerConfig
 from etl_platform.search.checks import day_counts
-from etl_platform.search.indexer import (
-    IndexerConfig,
-    index_day,
-    index_processed_frame,
-    iter_failed,
-    replay_failed,
-)
+from etl_platform.search.indexer import index_day, index_processed_frame, replay_failed
 from etl_platform.stream.samples import KNOWN_ANSWERS, known_processed_frame
 
 pytestmark = pytest.mark.stack

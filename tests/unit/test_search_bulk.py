@@ -16,16 +16,10 @@ from opensearchpy.exceptions import ConnectionError as OSConnectionError
 from opensearchpy.exceptions import TransportError
 
 from etl_platform.config import ConfigError
-from etl_platform.search.indexer import (
-    BulkEngine,
-    IndexerConfig,
-    IndexingError,
-    backup_failures,
-    bulk_lines,
-    chunk_ranges,
-    documents,
-    index_processed_frame,
-)
+from etl_platform.search.backup import backup_failures
+from etl_platform.search.bulk import BulkEngine, IndexerConfig, IndexingError, chunk_ranges
+from etl_platform.search.documents import bulk_lines, documents
+from etl_platform.search.indexer import index_processed_frame
 from etl_platform.search.indices import EVENT_PROPERTIES
 from etl_platform.stream.samples import known_processed_frame
 

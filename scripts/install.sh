@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything the platform and its tests need, idempotently and fast when already done:
-# Debian packages (PostgreSQL 15, Node.js, JDK 17, Maven), the Python venv from requirements.lock,
+# Debian packages (PostgreSQL 15, Node.js, JDK 17, Maven), the Python venv from requirements-dev.lock
+# (runtime + test + dev tools; `make lock` generates it from pyproject.toml),
 # and the Kinesis emulator from services/kinesis/package-lock.json. OpenSearch builds on first start.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,9 +37,9 @@ fi
 UV=$(command -v uv || echo "$PY -m uv")
 [ -x .venv/bin/python ] || $UV venv -q -p "$PY" .venv
 stamp=.venv/.installed
-if [ ! -f "$stamp" ] || [ requirements.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-  echo "install: python packages from requirements.lock"
-  $UV pip sync -q -p .venv/bin/python requirements.lock
+if [ ! -f "$stamp" ] || [ requirements-dev.lock -nt "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+  echo "install: python packages from requirements-dev.lock"
+  $UV pip sync -q -p .venv/bin/python requirements-dev.lock
   $UV pip install -q -p .venv/bin/python --no-deps -e .
   touch "$stamp"
 fi

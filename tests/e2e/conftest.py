@@ -185,7 +185,7 @@ def page(tmp_path):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        pytest.fail(f"the playwright package is missing from .venv ({exc}); it is pinned in requirements.lock",
+        pytest.fail(f"the playwright package is missing from .venv ({exc}); it is pinned in requirements-dev.lock (make install)",
                     pytrace=False)
     with tempfile.TemporaryDirectory(prefix="e2e-chromium-", ignore_cleanup_errors=True) as profile, \
             sync_playwright() as pw:

@@ -9,7 +9,7 @@ actions through botocore's own operation names (S3's actions differ from its ope
 explicit table). Which role runs which code is `MODULE_ROLES` below (per module, with per-function
 overrides); a module that calls AWS but has no role fails the test, so new code must be placed.
 
-Calls made inside libraries (dagster-aws's ECS run launcher, s3fs, opensearch-py) are invisible to
+Calls made inside libraries (dagster-aws's ECS run launcher, opensearch-py) are invisible to
 the scan; their grants are in the policies with Sids that say so.
 """
 

@@ -1,5 +1,5 @@
 # The README's two commands are `make dev` and `make test`; the rest are building blocks.
-.PHONY: install dev test test-e2e bench lint stack-up stack-down
+.PHONY: install dev test test-e2e bench lint lock stack-up stack-down
 
 install:
 	@bash scripts/install.sh
@@ -18,10 +18,19 @@ bench: install
 	@bash scripts/bench.sh
 
 lint: install
-	@.venv/bin/ruff check .
+	@bash scripts/lint.sh
 
 stack-up: install
 	@.venv/bin/etl-platform stack up
 
 stack-down:
 	@.venv/bin/etl-platform stack down
+
+# Both locks from pyproject.toml alone. Compiling over an existing lock keeps its versions unless the
+# resolver must move them (run a command below with --upgrade-package NAME to move one). The dev lock
+# (runtime + test + dev extras: what scripts/install.sh installs) is constrained to the runtime lock,
+# so tests run exactly the versions a production image installs from requirements.lock.
+lock:
+	@UV=$$(command -v uv || echo "python3 -m uv"); \
+	$$UV pip compile -q pyproject.toml --python-version 3.11 -o requirements.lock && \
+	$$UV pip compile -q pyproject.toml --python-version 3.11 --extra test --extra dev -c requirements.lock -o requirements-dev.lock

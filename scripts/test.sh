@@ -16,5 +16,5 @@ start=$(date +%s)
 etl-platform stack up || { echo "test: the local stack did not start" >&2; exit 1; }
 echo "test: stack up in $(( $(date +%s) - start ))s"
 
-ruff check . || { echo "test: ruff found problems" >&2; exit 1; }
+bash scripts/lint.sh || { echo "test: lint found problems" >&2; exit 1; }
 python -m pytest "$@"

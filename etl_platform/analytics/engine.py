@@ -1,6 +1,7 @@
 """The stream analytics engine: the seed's two Kinesis Analytics windows, computed incrementally.
 
-Semantics (docs/architecture.md, "Stream analytics semantics"), per key, rows in arrival order (row order across batches = ROWTIME):
+Semantics (docs/architecture.md, "Stream analytics semantics"), per key, rows in arrival order
+(row order across batches = ROWTIME):
 
 * ``avg_value`` = AVG(value) over ``ROWS BETWEEN avg_rows PRECEDING AND CURRENT ROW``;
 * ``anomaly_status`` = ``'ANOMALY'`` iff ``|value - AVG(prev)| > sigmas * STDDEV_SAMP(prev)`` where
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -47,6 +49,9 @@ from etl_platform.analytics.errors import (
 from etl_platform.analytics.kernel import HISTORY_FIELDS, block_size, ring_floats
 from etl_platform.analytics.key_index import KeyIndex
 from etl_platform.analytics.state import KeyState, ranges, starts
+
+if TYPE_CHECKING:
+    from polars._typing import ColumnNameOrSelector, PolarsDataType
 
 VALUE = "value"
 AVG_VALUE = "avg_value"
@@ -201,7 +206,10 @@ class RollingAnomalyDetector:
         if self._keytab is None:
             return kf, kf.clear().with_columns(pl.lit(None, pl.Int64).alias("__kid"))
         tab = self._keytab
-        nulls = {c: tab.schema[c] for c in self.keys if kf.schema[c] == pl.Null}
+        # The key type DataFrame.cast takes (Mapping keys are invariant: dict[str, ...] does not match).
+        nulls: dict[ColumnNameOrSelector | PolarsDataType, PolarsDataType] = {
+            c: tab.schema[c] for c in self.keys if kf.schema[c] == pl.Null
+        }
         return (kf.cast(nulls) if nulls else kf), tab
 
     def _with_new_keys(self, tab: pl.DataFrame, new_keys: pl.DataFrame) -> pl.DataFrame:

@@ -33,6 +33,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
+from typing import TypedDict
 
 import numpy as np
 
@@ -68,7 +69,14 @@ def block_size(ring: int) -> int:
     return max(2 * ring, 32)
 
 
-_compiled: dict[str, Callable[..., int | None]] | None = None  # the loops, once numba has compiled them
+class _Loops(TypedDict):
+    """The two loops, as Python functions (interpreted) or numba dispatchers (compiled)."""
+
+    advance: Callable[..., None]
+    index_keys: Callable[..., int]
+
+
+_compiled: _Loops | None = None  # the loops, once numba has compiled them
 _interpreted_rows = 0
 # Loading the compiled loops costs a process seconds (numba's import and LLVM start-up, even with the
 # on-disk cache warm) while the interpreted step costs microseconds a row. So
@@ -110,10 +118,11 @@ def _lower_prefetch() -> None:
 
     @overload(_prefetch)
     def _prefetch_compiled(array, index):  # noqa: ARG001
-        return lambda array, index: prefetch_line(array, index)
+        # numba's @intrinsic passes typingctx itself; numba has no stubs, so pyright sees the 3-argument def
+        return lambda array, index: prefetch_line(array, index)  # pyright: ignore[reportCallIssue]
 
 
-def _compile() -> dict[str, Callable[..., int | None]]:
+def _compile() -> _Loops:
     """numba-compile the loops (compilation itself happens on each one's first call, or loads its cache)."""
     import numba
 
@@ -136,7 +145,7 @@ def precompile() -> None:
             block_size(ring), 1, 2, 3.0, np.zeros(1), np.zeros(1, dtype=np.bool_))
 
 
-def _loops(rows: int) -> dict[str, Callable[..., int | None]]:
+def _loops(rows: int) -> _Loops:
     """The loops to run a batch of ``rows`` with: interpreted at first, compiled from then on."""
     global _compiled, _interpreted_rows
     if _compiled is None:
@@ -201,7 +210,7 @@ def advance(
     that; both do the same float operations in the same order, so results are bit-identical.
     """
     # One signature for the cache: polars hands out read-only views, numba types those separately.
-    kids, xs = np.require(kids, np.int64, "CW"), np.require(xs, np.float64, "CW")
+    kids, xs = np.require(kids, np.int64, ["C", "W"]), np.require(xs, np.float64, ["C", "W"])
     loop = _loops(len(kids))["advance"]
     ahead = 0 if loop is _advance else PREFETCH_ROWS  # interpreted, a prefetch is only overhead
     loop(kids, xs, fields, arena, arena_used, ring, small_ring(ring), block, avg_rows, baseline_rows, float(sigmas),

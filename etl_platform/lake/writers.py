@@ -47,7 +47,7 @@ def deliver_raw(
         return delivery
     indexed = frame.with_row_index("_row").with_columns(pl.col("event_time").dt.truncate("1h").alias("_hour"))
     for (moment,), group in indexed.group_by("_hour", maintain_order=True):
-        partition = layout.HourPartition.of(moment)  # type: ignore[arg-type]
+        partition = layout.HourPartition.of(moment)
         rows = group.drop("_hour")
         lines = rows.drop("_row").write_ndjson().splitlines()
         for part, (start, end) in enumerate(split_by_bytes(lines, max_object_bytes)):

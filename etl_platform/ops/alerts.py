@@ -315,7 +315,7 @@ class AlertMonitor:
                 report.catching_up = True
                 break
         report.anomalies_found = len(alerts)
-        report.cursor = _iso_millis(state["indexed_at_ms"]) if state.get("indexed_at_ms") is not None else None
+        report.cursor = _iso_millis(ms) if (ms := state.get("indexed_at_ms")) is not None else None
         return alerts
 
     def _scan_thresholds(self, state: dict[str, Any], now: datetime, report: TickReport) -> list[Alert]:

@@ -1,4 +1,7 @@
-"""The local stack: real servers on 127.0.0.1 standing in for the AWS services (docs/architecture.md, "The local stack")."""
+"""The local stack: real servers on 127.0.0.1 standing in for the AWS services.
+
+See docs/architecture.md, "The local stack".
+"""
 
 from __future__ import annotations
 

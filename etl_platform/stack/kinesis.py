@@ -1,8 +1,9 @@
 """Kinesis Data Streams stand-in: kinesis-mock from the npm package `kinesis-local`.
 
 Chosen over moto because it reshards like Kinesis: after a split or merge new writes go to the
-children and reading a closed parent ends with ChildShards (docs/architecture.md, "The local stack"). It binds 0.0.0.0 and has
-no host option, so `services/kinesis/loopback.js` is preloaded to pin every listen() to 127.0.0.1.
+children and reading a closed parent ends with ChildShards (docs/architecture.md, "The local stack").
+It binds 0.0.0.0 and has no host option, so `services/kinesis/loopback.js` is preloaded to pin every
+listen() to 127.0.0.1.
 """
 
 from __future__ import annotations

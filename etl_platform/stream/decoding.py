@@ -139,7 +139,8 @@ class _Shard:
         message, digest = body[:-aws_kinesis_agg.DIGEST_SIZE], body[-aws_kinesis_agg.DIGEST_SIZE:]
         if hashlib.md5(message).digest() != digest:
             raise _Bad("kpl: MD5 digest mismatch (aggregate corrupt or truncated)")
-        agg = messages_pb2.AggregatedRecord()
+        # protoc-generated module without a .pyi: its message classes are created at import time
+        agg = messages_pb2.AggregatedRecord()  # pyright: ignore[reportAttributeAccessIssue]
         try:
             agg.ParseFromString(message)
         except DecodeError as exc:

@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import array
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.compute as _compute
+
+# pyarrow.compute creates its kernel functions (sum, equal, ...) at import time and pyarrow ships no
+# stubs, so the type checker cannot see them: the module is typed Any here.
+pc: Any = _compute
 
 HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 TRAILER = (-1).to_bytes(2, "big", signed=True)

@@ -25,11 +25,11 @@ from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, LiteralString, cast
 
 import psycopg
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.compute as _compute
 from psycopg import sql
 
 from etl_platform.warehouse import pgcopy, source
@@ -51,18 +51,30 @@ from etl_platform.warehouse.schema import (
     table_kinds,
 )
 
+# pyarrow.compute creates its kernel functions (sum, equal, ...) at import time and pyarrow ships no
+# stubs, so the type checker cannot see them: the module is typed Any here.
+pc: Any = _compute
+
 SQL_DIR = Path(__file__).parent / "sql" / "postgres"
 DDL_LOCK = "etl_platform.warehouse.ddl"
 
 
 @cache
-def statement(name: str) -> str:
+def statement(name: str) -> LiteralString:
     """A static statement from sql/postgres/<name>.sql (identifiers are filled in with psycopg.sql)."""
-    return (SQL_DIR / f"{name}.sql").read_text()
+    # psycopg's stubs take SQL text only as LiteralString (no user input spliced in); these files are
+    # part of the package, as static as a literal, but read at run time.
+    return cast(LiteralString, (SQL_DIR / f"{name}.sql").read_text())
 
 
 def _sql(name: str, **parts: sql.Composable) -> sql.Composed:
-    return sql.SQL(statement(name)).format(**parts)  # type: ignore[arg-type]
+    return sql.SQL(statement(name)).format(**parts)
+
+
+def _type_sql(column: Column) -> sql.SQL:
+    """The column's PostgreSQL type as SQL text: a fixed type name and a length (schema.sql_type), as
+    safe as a literal, which psycopg's stubs (SQL() takes only LiteralString) cannot see."""
+    return sql.SQL(cast(LiteralString, column.sql_type("postgres")))
 
 
 def column_definitions(columns: Sequence[Column]) -> sql.Composed:
@@ -70,7 +82,7 @@ def column_definitions(columns: Sequence[Column]) -> sql.Composed:
     primary-key build sorts them about twice as fast as under a linguistic collation."""
     return sql.SQL(",\n    ").join(
         sql.SQL("{} {}{}{}").format(
-            sql.Identifier(c.name), sql.SQL(c.sql_type("postgres")),
+            sql.Identifier(c.name), _type_sql(c),
             sql.SQL(' COLLATE "C"' if c.name == "event_id" else ""),
             sql.SQL("" if c.nullable else " NOT NULL"),
         )
@@ -97,8 +109,8 @@ def check_partition(table: pa.Table, day: date) -> None:
     if low is None:
         return
     if low < start or high >= end:
-        outside = pc.sum(pc.or_(pc.less(times, pa.scalar(start, utc)),
-                                pc.greater_equal(times, pa.scalar(end, utc)))).as_py()
+        off_day = pc.or_(pc.less(times, pa.scalar(start, utc)), pc.greater_equal(times, pa.scalar(end, utc)))
+        outside = pc.sum(off_day).as_py()
         raise PartitionMismatchError(
             f"processed partition dt={day.isoformat()} has {outside} row(s) with event_time outside that UTC "
             f"day (range {low.isoformat()} .. {high.isoformat()}); nothing loaded"
@@ -153,7 +165,7 @@ class PostgresWarehouse(Warehouse):
         for table in TABLES:
             for col in columns:
                 self.conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                    self._ident(table), sql.Identifier(col.name), sql.SQL(col.sql_type("postgres"))))
+                    self._ident(table), sql.Identifier(col.name), _type_sql(col)))
 
     # --- load -------------------------------------------------------------------------------------
     def load_day(

@@ -413,4 +413,5 @@ class RedshiftWarehouse(Warehouse):
         cur = self.conn.cursor()
         cur.execute(self.sql.count_day_events(table, day))
         row = cur.fetchone()
+        assert row is not None
         return int(row[0]), int(row[1])

@@ -13,15 +13,19 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import date
-from typing import Any
+from typing import Any, cast
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.compute as pc
+import pyarrow.compute as _compute
 import pyarrow.parquet as pq
 
 from etl_platform.lake import layout
 from etl_platform.warehouse.schema import ARRIVAL_ORDER, SEQUENCE_WIDTH, SchemaDriftError
+
+# pyarrow.compute creates its kernel functions (sum, equal, ...) at import time and pyarrow ships no
+# stubs, so the type checker cannot see them: the module is typed Any here.
+pc: Any = _compute
 
 MANIFESTS = "_manifests"
 READ_WORKERS = 8
@@ -161,7 +165,9 @@ def first_arrivals(table: pa.Table) -> tuple[pa.Table, int]:
     """
     if table.num_rows == 0 or pc.count_distinct(table.column("event_id")).as_py() == table.num_rows:
         return table, 0
-    frame = pl.from_arrow(table).with_row_index("_row")
+    # pl.from_arrow is typed DataFrame | Series (polars cannot overload on pyarrow's unstubbed types):
+    # a Table always gives a DataFrame.
+    frame = cast(pl.DataFrame, pl.from_arrow(table)).with_row_index("_row")
     order = [pl.col(c).str.zfill(SEQUENCE_WIDTH) if c == "sequence_number" else pl.col(c)
              for c in ARRIVAL_ORDER if c in frame.columns]
     kept = (frame.sort([*order, "_row"]).unique("event_id", keep="first", maintain_order=True)

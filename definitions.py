@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dagster import Definitions, in_process_executor, multiprocess_executor
 
-from assets import all_assets, all_checks
+from assets import all_assets, all_checks  # first: assets/_dagster_preview.py sets the warning filters
 from etl_platform.config import load_settings
 from resources import build_resources
 from sensors import all_schedules, all_sensors, jobs
@@ -22,6 +22,6 @@ defs = Definitions(
     jobs=jobs,
     sensors=all_sensors,
     schedules=all_schedules,
-    resources=build_resources(settings),
+    resources=build_resources(settings),  # every setting and client the assets, sensors and jobs use
     executor=executor,
 )

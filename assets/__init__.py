@@ -1,5 +1,6 @@
 """Dagster assets and checks, grouped by domain; each module is thin glue over etl_platform."""
 
+from assets import _dagster_preview  # noqa: F401  (first: before any partitioned check is defined)
 from assets.dbt import dbt_assets_list
 from assets.ingestion import kinesis_stream, processed_events, raw_events, source_specs
 from assets.lake_checks import lake_checks

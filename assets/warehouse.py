@@ -10,7 +10,6 @@ Each table has a partitioned asset check reconciling its row count for the day w
 partition in the lake (distinct events; for anomalies, distinct ANOMALY events).
 """
 
-import warnings
 from collections.abc import Iterator
 from datetime import date
 
@@ -26,7 +25,6 @@ from dagster import (
     Config,
     MaterializeResult,
     MetadataValue,
-    PreviewWarning,
     asset_check,
     multi_asset,
 )
@@ -34,14 +32,7 @@ from pydantic import Field
 
 from assets.ingestion import processed_events
 from assets.partitions import daily_partitions
-from etl_platform.warehouse import (
-    TABLES,
-    Warehouse,
-    connect,
-    default_drift_policy,
-    default_schema,
-    partition_counts,
-)
+from etl_platform.warehouse import TABLES, partition_counts
 from resources import LakeResource, WarehouseResource
 
 WAREHOUSE_KEYS: dict[str, AssetKey] = {table: AssetKey(f"warehouse_{table}") for table in TABLES}
@@ -53,7 +44,7 @@ WAREHOUSE_AUTOMATION = AutomationCondition.eager().without(AutomationCondition.i
 
 _DESCRIPTIONS = {
     "events": "Every processed event, one row per event_id, with event_date (UTC day of event_time). "
-              "Redshift: DISTKEY(user_id) SORTKEY(event_time); PostgreSQL locally: partitioned by event_date.",
+    "Redshift: DISTKEY(user_id) SORTKEY(event_time); PostgreSQL locally: partitioned by event_date.",
     "anomalies": "The processed events the stream analytics flagged ANOMALY (same columns as events).",
 }
 
@@ -62,27 +53,20 @@ class WarehouseLoadConfig(Config):
     on_drift: str | None = Field(
         default=None,
         description="What to do when processed data has a column the table lacks: 'fail' (name it and stop) or "
-        "'add' (ALTER TABLE ADD COLUMN). Default: ETL_WAREHOUSE_ON_DRIFT, else 'fail'.",
+        "'add' (ALTER TABLE ADD COLUMN). Default: the warehouse resource's on_drift.",
     )
-
-
-def warehouse_schema(resource: WarehouseResource) -> str:
-    """The resource's schema if it has one (`schema_name`), else ETL_WAREHOUSE_SCHEMA, else `etl`."""
-    return getattr(resource, "schema_name", None) or default_schema()
-
-
-def open_warehouse(resource: WarehouseResource) -> Warehouse:
-    """A connected etl_platform warehouse for the resource's dialect."""
-    return connect(resource.dialect, resource.dsn, schema=warehouse_schema(resource), password=resource.password,
-                   iam_role=resource.iam_role)
 
 
 @multi_asset(
     name="warehouse_tables",
     specs=[
         AssetSpec(
-            key, deps=[processed_events], description=_DESCRIPTIONS[table], group_name="warehouse",
-            kinds={"redshift"}, automation_condition=WAREHOUSE_AUTOMATION,
+            key,
+            deps=[processed_events],
+            description=_DESCRIPTIONS[table],
+            group_name="warehouse",
+            kinds={"redshift"},
+            automation_condition=WAREHOUSE_AUTOMATION,
         )
         for table, key in WAREHOUSE_KEYS.items()
     ],
@@ -96,8 +80,8 @@ def warehouse_tables(
     """Load the partition's processed day into the selected tables (one transaction)."""
     day = date.fromisoformat(context.partition_key)
     tables = [table for table, key in WAREHOUSE_KEYS.items() if key in context.selected_asset_keys]
-    policy = config.on_drift or default_drift_policy()
-    with open_warehouse(warehouse) as wh:
+    policy = config.on_drift or warehouse.on_drift
+    with warehouse.open() as wh:
         results = wh.load_day(lake.client(), lake.bucket, day, tables=tables, on_drift=policy)
     for table, result in results.items():
         context.log.info(
@@ -117,12 +101,13 @@ def warehouse_tables(
         )
 
 
-def _reconcile(context: AssetCheckExecutionContext, table: str, warehouse: WarehouseResource,
-               lake: LakeResource) -> AssetCheckResult:
+def _reconcile(
+    context: AssetCheckExecutionContext, table: str, warehouse: WarehouseResource, lake: LakeResource
+) -> AssetCheckResult:
     day = date.fromisoformat(context.partition_key)
     expected = partition_counts(lake.client(), lake.bucket, day)
     want = expected.events if table == "events" else expected.anomalies
-    with open_warehouse(warehouse) as wh:
+    with warehouse.open() as wh:
         rows, distinct = wh.count_rows(table, day)
     return AssetCheckResult(
         passed=rows == want and distinct == rows,
@@ -139,27 +124,30 @@ def _reconcile(context: AssetCheckExecutionContext, table: str, warehouse: Wareh
 
 
 # Partitioned asset checks (one result per day, like the asset) are a preview feature in Dagster
-# 1.13; it is the only way to check the partition that was loaded rather than whichever was last.
-with warnings.catch_warnings():
-    warnings.simplefilter("ignore", PreviewWarning)
+# 1.13 (assets/_dagster_preview.py); it is the only way to check the partition that was loaded
+# rather than whichever was last.
+@asset_check(
+    asset=WAREHOUSE_KEYS["events"],
+    partitions_def=daily_partitions,
+    blocking=True,
+    description="The day's rows in the events table equal the processed partition's distinct events, once each.",
+)
+def warehouse_events_match_processed(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, lake: LakeResource
+) -> AssetCheckResult:
+    return _reconcile(context, "events", warehouse, lake)
 
-    @asset_check(
-        asset=WAREHOUSE_KEYS["events"], partitions_def=daily_partitions, blocking=True,
-        description="The day's rows in the events table equal the processed partition's distinct events, once each.",
-    )
-    def warehouse_events_match_processed(
-        context: AssetCheckExecutionContext, warehouse: WarehouseResource, lake: LakeResource
-    ) -> AssetCheckResult:
-        return _reconcile(context, "events", warehouse, lake)
 
-    @asset_check(
-        asset=WAREHOUSE_KEYS["anomalies"], partitions_def=daily_partitions, blocking=True,
-        description="The day's rows in the anomalies table equal the processed partition's distinct ANOMALY events.",
-    )
-    def warehouse_anomalies_match_processed(
-        context: AssetCheckExecutionContext, warehouse: WarehouseResource, lake: LakeResource
-    ) -> AssetCheckResult:
-        return _reconcile(context, "anomalies", warehouse, lake)
+@asset_check(
+    asset=WAREHOUSE_KEYS["anomalies"],
+    partitions_def=daily_partitions,
+    blocking=True,
+    description="The day's rows in the anomalies table equal the processed partition's distinct ANOMALY events.",
+)
+def warehouse_anomalies_match_processed(
+    context: AssetCheckExecutionContext, warehouse: WarehouseResource, lake: LakeResource
+) -> AssetCheckResult:
+    return _reconcile(context, "anomalies", warehouse, lake)
 
 
 warehouse_assets = [warehouse_tables]

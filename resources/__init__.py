@@ -1,45 +1,114 @@
-"""The one place that maps a deployment profile (local | aws) to concrete Dagster resources."""
+"""The one place that maps a deployment profile (local | aws) and the environment to Dagster resources.
+
+Every setting the Dagster layer uses is a field of one of these resources (the UI's resource page
+shows them); assets, sensors, jobs and hooks read nothing from the environment themselves.
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from typing import Any
 
 from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
+from etl_platform.analytics import AnalyticsConfig
 from etl_platform.config import Settings, load_settings
-from resources.dbt import dbt_resource
-from resources.platform import KinesisResource, LakeResource, OpenSearchResource, WarehouseResource
+from etl_platform.ops.alarms import DEFAULT_PATH as DEFAULT_ALARMS_FILE
+from etl_platform.ops.scaling import ScalingPolicy
+from etl_platform.search.indexer import IndexerConfig, prefix_from_env
+from etl_platform.stream.consumer import ConsumerConfig
+from etl_platform.warehouse import default_drift_policy, default_schema
+from resources.dbt import dbt_resource, dbt_target
+from resources.platform import (
+    AlertsResource,
+    AnalyticsResource,
+    CloudWatchResource,
+    KinesisResource,
+    LakeResource,
+    OpenSearchResource,
+    ScalingResource,
+    SNSResource,
+    WarehouseResource,
+)
 
-__all__ = ["build_resources", "KinesisResource", "LakeResource", "OpenSearchResource", "WarehouseResource"]
+__all__ = [
+    "build_resources",
+    "AlertsResource",
+    "AnalyticsResource",
+    "CloudWatchResource",
+    "KinesisResource",
+    "LakeResource",
+    "OpenSearchResource",
+    "SNSResource",
+    "ScalingResource",
+    "WarehouseResource",
+]
 
 
-def build_resources(settings: Settings | None = None) -> dict[str, Any]:
-    settings = settings or load_settings()
-    creds = dict(settings.local_credentials)
-    s3 = S3Resource(
-        region_name=settings.aws_region, endpoint_url=settings.s3_endpoint, use_ssl=settings.tls, **creds
-    )
+def build_resources(settings: Settings | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """The resources for `settings` (default: the environment's profile), with the tuning read from `env`
+    (default: the process environment): ETL_BATCH_*/BUFFER_*, analytics, search, warehouse, scaling, alarms."""
+    env = os.environ if env is None else env
+    settings = settings or load_settings(env)
+    aws = {"region_name": settings.aws_region, "use_ssl": settings.tls, **settings.local_credentials}
+    s3 = S3Resource(endpoint_url=settings.s3_endpoint, **aws)
+    consumer = ConsumerConfig.from_env(env, profile=settings.profile)
+    analytics = AnalyticsResource(**_fields(AnalyticsConfig.from_env(env), "avg_rows", "baseline_rows", "sigmas"))
+    indexer = IndexerConfig.from_env(env)
+    search = {
+        "index_prefix": prefix_from_env(env),
+        "bulk_bytes": indexer.max_bulk_bytes,
+        "max_wait_s": indexer.max_total_wait_s,
+        "concurrency": indexer.concurrency,
+    }
+    loads = {"schema_name": default_schema(env), "on_drift": default_drift_policy(env)}
     if settings.profile == "aws":
         warehouse = WarehouseResource(
-            dialect="redshift", dsn=settings.warehouse_dsn, password=EnvVar("ETL_REDSHIFT_PASSWORD"),
+            dialect="redshift",
+            dsn=settings.warehouse_dsn,
+            password=EnvVar("ETL_REDSHIFT_PASSWORD"),
             iam_role=settings.redshift_iam_role,
+            **loads,
         )
         opensearch = OpenSearchResource(
-            url=settings.opensearch_url, username=EnvVar("ETL_OPENSEARCH_USERNAME"),
-            password=EnvVar("ETL_OPENSEARCH_PASSWORD"), verify_certs=True,
+            url=settings.opensearch_url,
+            username=EnvVar("ETL_OPENSEARCH_USERNAME"),
+            password=EnvVar("ETL_OPENSEARCH_PASSWORD"),
+            verify_certs=True,
+            **search,
         )
     else:
-        warehouse = WarehouseResource(dialect="postgres", dsn=settings.warehouse_dsn)
-        opensearch = OpenSearchResource(url=settings.opensearch_url, verify_certs=False)
+        warehouse = WarehouseResource(dialect="postgres", dsn=settings.warehouse_dsn, **loads)
+        opensearch = OpenSearchResource(url=settings.opensearch_url, verify_certs=False, **search)
     return {
         "kinesis": KinesisResource(
-            stream_name=settings.stream_name, region_name=settings.aws_region,
-            endpoint_url=settings.kinesis_endpoint, **creds,
+            stream_name=settings.stream_name,
+            endpoint_url=settings.kinesis_endpoint,
+            analytics=analytics,
+            **_fields(consumer, "max_records", "buffer_bytes", "buffer_interval_s"),
+            **aws,
         ),
+        "analytics": analytics,
         "s3": s3,
         "lake": LakeResource(bucket=settings.lake_bucket, s3=s3),
         "warehouse": warehouse,
         "opensearch": opensearch,
-        "dbt": dbt_resource(),
+        "cloudwatch": CloudWatchResource(
+            endpoint_url=settings.cloudwatch_endpoint,
+            alarms_file=str(env.get("ETL_ALARMS_FILE") or DEFAULT_ALARMS_FILE),
+            **aws,
+        ),
+        "alerts": AlertsResource(
+            alert_webhook_url=settings.alert_webhook_url,
+            sns_topic_arn=settings.sns_topic_arn,
+            sns=SNSResource(endpoint_url=settings.sns_endpoint, **aws),
+        ),
+        "scaling": ScalingResource.from_policy(ScalingPolicy.from_env(env)),
+        "dbt": dbt_resource(dbt_target(settings.profile, env)),
     }
+
+
+def _fields(config: Any, *names: str) -> dict[str, Any]:
+    return {name: getattr(config, name) for name in names}

@@ -1,31 +1,128 @@
-"""Dagster resources: thin wrappers that hand etl_platform the clients and names it needs."""
+"""Dagster resources: every setting and client the Dagster layer uses, as fields the UI's resource page shows.
+
+`build_resources` (resources/__init__.py) fills them from the profile's settings and the environment;
+assets, sensors, jobs and hooks take them as parameters and hand etl_platform the clients, names and
+config objects it needs. Nothing under assets/ or sensors/ reads a setting any other way.
+"""
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import boto3
-from botocore.config import Config
-from dagster import ConfigurableResource
+from dagster import ConfigurableResource, EnvVar
 from dagster_aws.s3 import S3Resource
-from pydantic import Field
+from dagster_aws.utils import ResourceWithBoto3Configuration, construct_boto_client_retry_config
+from pydantic import Field, field_validator
+
+from etl_platform.analytics import AnalyticsConfig
+from etl_platform.ops.alarms import Alarm, load_alarms
+from etl_platform.ops.alerts import Sink, build_sinks
+from etl_platform.ops.scaling import ScalingPolicy
+from etl_platform.search.bulk import IndexerConfig, IndexStats
+from etl_platform.search.indexer import search_sink
+from etl_platform.search.indices import check_prefix
+from etl_platform.stream.consumer import FIREHOSE_BUFFER_BYTES, FIREHOSE_BUFFER_INTERVAL_S, ConsumerConfig
+from etl_platform.warehouse import DEFAULT_SCHEMA, Warehouse, connect
+from etl_platform.warehouse.schema import DEFAULT_DRIFT_POLICY, check_policy, validate_identifier
 
 
-class KinesisResource(ConfigurableResource):
-    """The event stream: its name and a boto3 Kinesis client for the profile's endpoint."""
+def _check_literal(value: Any, check: Callable[[str], str]) -> Any:
+    """Validate a string field's value as given; an EnvVar is checked when Dagster resolves it at run time
+    (the resource is then built again from the value)."""
+    return check(value) if isinstance(value, str) and not isinstance(value, EnvVar) else value
+
+
+class Boto3ClientResource(ResourceWithBoto3Configuration):
+    """A boto3 client of one AWS service, configured like dagster-aws's S3Resource (region, endpoint,
+    retries, static keys for the local emulators only; in AWS the default credential chain)."""
+
+    def _client(self, service: str) -> Any:
+        session = boto3.Session(profile_name=self.profile_name)
+        return session.client(
+            service,
+            region_name=self.region_name,
+            endpoint_url=self.endpoint_url,
+            use_ssl=self.use_ssl,
+            verify=self.verify,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+            aws_session_token=self.aws_session_token,
+            config=construct_boto_client_retry_config(self.max_attempts),
+        )
+
+
+class AnalyticsResource(ConfigurableResource):
+    """The stream analytics' windows and threshold (ETL_AVG_ROWS, ETL_BASELINE_ROWS, ETL_ANOMALY_SIGMAS)."""
+
+    avg_rows: int = Field(default=AnalyticsConfig.avg_rows, description="rows before the current one in avg_value")
+    baseline_rows: int = Field(default=AnalyticsConfig.baseline_rows, description="baseline rows of the anomaly test")
+    sigmas: float = Field(default=AnalyticsConfig.sigmas, description="anomaly threshold in standard deviations")
+
+    def config(self) -> AnalyticsConfig:
+        return AnalyticsConfig(avg_rows=self.avg_rows, baseline_rows=self.baseline_rows, sigmas=self.sigmas)
+
+
+class KinesisResource(Boto3ClientResource):
+    """The event stream: its name, a Kinesis client, and how the micro-batch consumer reads it."""
 
     stream_name: str
-    region_name: str
-    endpoint_url: str | None = Field(default=None, description="None = the AWS endpoint for the region")
-    aws_access_key_id: str | None = None
-    aws_secret_access_key: str | None = None
+    max_records: int = Field(default=10_000, description="records per micro-batch (ETL_BATCH_MAX_RECORDS)")
+    buffer_bytes: int = Field(
+        default=FIREHOSE_BUFFER_BYTES,
+        description="max bytes per batch read and per delivered object (ETL_BUFFER_BYTES)",
+    )
+    buffer_interval_s: float = Field(
+        default=FIREHOSE_BUFFER_INTERVAL_S,
+        description="a shard's next batch is "
+        "launched at most this often unless its buffer is full (ETL_BUFFER_INTERVAL_S)",
+    )
+    analytics: AnalyticsResource
 
     def client(self) -> Any:
-        return boto3.client(
-            "kinesis", region_name=self.region_name, endpoint_url=self.endpoint_url,
-            aws_access_key_id=self.aws_access_key_id, aws_secret_access_key=self.aws_secret_access_key,
-            config=Config(retries={"max_attempts": 5, "mode": "standard"}),
+        return self._client("kinesis")
+
+    def consumer_config(self) -> ConsumerConfig:
+        return ConsumerConfig(
+            max_records=self.max_records,
+            buffer_bytes=self.buffer_bytes,
+            buffer_interval_s=self.buffer_interval_s,
+            analytics=self.analytics.config(),
         )
+
+
+class CloudWatchResource(Boto3ClientResource):
+    """CloudWatch: where every stage publishes its metrics, and the alarms evaluated against them."""
+
+    alarms_file: str = Field(description="the alarm definitions (ETL_ALARMS_FILE, default config/alarms.yaml)")
+
+    def client(self) -> Any:
+        return self._client("cloudwatch")
+
+    def alarms(self) -> list[Alarm]:
+        return load_alarms(self.alarms_file)
+
+
+class SNSResource(Boto3ClientResource):
+    """An SNS client (the alert topic's)."""
+
+    def client(self) -> Any:
+        return self._client("sns")
+
+
+class AlertsResource(ConfigurableResource):
+    """Where alerts go besides the Dagster log: a webhook and (aws profile) an SNS topic."""
+
+    alert_webhook_url: str | None = Field(default=None, description="JSON POST, retried (ETL_ALERT_WEBHOOK_URL)")
+    sns_topic_arn: str | None = Field(default=None, description="SNS topic (ETL_ALERT_SNS_TOPIC_ARN)")
+    sns: SNSResource
+
+    def sinks(self, log: Callable[[str], None], webhook_kwargs: dict[str, Any] | None = None) -> list[Sink]:
+        """The log sink always; the webhook and SNS when configured (an SNS client only then)."""
+        sns = self.sns.client() if self.sns_topic_arn else None
+        return build_sinks(self, log=log, sns=sns, webhook_kwargs=webhook_kwargs)
 
 
 class LakeResource(ConfigurableResource):
@@ -45,19 +142,109 @@ class WarehouseResource(ConfigurableResource):
     dsn: str = Field(description="libpq URI (postgres) or redshift://user@host:port/db")
     password: str | None = Field(default=None, description="from an EnvVar; never committed")
     iam_role: str | None = Field(default=None, description="Redshift COPY role ARN")
+    schema_name: str = Field(
+        default=DEFAULT_SCHEMA, description="schema of the events and anomalies tables (ETL_WAREHOUSE_SCHEMA)"
+    )
+    on_drift: str = Field(
+        default=DEFAULT_DRIFT_POLICY,
+        description="processed data has a column the table lacks: "
+        "'fail' or 'add' (ETL_WAREHOUSE_ON_DRIFT); a load's run config may override it",
+    )
+
+    @field_validator("schema_name", mode="before")
+    @classmethod
+    def _schema_is_an_identifier(cls, value: Any) -> Any:
+        return _check_literal(value, lambda v: validate_identifier(v, "schema_name"))
+
+    @field_validator("on_drift", mode="before")
+    @classmethod
+    def _known_drift_policy(cls, value: Any) -> Any:
+        return _check_literal(value, check_policy)
+
+    def open(self) -> Warehouse:
+        """A connected etl_platform warehouse for this dialect and schema (a context manager)."""
+        return connect(self.dialect, self.dsn, schema=self.schema_name, password=self.password, iam_role=self.iam_role)
 
 
 class OpenSearchResource(ConfigurableResource):
+    """The search cluster, the index prefix of this deployment, and how bulk indexing is tuned."""
+
     url: str
     username: str | None = None
     password: str | None = None
     verify_certs: bool = True
+    index_prefix: str = Field(
+        default="", description="prefix of every index, alias and template (ETL_OPENSEARCH_INDEX_PREFIX)"
+    )
+    bulk_bytes: int = Field(
+        default=IndexerConfig.max_bulk_bytes, description="bytes per bulk request (ETL_SEARCH_BULK_BYTES)"
+    )
+    max_wait_s: float = Field(
+        default=IndexerConfig.max_total_wait_s,
+        description="all retry sleeping in one indexing call (ETL_SEARCH_MAX_WAIT_S)",
+    )
+    concurrency: int = Field(
+        default=IndexerConfig.concurrency, description="bulk requests in flight (ETL_SEARCH_CONCURRENCY)"
+    )
+
+    @field_validator("index_prefix", mode="before")
+    @classmethod
+    def _valid_prefix(cls, value: Any) -> Any:
+        return _check_literal(value, check_prefix)
 
     def client(self) -> Any:
         from opensearchpy import OpenSearch
 
         auth = (self.username, self.password) if self.username else None
         return OpenSearch(
-            hosts=[self.url], http_auth=auth, verify_certs=self.verify_certs and self.url.startswith("https"),
-            timeout=30, max_retries=3, retry_on_timeout=True,
+            hosts=[self.url],
+            http_auth=auth,
+            verify_certs=self.verify_certs and self.url.startswith("https"),
+            timeout=30,
+            max_retries=3,
+            retry_on_timeout=True,
         )
+
+    def indexer_config(self) -> IndexerConfig:
+        return IndexerConfig(
+            max_bulk_bytes=self.bulk_bytes, max_total_wait_s=self.max_wait_s, concurrency=self.concurrency
+        )
+
+    def search_sink(self, s3: Any, bucket: str) -> Callable[[Any], IndexStats]:
+        """The consumer's near-real-time indexing step (failed documents are backed up to the lake)."""
+        return search_sink(self.client(), s3, bucket, self.index_prefix, self.indexer_config())
+
+
+class ScalingResource(ConfigurableResource):
+    """The shard-scaling policy's defaults (ETL_SCALING_*); the scaling job's run config overrides them."""
+
+    target_utilization: float = Field(
+        default=ScalingPolicy.target_utilization, description="fraction of the per-shard write limits to aim for"
+    )
+    min_shards: int = ScalingPolicy.min_shards
+    max_shards: int = ScalingPolicy.max_shards
+    cooldown_s: float = Field(default=ScalingPolicy.cooldown_s, description="no scaling within this long of the last")
+    max_scalings_per_day: int = Field(
+        default=ScalingPolicy.max_scalings_per_day, description="scalings per rolling 24 h (UpdateShardCount allows 10)"
+    )
+    window_minutes: int = Field(default=ScalingPolicy.window_minutes, description="load window for scale-out")
+    missing_data: str = Field(default=ScalingPolicy.missing_data, description="no datapoints: hold | zero")
+    scale_in_headroom: float = Field(
+        default=ScalingPolicy.scale_in_headroom, description="scale in only to a count running at <= target - headroom"
+    )
+    scale_in_window_minutes: int = Field(
+        default=ScalingPolicy.scale_in_window_minutes,
+        description="scale-in must fit the busiest window of this look-back",
+    )
+    scale_out_reserve: int = Field(
+        default=ScalingPolicy.scale_out_reserve, description="daily scalings scale-in may not use"
+    )
+
+    @classmethod
+    def from_policy(cls, policy: ScalingPolicy) -> ScalingResource:
+        return cls(**dataclasses.asdict(policy))
+
+    def policy(self, **overrides: Any) -> ScalingPolicy:
+        """The policy with these defaults, then the non-None overrides (validated: ConfigError names the field)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(ScalingPolicy)}
+        return ScalingPolicy(**{**values, **{k: v for k, v in overrides.items() if v is not None}})

@@ -3,26 +3,24 @@
 Each minute the sensor evaluates `config/alarms.yaml` for the stream from the raw CloudWatch
 statistics (moto never evaluates alarms; in AWS the same alarms also exist in CloudWatch, created by
 `apply_alarms`). An alarm entering ALARM is logged and sent as an alert (kind "alarm") to the
-configured sinks (Dagster log, webhook, SNS) through a per-sink outbox in the lake
+configured sinks (Dagster log, webhook, SNS: the `alerts` resource) through a per-sink outbox in the lake
 (`_alerts/alarms/outbox/<sink>.json`, `etl_platform.alerts.Outbox`): a sink that is down gets the
 alert on a later tick. Breaches are deduped by alarm name + period start in the sensor cursor; an
 alarm that stays in ALARM is re-sent once per `RENOTIFY_S`, and it alerts again after returning to OK.
 """
 
 import json
-from collections.abc import Callable
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from dagster import DefaultSensorStatus, HookContext, SensorEvaluationContext, SkipReason, failure_hook, sensor
 
-from etl_platform import aws
-from etl_platform.config import Settings, load_settings
 from etl_platform.ops import metrics as m
-from etl_platform.ops.alarms import ALARM, OK, AlarmState, evaluate_states, load_alarms
-from etl_platform.ops.alerts import ALERTS_PREFIX, Alert, Outbox, build_sinks
+from etl_platform.ops.alarms import ALARM, OK, AlarmState, evaluate_states
+from etl_platform.ops.alerts import ALERTS_PREFIX, Alert, Outbox, Sink
 from etl_platform.stream.consumer import BatchResult
-from resources import KinesisResource, LakeResource
+from resources import AlertsResource, CloudWatchResource, KinesisResource, LakeResource
 
 RENOTIFY_S = 3600  # a still-breaching alarm is re-sent this often
 SENT_RETENTION = timedelta(days=2)  # dedupe keys older than this are forgotten
@@ -34,21 +32,30 @@ WEBHOOK_RETRIES = {"attempts": 2, "backoff_s": 0.5}
 def alarm_alert(state: AlarmState, now: datetime) -> Alert:
     """The alert for a breach: id = dedupe key, so webhook receivers can drop repeats."""
     return Alert(
-        id=f"alarm:{state.stream}:{state.key}", kind="alarm", title=f"{state.alarm.name} on {state.stream}",
+        id=f"alarm:{state.stream}:{state.key}",
+        kind="alarm",
+        title=f"{state.alarm.name} on {state.stream}",
         time=now.isoformat(),
-        details={"stream": state.stream, "alarm": state.alarm.name, "metric": state.alarm.metric,
-                 "condition": state.alarm.condition(), "values": list(state.values),
-                 "period_start": state.period_start.isoformat(), "description": state.alarm.description,
-                 "message": state.message()},
+        details={
+            "stream": state.stream,
+            "alarm": state.alarm.name,
+            "metric": state.alarm.metric,
+            "condition": state.alarm.condition(),
+            "values": list(state.values),
+            "period_start": state.period_start.isoformat(),
+            "description": state.alarm.description,
+            "message": state.message(),
+        },
     )
 
 
-def send_alarm_alerts(states: list[AlarmState], settings: Settings, s3: Any, bucket: str,
-                      log: Callable[[str], None], now: datetime) -> dict[str, str]:
+def send_alarm_alerts(
+    states: list[AlarmState], sinks: Sequence[Sink], s3: Any, bucket: str, now: datetime
+) -> dict[str, str]:
     """Queue the breaches' alerts in every sink's outbox and deliver what can be; returns sink errors."""
     alerts = [alarm_alert(s, now) for s in states]
     errors: dict[str, str] = {}
-    for sink in build_sinks(settings, log=log, webhook_kwargs=WEBHOOK_RETRIES):
+    for sink in sinks:
         box = Outbox(s3, bucket, f"{ALERTS_PREFIX}/{ALERT_NAMESPACE}/outbox/{sink.name}.json")
         box.enqueue(alerts)
         box.prune(now - SENT_RETENTION)
@@ -82,21 +89,29 @@ def due_breaches(states: list[AlarmState], cursor: dict, now: datetime) -> list[
     return due
 
 
-@sensor(minimum_interval_seconds=60, default_status=DefaultSensorStatus.RUNNING,
-        description="Evaluates config/alarms.yaml against CloudWatch each minute and alerts on breaches "
-        "(throttling, host CPU, delivery failures, consumer lag).")
-def cloudwatch_alarms_sensor(context: SensorEvaluationContext, kinesis: KinesisResource, lake: LakeResource
-                             ) -> SkipReason:
-    settings = load_settings()
+@sensor(
+    minimum_interval_seconds=60,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Evaluates config/alarms.yaml against CloudWatch each minute and alerts on breaches "
+    "(throttling, host CPU, delivery failures, consumer lag).",
+)
+def cloudwatch_alarms_sensor(
+    context: SensorEvaluationContext,
+    kinesis: KinesisResource,
+    lake: LakeResource,
+    cloudwatch: CloudWatchResource,
+    alerts: AlertsResource,
+) -> SkipReason:
     now = datetime.now(UTC)
     stream = kinesis.stream_name
-    states = evaluate_states(aws.client("cloudwatch", settings), load_alarms(), stream, now)
+    states = evaluate_states(cloudwatch.client(), cloudwatch.alarms(), stream, now)
     cursor = json.loads(context.cursor) if context.cursor else {}
     due = due_breaches(states, cursor, now)
     for state in due:
         context.log.warning(f"ALARM {state.message()}")
     # Every tick, not only with new breaches: alerts a sink failed to take earlier are retried.
-    errors = send_alarm_alerts(due, settings, lake.client(), lake.bucket, context.log.warning, now)
+    sinks = alerts.sinks(log=context.log.warning, webhook_kwargs=WEBHOOK_RETRIES)
+    errors = send_alarm_alerts(due, sinks, lake.client(), lake.bucket, now)
     for sink, error in errors.items():
         context.log.error(f"alarm alert sink {sink} failed (alert kept pending): {error}")
     context.update_cursor(json.dumps(cursor, sort_keys=True))
@@ -105,22 +120,22 @@ def cloudwatch_alarms_sensor(context: SensorEvaluationContext, kinesis: KinesisR
 
 
 # --- metrics publishing for the micro-batch job ----------------------------------------------------
-def publish_batch_metrics(stream: str, result: BatchResult, log: Any = None) -> None:
+def publish_batch_metrics(cloudwatch: CloudWatchResource, stream: str, result: BatchResult, log: Any = None) -> None:
     """Publish a committed batch's metrics and the host CPU; never fails the batch (logs instead)."""
     try:
         datums = m.batch_metrics(stream, result) + m.host_metrics(stream, m.host_cpu_percent(interval_s=0.1))
-        m.publish(aws.client("cloudwatch", load_settings()), datums)
+        m.publish(cloudwatch.client(), datums)
     except Exception as exc:  # metrics are best-effort: the batch is already durable
         if log is not None:
             log.warning(f"could not publish metrics for {stream}: {type(exc).__name__}: {exc}")
 
 
-@failure_hook(required_resource_keys={"kinesis"})
+@failure_hook(required_resource_keys={"kinesis", "cloudwatch"})
 def delivery_failure_metrics(context: HookContext) -> None:
     """On a failed micro-batch op: DeliveryToS3.Errors=1, DeliveryToS3.Success=0 (the delivery alarm)."""
     stream = context.resources.kinesis.stream_name
     try:
-        m.publish(aws.client("cloudwatch", load_settings()), m.failed_batch_metrics(stream))
+        m.publish(context.resources.cloudwatch.client(), m.failed_batch_metrics(stream))
     except Exception as exc:
         context.log.warning(f"could not publish failure metrics for {stream}: {type(exc).__name__}: {exc}")
 

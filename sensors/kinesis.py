@@ -1,12 +1,13 @@
 """The Kinesis micro-batch sensor and the job it launches: one run = one bounded batch of one shard.
 
-Each tick the sensor lists the shards, keeps those that may be read (children only after their
-parents are fully consumed), skips a shard with a run still queued or running (at most one in flight
-per shard; the run queue also limits the `etl/shard` tag to one), and launches a run when the shard's
-buffer is due: the last batch stopped at its size cap, or the buffer interval has passed and new
-records are waiting (Firehose's size-or-interval buffering), or a closed parent must be finished.
+Each tick the sensor reads the shards, the checkpoints and each unfinished shard's latest run, and
+asks `etl_platform.stream.scheduling.due_batches` which shards are due: readable ones (children only
+after their parents are fully consumed) with no run still queued or running (at most one in flight
+per shard; the run queue also limits the `etl/shard` tag to one) whose buffer is due: the last batch
+stopped at its size cap, or the buffer interval has passed and new records are waiting
+(Firehose's size-or-interval buffering), or a closed parent must be finished. It turns the answer
+into run requests.
 """
-
 
 import json
 import time
@@ -32,17 +33,20 @@ from dagster import (
 )
 
 from assets.ingestion import PROCESSED_COLUMN_METADATA, RAW_COLUMN_METADATA
-from etl_platform.config import load_settings
-from etl_platform.search.indexer import search_sink
-from etl_platform.stream.consumer import BatchResult, ConsumerConfig, StreamConsumer
-from etl_platform.stream.shards import readable_shards
-from resources import KinesisResource, LakeResource, OpenSearchResource
+from etl_platform.stream.consumer import BatchResult, StreamConsumer
+from etl_platform.stream.scheduling import LatestRun, due_batches
+from resources import CloudWatchResource, KinesisResource, LakeResource, OpenSearchResource
 from sensors.alarms import delivery_failure_metrics, publish_batch_metrics
 
 SHARD_TAG = "etl/shard"
-IN_FLIGHT = [DagsterRunStatus.QUEUED, DagsterRunStatus.NOT_STARTED, DagsterRunStatus.STARTING,
-             DagsterRunStatus.STARTED, DagsterRunStatus.CANCELING]
-FAILED_RETRY_AFTER_S = 60  # after a run exhausts its retries, try the shard again this much later
+POSITION_TAG = "etl/position"
+IN_FLIGHT = [
+    DagsterRunStatus.QUEUED,
+    DagsterRunStatus.NOT_STARTED,
+    DagsterRunStatus.STARTING,
+    DagsterRunStatus.STARTED,
+    DagsterRunStatus.CANCELING,
+]
 
 
 def consumer_for(
@@ -50,9 +54,12 @@ def consumer_for(
 ) -> StreamConsumer:
     s3 = lake.client()
     return StreamConsumer(
-        kinesis.client(), s3, lake.bucket, kinesis.stream_name,
-        ConsumerConfig.from_env(profile=load_settings().profile),
-        search_sink=search_sink(opensearch.client(), s3, lake.bucket) if opensearch else None,
+        kinesis.client(),
+        s3,
+        lake.bucket,
+        kinesis.stream_name,
+        kinesis.consumer_config(),
+        search_sink=opensearch.search_sink(s3, lake.bucket) if opensearch else None,
     )
 
 
@@ -64,23 +71,41 @@ def log_materializations(context: OpExecutionContext, result: BatchResult) -> No
     """Report the lake partitions this batch wrote, with counts and latency, for the UI."""
     for day, rows in sorted(result.rows_by_day.items()):
         common = {"rows": rows, "shard_id": result.shard_id, "first_sequence": result.first_sequence or ""}
-        context.log_event(AssetMaterialization(
-            AssetKey("raw_events"), partition=day,
-            metadata={**common, **RAW_COLUMN_METADATA, "errors_in_batch": result.errors,
-                      "objects": len(result.raw_objects)},
-        ))
-        context.log_event(AssetMaterialization(
-            AssetKey("processed_events"), partition=day,
-            metadata={**common, **PROCESSED_COLUMN_METADATA, "anomalies_in_batch": result.anomalies,
-                      "latency_s": round(result.max_latency_s, 3),
-                      "batch_seconds": round(result.timings.get("total", 0.0), 3)},
-        ))
+        context.log_event(
+            AssetMaterialization(
+                AssetKey("raw_events"),
+                partition=day,
+                metadata={
+                    **common,
+                    **RAW_COLUMN_METADATA,
+                    "errors_in_batch": result.errors,
+                    "objects": len(result.raw_objects),
+                },
+            )
+        )
+        context.log_event(
+            AssetMaterialization(
+                AssetKey("processed_events"),
+                partition=day,
+                metadata={
+                    **common,
+                    **PROCESSED_COLUMN_METADATA,
+                    "anomalies_in_batch": result.anomalies,
+                    "latency_s": round(result.max_latency_s, 3),
+                    "batch_seconds": round(result.timings.get("total", 0.0), 3),
+                },
+            )
+        )
 
 
 @op(retry_policy=RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL))
 def consume_shard_batch(
-    context: OpExecutionContext, config: ShardBatchConfig, kinesis: KinesisResource, lake: LakeResource,
+    context: OpExecutionContext,
+    config: ShardBatchConfig,
+    kinesis: KinesisResource,
+    lake: LakeResource,
     opensearch: OpenSearchResource,
+    cloudwatch: CloudWatchResource,
 ) -> None:
     result = consumer_for(kinesis, lake, opensearch).process_shard(config.shard_id)
     context.log.info(
@@ -90,7 +115,7 @@ def consume_shard_batch(
         f"behind={result.millis_behind_latest}ms timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
     )
     log_materializations(context, result)
-    publish_batch_metrics(kinesis.stream_name, result, context.log)
+    publish_batch_metrics(cloudwatch, kinesis.stream_name, result, context.log)
 
 
 @job(
@@ -103,9 +128,16 @@ def kinesis_microbatch_job() -> None:
     consume_shard_batch()
 
 
-def _latest_run(context: SensorEvaluationContext, shard_id: str):
+def _latest_run(context: SensorEvaluationContext, shard_id: str) -> LatestRun | None:
     runs = context.instance.get_runs(filters=RunsFilter(tags={SHARD_TAG: shard_id}), limit=1)
-    return runs[0] if runs else None
+    if not runs:
+        return None
+    run = runs[0]
+    return LatestRun(
+        in_flight=run.status in IN_FLIGHT,
+        failed=run.status == DagsterRunStatus.FAILURE,
+        position=run.tags.get(POSITION_TAG),
+    )
 
 
 def _has_new_records(consumer: StreamConsumer, shard_id: str, after: str | None) -> bool:
@@ -118,46 +150,40 @@ def _has_new_records(consumer: StreamConsumer, shard_id: str, after: str | None)
     return bool(consumer.kinesis.get_records(ShardIterator=iterator, Limit=1)["Records"])
 
 
-@sensor(job=kinesis_microbatch_job, minimum_interval_seconds=5, default_status=DefaultSensorStatus.RUNNING,
-        description="Launches micro-batch runs per Kinesis shard (lineage-ordered, one in flight per shard).")
+@sensor(
+    job=kinesis_microbatch_job,
+    minimum_interval_seconds=5,
+    default_status=DefaultSensorStatus.RUNNING,
+    description="Launches micro-batch runs per Kinesis shard (lineage-ordered, one in flight per shard).",
+)
 def kinesis_microbatch_sensor(context: SensorEvaluationContext, kinesis: KinesisResource, lake: LakeResource):
     consumer = consumer_for(kinesis, lake)
     cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
     now = time.time()
     shards = consumer.shards()
     checkpoints = consumer.checkpoints.load_all()
-    finished = {sid for sid, cp in checkpoints.items() if cp.finished}
-    requests = []
-    for shard in readable_shards(shards, finished):
-        sid = shard.shard_id
-        state = cursor.setdefault(sid, {"launched_at": 0.0, "attempt": 0})
-        latest = _latest_run(context, sid)
-        if latest is not None and latest.status in IN_FLIGHT:
-            continue
-        cp = checkpoints.get(sid)
-        position = cp.sequence_number if cp and cp.sequence_number else "start"
-        if latest is not None and latest.status == DagsterRunStatus.FAILURE:
-            if latest.tags.get("etl/position") == position:
-                if now - state["launched_at"] < FAILED_RETRY_AFTER_S:
-                    continue
-                state["attempt"] += 1
-        due = (
-            (cp is not None and cp.more_available)
-            or shard.closed
-            or now - state["launched_at"] >= consumer.config.buffer_interval_s
+    finished = {sid for sid, cp in checkpoints.items() if cp.finished}  # a finished shard is never scheduled again
+    latest_runs = {s.shard_id: _latest_run(context, s.shard_id) for s in shards if s.shard_id not in finished}
+    plan = due_batches(
+        shards,
+        checkpoints,
+        latest_runs,
+        cursor,
+        now,
+        kinesis.buffer_interval_s,
+        has_new_records=lambda sid, after: _has_new_records(consumer, sid, after),
+    )
+    context.update_cursor(json.dumps(plan.cursor))
+    if not plan.requests:
+        return SkipReason(
+            f"{len(shards)} shards, {len(finished)} finished: nothing due at "
+            f"{datetime.now(UTC).isoformat(timespec='seconds')}"
         )
-        if not due:
-            continue
-        if not shard.closed and not _has_new_records(consumer, sid, cp.sequence_number if cp else None):
-            continue
-        state["launched_at"] = now
-        requests.append(RunRequest(
-            run_key=f"{sid}:{position}:{state['attempt']}",
-            run_config={"ops": {"consume_shard_batch": {"config": {"shard_id": sid}}}},
-            tags={SHARD_TAG: sid, "etl/position": position},
-        ))
-    context.update_cursor(json.dumps(cursor))
-    if not requests:
-        return SkipReason(f"{len(shards)} shards, {len(finished)} finished: nothing due at "
-                          f"{datetime.now(UTC).isoformat(timespec='seconds')}")
-    return requests
+    return [
+        RunRequest(
+            run_key=batch.run_key,
+            run_config={"ops": {"consume_shard_batch": {"config": {"shard_id": batch.shard_id}}}},
+            tags={SHARD_TAG: batch.shard_id, POSITION_TAG: batch.position},
+        )
+        for batch in plan.requests
+    ]

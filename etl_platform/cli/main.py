@@ -145,21 +145,40 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     reporter.flush(stats)
     for rejected in stats.rejected[:10]:
         print(f"rejected: {rejected.reason}", file=sys.stderr)
-    print(json.dumps({"sent": stats.sent, "failed": stats.failed, "retried": stats.retried,
-                      "rejected": len(stats.rejected), "requests": stats.requests, "bytes": stats.bytes}))
+    print(
+        json.dumps(
+            {
+                "sent": stats.sent,
+                "failed": stats.failed,
+                "retried": stats.retried,
+                "rejected": len(stats.rejected),
+                "requests": stats.requests,
+                "bytes": stats.bytes,
+            }
+        )
+    )
     return 0 if not stats.rejected else 1
 
 
 def make_consumer(settings: Settings, on_stage=None, index: bool = True):
+    from etl_platform.search.bulk import IndexerConfig
     from etl_platform.search.client import make_client
-    from etl_platform.search.indexer import search_sink
+    from etl_platform.search.indexer import prefix_from_env, search_sink
     from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
 
     s3 = aws.client("s3", settings)
     return StreamConsumer(
-        aws.client("kinesis", settings), s3, settings.lake_bucket, settings.stream_name,
-        ConsumerConfig.from_env(profile=settings.profile), on_stage=on_stage,
-        search_sink=search_sink(make_client(settings), s3, settings.lake_bucket) if index else None,
+        aws.client("kinesis", settings),
+        s3,
+        settings.lake_bucket,
+        settings.stream_name,
+        ConsumerConfig.from_env(profile=settings.profile),
+        on_stage=on_stage,
+        search_sink=search_sink(
+            make_client(settings), s3, settings.lake_bucket, prefix_from_env(), IndexerConfig.from_env()
+        )
+        if index
+        else None,
     )
 
 
@@ -185,8 +204,9 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     import time
 
     progress = Progress(args.quiet)
-    consumer = make_consumer(settings, on_stage=_fault_injector(os.environ.get("ETL_FAULT_KILL_AFTER")),
-                             index=not args.no_index)
+    consumer = make_consumer(
+        settings, on_stage=_fault_injector(os.environ.get("ETL_FAULT_KILL_AFTER")), index=not args.no_index
+    )
     totals = {"batches": 0, "records": 0, "events": 0, "errors": 0, "anomalies": 0}
     shards_seen: set[str] = set()
     started = time.monotonic()
@@ -196,14 +216,24 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         for name in ("records", "events", "errors", "anomalies"):
             totals[name] += getattr(result, name)
         shards_seen.add(result.shard_id)
-        progress(f"consume: batches={totals['batches']} records={totals['records']} events={totals['events']} "
-                 f"errors={totals['errors']} anomalies={totals['anomalies']} shard={result.shard_id}")
+        progress(
+            f"consume: batches={totals['batches']} records={totals['records']} events={totals['events']} "
+            f"errors={totals['errors']} anomalies={totals['anomalies']} shard={result.shard_id}"
+        )
 
     consumer.drain(progress=report)
     progress.done()
     elapsed = time.monotonic() - started
-    print(json.dumps({**totals, "shards": sorted(shards_seen), "seconds": round(elapsed, 3),
-                      "events_per_s": round(totals["events"] / elapsed, 1) if elapsed else None}))
+    print(
+        json.dumps(
+            {
+                **totals,
+                "shards": sorted(shards_seen),
+                "seconds": round(elapsed, 3),
+                "events_per_s": round(totals["events"] / elapsed, 1) if elapsed else None,
+            }
+        )
+    )
     return 0
 
 
@@ -230,11 +260,13 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--quiet", action="store_true", help="no progress line")
     produce.set_defaults(func=cmd_produce)
 
-    consume = sub.add_parser(
-        "consume", help="drain the stream in-process with the sensor's micro-batch code path"
+    consume = sub.add_parser("consume", help="drain the stream in-process with the sensor's micro-batch code path")
+    consume.add_argument(
+        "--until-caught-up",
+        action="store_true",
+        required=True,
+        help="process batches until every shard is caught up, then exit",
     )
-    consume.add_argument("--until-caught-up", action="store_true", required=True,
-                         help="process batches until every shard is caught up, then exit")
     consume.add_argument("--quiet", action="store_true", help="no progress line")
     consume.add_argument("--no-index", action="store_true", help="skip near-real-time OpenSearch indexing")
     consume.set_defaults(func=cmd_consume)

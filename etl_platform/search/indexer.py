@@ -52,22 +52,39 @@ def _ensure_templates_once(client: Any, prefix: str, settings: IndexSettings | N
     return None
 
 
-def _index_lines(client: Any, lines: pl.DataFrame, s3: Any, bucket: str | None, prefix: str,
-                 config: IndexerConfig, now: datetime, engine: BulkEngine | None = None) -> IndexStats:
+def _index_lines(
+    client: Any,
+    lines: pl.DataFrame,
+    s3: Any,
+    bucket: str | None,
+    prefix: str,
+    config: IndexerConfig,
+    now: datetime,
+    engine: BulkEngine | None = None,
+) -> IndexStats:
     payloads, sizes = lines["payload"].to_list(), lines["size"].to_list()
     indices, ids = lines["_index"].to_list(), lines["_id"].to_list()
     stats, failures = (engine or BulkEngine(client, config)).run(payloads, sizes, indices)
     if failures:
         if s3 is None or not bucket:
-            raise IndexingError(f"{len(failures)} documents failed to index and no lake bucket was given "
-                                f"for the backup; last error: {stats.last_error}")
+            raise IndexingError(
+                f"{len(failures)} documents failed to index and no lake bucket was given "
+                f"for the backup; last error: {stats.last_error}"
+            )
         stats.backup_objects = backup_failures(s3, bucket, failures, payloads, indices, ids, prefix, now)
     return stats
 
 
-def index_processed_frame(client: Any, frame: pl.DataFrame, s3: Any, bucket: str | None, prefix: str = "",
-                          config: IndexerConfig | None = None, now: datetime | None = None,
-                          index_settings: IndexSettings | None = None) -> IndexStats:
+def index_processed_frame(
+    client: Any,
+    frame: pl.DataFrame,
+    s3: Any,
+    bucket: str | None,
+    prefix: str = "",
+    config: IndexerConfig | None = None,
+    now: datetime | None = None,
+    index_settings: IndexSettings | None = None,
+) -> IndexStats:
     """Index a processed micro-batch (or any processed frame): events, and anomalies a second time.
 
     For the consumer, called after processed delivery and before the checkpoint commit, so a crash
@@ -114,9 +131,16 @@ def count_documents(client: Any, index: str) -> int:
     return int(client.count(index=index)["count"])
 
 
-def index_day(client: Any, s3: Any, bucket: str, day: date, prefix: str = "",
-              config: IndexerConfig | None = None, delete_stale: bool = True,
-              progress: Callable[[str], None] | None = None) -> DayIndexResult:
+def index_day(
+    client: Any,
+    s3: Any,
+    bucket: str,
+    day: date,
+    prefix: str = "",
+    config: IndexerConfig | None = None,
+    delete_stale: bool = True,
+    progress: Callable[[str], None] | None = None,
+) -> DayIndexResult:
     """Reindex one event-time day from `processed/dt=day/` so its indices equal the lake.
 
     Every row is (re)written under its `_id`; then, only if nothing failed, documents that the lake no
@@ -139,21 +163,27 @@ def index_day(client: Any, s3: Any, bucket: str, day: date, prefix: str = "",
         client.indices.refresh(index=",".join(targets), ignore_unavailable=True, allow_no_indices=True)
         if delete_stale:
             keep = set(frame["event_id"].to_list()) if frame.height else set()
-            anomaly_ids = (set(frame.filter(pl.col("anomaly_status") == "ANOMALY")["event_id"].to_list())
-                           if frame.height else set())
+            anomaly_ids = (
+                set(frame.filter(pl.col("anomaly_status") == "ANOMALY")["event_id"].to_list())
+                if frame.height
+                else set()
+            )
             deletes = []
             for index, ids in zip(targets, (keep, anomaly_ids), strict=True):
                 deletes += [(index, doc_id) for doc_id in _stale_ids(client, index, ids, started)]
             for start in range(0, len(deletes), 10_000):
-                body = "".join(json.dumps({"delete": {"_index": i, "_id": d}}) + "\n"
-                               for i, d in deletes[start:start + 10_000])
+                body = "".join(
+                    json.dumps({"delete": {"_index": i, "_id": d}}) + "\n" for i, d in deletes[start : start + 10_000]
+                )
                 client.bulk(body=body, refresh="true")
             result.stale_deleted = len(deletes)
         result.events_count = count_documents(client, targets[0])
         result.anomalies_count = count_documents(client, targets[1])
     if progress:
-        progress(f"{day}: indexed {result.stats.indexed}, failed {result.stats.failed}, "
-                 f"stale deleted {result.stale_deleted} in {result.stats.seconds:.1f}s")
+        progress(
+            f"{day}: indexed {result.stats.indexed}, failed {result.stats.failed}, "
+            f"stale deleted {result.stale_deleted} in {result.stats.seconds:.1f}s"
+        )
     return result
 
 
@@ -166,9 +196,14 @@ class ReplayStats:
     stopped: str | None = None  # why the replay stopped before the last object (objects stay as they are)
 
 
-def replay_failed(client: Any, s3: Any, bucket: str, day: date | str | None = None,
-                  config: IndexerConfig | None = None, progress: Callable[[str], None] | None = None,
-                  ) -> ReplayStats:
+def replay_failed(
+    client: Any,
+    s3: Any,
+    bucket: str,
+    day: date | str | None = None,
+    config: IndexerConfig | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ReplayStats:
     """Re-index the failed-document backup (all of it, or one failure day), deleting what got delivered.
 
     Each object is handled on its own: its documents are re-sent under their original index and `_id`
@@ -192,8 +227,10 @@ def replay_failed(client: Any, s3: Any, bucket: str, day: date | str | None = No
                 "_index": [r["index"] for r in records],
                 "_id": [r["id"] for r in records],
                 "payload": [
-                    json.dumps({"index": {"_index": r["index"], "_id": r["id"]}}) + "\n"
-                    + json.dumps({**r["doc"], "indexed_at": stamp}, separators=(",", ":")) + "\n"
+                    json.dumps({"index": {"_index": r["index"], "_id": r["id"]}})
+                    + "\n"
+                    + json.dumps({**r["doc"], "indexed_at": stamp}, separators=(",", ":"))
+                    + "\n"
                     for r in records
                 ],
             },
@@ -216,10 +253,12 @@ def replay_failed(client: Any, s3: Any, bucket: str, day: date | str | None = No
     return result
 
 
-def search_sink(client: Any, s3: Any, bucket: str, env: Mapping[str, str] | None = None
-                ) -> Callable[[pl.DataFrame], IndexStats]:
-    """The consumer's near-real-time indexing step, configured from the environment."""
-    prefix, config = prefix_from_env(env), IndexerConfig.from_env(env)
+def search_sink(
+    client: Any, s3: Any, bucket: str, prefix: str = "", config: IndexerConfig | None = None
+) -> Callable[[pl.DataFrame], IndexStats]:
+    """The consumer's near-real-time indexing step: each processed batch into the `prefix`ed indices."""
+    check_prefix(prefix)
+    config = config or IndexerConfig()
 
     def sink(frame: pl.DataFrame) -> IndexStats:
         return index_processed_frame(client, frame, s3, bucket, prefix=prefix, config=config)

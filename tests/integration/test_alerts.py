@@ -98,12 +98,14 @@ def _refresh(client, prefix: str) -> None:
 
 
 def test_each_anomaly_reaches_every_sink_once_and_a_failing_webhook_only_delays(
-        client, prefix, s3, bucket, receiver, sns_topic):
+    client, prefix, s3, bucket, receiver, sns_topic
+):
     sns, topic, sns_received = sns_topic
     logged: list[str] = []
     webhook = WebhookSink(receiver.url, attempts=2, backoff_s=0.05)
-    monitor = AlertMonitor(client, s3, bucket, [LogSink(logged.append), webhook, SnsSink(sns, topic)],
-                           prefix=prefix, config=CONFIG)
+    monitor = AlertMonitor(
+        client, s3, bucket, [LogSink(logged.append), webhook, SnsSink(sns, topic)], prefix=prefix, config=CONFIG
+    )
     frame = known_processed_frame()
     first_day = frame.filter(pl.col("event_time").dt.date() == datetime(2024, 3, 1).date())
     index_processed_frame(client, first_day, s3, bucket, prefix)
@@ -117,8 +119,9 @@ def test_each_anomaly_reaches_every_sink_once_and_a_failing_webhook_only_delays(
     assert receiver.ids() == [] and receiver.requests == 2
 
     # Day 2's anomalies arrive between ticks. Tick 2: one more 503, then everything goes through.
-    index_processed_frame(client, frame.filter(pl.col("event_time").dt.date() > datetime(2024, 3, 1).date()),
-                          s3, bucket, prefix)
+    index_processed_frame(
+        client, frame.filter(pl.col("event_time").dt.date() > datetime(2024, 3, 1).date()), s3, bucket, prefix
+    )
     _refresh(client, prefix)
     report = monitor.tick()
     assert report.sent == {"log": 5, "webhook": 8, "sns": 5} and report.errors == {}
@@ -146,8 +149,7 @@ def test_a_sink_down_for_many_ticks_loses_nothing_and_state_survives_a_new_monit
     index_processed_frame(client, known_processed_frame(), s3, bucket, prefix)
     _refresh(client, prefix)
     for _ in range(3):
-        monitor = AlertMonitor(client, s3, bucket, [WebhookSink(down.url, attempts=1)], prefix=prefix,
-                               config=CONFIG)
+        monitor = AlertMonitor(client, s3, bucket, [WebhookSink(down.url, attempts=1)], prefix=prefix, config=CONFIG)
         report = monitor.tick()
         assert report.pending == {"webhook": 8} and report.sent == {"webhook": 0}
     down.close()
@@ -166,18 +168,21 @@ def test_sns_down_delays_only_sns(client, prefix, s3, bucket, settings, sns_topi
     index_processed_frame(client, known_processed_frame(), s3, bucket, prefix)
     _refresh(client, prefix)
     logged: list[str] = []
-    monitor = AlertMonitor(client, s3, bucket, [LogSink(logged.append), SnsSink(sns, missing, name="sns")],
-                           prefix=prefix, config=CONFIG)
+    monitor = AlertMonitor(
+        client, s3, bucket, [LogSink(logged.append), SnsSink(sns, missing, name="sns")], prefix=prefix, config=CONFIG
+    )
     report = monitor.tick()
     assert report.sent == {"log": 8, "sns": 0} and report.pending["sns"] == 8 and "sns" in report.errors
-    monitor = AlertMonitor(client, s3, bucket, [LogSink(logged.append), SnsSink(sns, topic, name="sns")],
-                           prefix=prefix, config=CONFIG)
+    monitor = AlertMonitor(
+        client, s3, bucket, [LogSink(logged.append), SnsSink(sns, topic, name="sns")], prefix=prefix, config=CONFIG
+    )
     assert monitor.tick().sent == {"log": 0, "sns": 8}
     assert sorted(received()) == ANOMALY_IDS and len(logged) == 8
 
     # build_sinks wires the same sinks from the settings.
-    sinks = build_sinks(replace(settings, sns_topic_arn=topic, alert_webhook_url="http://127.0.0.1:9/x"),
-                        log=logged.append, sns=sns)
+    sinks = build_sinks(
+        replace(settings, sns_topic_arn=topic, alert_webhook_url="http://127.0.0.1:9/x"), log=logged.append, sns=sns
+    )
     assert [s.name for s in sinks] == ["log", "webhook", "sns"]
 
 
@@ -191,8 +196,9 @@ def test_threshold_breaches_alert_once_per_rise(client, prefix, s3, bucket):
         layout.put(s3, bucket, f"{layout.day_prefix('errors', today)}hour=01/shard-{n}.jsonl.gz", b"x")
     layout.put(s3, bucket, f"{layout.day_prefix('search-failed', today - timedelta(days=1))}hour=23/a.jsonl.gz", b"x")
     report = monitor.tick()
-    assert sorted(report.thresholds) == sorted([f"errors/dt={today}/ 0->2",
-                                                f"search-failed/dt={today - timedelta(days=1)}/ 0->1"])
+    assert sorted(report.thresholds) == sorted(
+        [f"errors/dt={today}/ 0->2", f"search-failed/dt={today - timedelta(days=1)}/ 0->1"]
+    )
     assert monitor.tick().thresholds == [] and len(logged) == 2
 
     layout.put(s3, bucket, f"{layout.day_prefix('errors', today)}hour=02/shard-9.jsonl.gz", b"x")
@@ -201,22 +207,23 @@ def test_threshold_breaches_alert_once_per_rise(client, prefix, s3, bucket):
     assert "rose from 2 to 3" in logged[-1]
 
 
-def test_alert_sensor_runs_in_dagster(client, prefix, s3, bucket, settings, receiver, monkeypatch):
+def test_alert_sensor_runs_in_dagster(client, prefix, s3, bucket, settings, receiver):
     from dagster import build_sensor_context
     from dagster_aws.s3 import S3Resource
 
-    from resources import LakeResource, OpenSearchResource
+    from resources import AlertsResource, LakeResource, OpenSearchResource, SNSResource
     from sensors.alerts import search_alerts_sensor
 
     index_processed_frame(client, known_processed_frame(), s3, bucket, prefix)
     _refresh(client, prefix)
-    monkeypatch.setenv("ETL_OPENSEARCH_INDEX_PREFIX", prefix)
-    monkeypatch.setenv("ETL_ALERT_WEBHOOK_URL", receiver.url)
     receiver.fail_first = 0
-    s3_resource = S3Resource(region_name=settings.aws_region, endpoint_url=settings.s3_endpoint,
-                             **settings.local_credentials)
-    resources = {"opensearch": OpenSearchResource(url=settings.opensearch_url, verify_certs=False),
-                 "lake": LakeResource(bucket=bucket, s3=s3_resource)}
+    aws = {"region_name": settings.aws_region, **settings.local_credentials}
+    sns = SNSResource(endpoint_url=settings.sns_endpoint, **aws)  # no topic configured: the webhook and the log
+    resources = {
+        "opensearch": OpenSearchResource(url=settings.opensearch_url, verify_certs=False, index_prefix=prefix),
+        "lake": LakeResource(bucket=bucket, s3=S3Resource(endpoint_url=settings.s3_endpoint, **aws)),
+        "alerts": AlertsResource(alert_webhook_url=receiver.url, sns=sns),
+    }
     # The production defaults skip anomalies that arrived over 2 days ago; this data is from 2024, so
     # the sensor must report them as read but alert none (a backfill pages nobody).
     with build_sensor_context(resources=resources) as context:
@@ -224,7 +231,8 @@ def test_alert_sensor_runs_in_dagster(client, prefix, s3, bucket, settings, rece
     assert "0 new alerts" in result.skip_message and receiver.ids() == []
 
     fresh = known_processed_frame().with_columns(
-        pl.lit(datetime.now(UTC)).dt.cast_time_unit("us").alias("arrival_time"))
+        pl.lit(datetime.now(UTC)).dt.cast_time_unit("us").alias("arrival_time")
+    )
     index_processed_frame(client, fresh, s3, bucket, prefix)
     _refresh(client, prefix)
     with build_sensor_context(resources=resources) as context:

@@ -79,14 +79,17 @@ def test_alarms_are_created_in_cloudwatch(cloudwatch, unique_name):
 def test_local_evaluation(cloudwatch, unique_name, now):
     alarms = {a.name: a for a in load_alarms()}
     stream = unique_name
-    m.publish(cloudwatch, [
-        m.datum(m.DELIVERY_ERRORS, 0, "Count", stream, minute(now, 3)),
-        m.datum(m.DELIVERY_ERRORS, 2, "Count", stream, minute(now, 1)),
-        m.datum(m.WRITE_THROTTLED, 0, "Count", stream, minute(now, 1)),
-        *[m.datum(m.ITERATOR_AGE, 700_000 + i, "Milliseconds", stream, minute(now, i)) for i in range(1, 6)],
-        *[m.datum(m.HOST_CPU, 90, "Percent", stream, minute(now, i)) for i in (1, 2, 4, 5)],  # minute 3 missing
-        m.datum(m.DELIVERY_ERRORS, 9, "Count", stream, now),  # the current, incomplete minute is not evaluated
-    ])
+    m.publish(
+        cloudwatch,
+        [
+            m.datum(m.DELIVERY_ERRORS, 0, "Count", stream, minute(now, 3)),
+            m.datum(m.DELIVERY_ERRORS, 2, "Count", stream, minute(now, 1)),
+            m.datum(m.WRITE_THROTTLED, 0, "Count", stream, minute(now, 1)),
+            *[m.datum(m.ITERATOR_AGE, 700_000 + i, "Milliseconds", stream, minute(now, i)) for i in range(1, 6)],
+            *[m.datum(m.HOST_CPU, 90, "Percent", stream, minute(now, i)) for i in (1, 2, 4, 5)],  # minute 3 missing
+            m.datum(m.DELIVERY_ERRORS, 9, "Count", stream, now),  # the current, incomplete minute is not evaluated
+        ],
+    )
     states = {s.alarm.name: s for s in evaluate_states(cloudwatch, list(alarms.values()), stream, now)}
     assert states["Delivery-To-S3-Failures"].state == ALARM
     assert states["Delivery-To-S3-Failures"].values == (2,)
@@ -102,11 +105,26 @@ def test_local_evaluation(cloudwatch, unique_name, now):
 
     # A stream without data: insufficient data, or OK where missing data is "notBreaching".
     empty = {s.alarm.name: s.state for s in evaluate_states(cloudwatch, list(alarms.values()), f"{stream}-x", now)}
-    assert empty == {"Kinesis-Stream-Throttling": OK, "Consumer-Host-CPU-High": INSUFFICIENT,
-                     "Delivery-To-S3-Failures": OK, "Consumer-Lag": INSUFFICIENT}
+    assert empty == {
+        "Kinesis-Stream-Throttling": OK,
+        "Consumer-Host-CPU-High": INSUFFICIENT,
+        "Delivery-To-S3-Failures": OK,
+        "Consumer-Lag": INSUFFICIENT,
+    }
     # treat_missing_data: breaching makes silence an alarm (e.g. a heartbeat).
-    (heartbeat,) = parse_alarms({"alarms": [{"name": "No-Data", "metric": m.RECORDS_PROCESSED, "threshold": 0,
-                                             "comparison": "LessThanThreshold", "treat_missing_data": "breaching"}]})
+    (heartbeat,) = parse_alarms(
+        {
+            "alarms": [
+                {
+                    "name": "No-Data",
+                    "metric": m.RECORDS_PROCESSED,
+                    "threshold": 0,
+                    "comparison": "LessThanThreshold",
+                    "treat_missing_data": "breaching",
+                }
+            ]
+        }
+    )
     assert evaluate_states(cloudwatch, [heartbeat], f"{stream}-x", now)[0].state == ALARM
 
 
@@ -129,19 +147,21 @@ class _Webhook(BaseHTTPRequestHandler):
 
 
 @pytest.fixture
-def webhook(monkeypatch):
+def webhook():
+    """The receiver's URL; what it accepted is `_Webhook.received`."""
     server = HTTPServer(("127.0.0.1", 0), _Webhook)
     _Webhook.received, _Webhook.down = [], False
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    monkeypatch.delenv("ETL_PROFILE", raising=False)
-    monkeypatch.setenv("ETL_ALERT_WEBHOOK_URL", f"http://127.0.0.1:{server.server_port}/alerts")
-    yield _Webhook.received
+    yield f"http://127.0.0.1:{server.server_port}/alerts"
     server.shutdown()
 
 
 def test_alarm_sensor_alerts_once_per_breach(cloudwatch, s3, settings, bucket, unique_name, webhook, now):
-    resources = build_resources(dataclasses.replace(settings, stream_name=unique_name, lake_bucket=bucket))
+    resources = build_resources(
+        dataclasses.replace(settings, stream_name=unique_name, lake_bucket=bucket, alert_webhook_url=webhook)
+    )
+    received = _Webhook.received
     m.publish(cloudwatch, [m.datum(m.DELIVERY_ERRORS, 3, "Count", unique_name, minute(now, 1))])
     instance = DagsterInstance.ephemeral()
     cursor = None
@@ -156,12 +176,12 @@ def test_alarm_sensor_alerts_once_per_breach(cloudwatch, s3, settings, bucket, u
     _Webhook.down = True  # first tick: the receiver is down, the alert stays pending in its outbox
     result = tick()
     assert "Delivery-To-S3-Failures=ALARM" in result.skip_message and "sink errors" in result.skip_message
-    assert webhook == []
+    assert received == []
     _Webhook.down = False
     tick()  # no new breach (same alarm, same period), but the pending alert goes out now
     tick()  # and only once
-    assert len(webhook) == 1
-    key, alert = webhook[0]
+    assert len(received) == 1
+    key, alert = received[0]
     assert alert["kind"] == "alarm" and alert["id"] == key
     assert alert["details"]["alarm"] == "Delivery-To-S3-Failures" and alert["details"]["values"] == [3]
     state = json.loads(cursor)
@@ -172,10 +192,21 @@ def test_alarm_sensor_alerts_once_per_breach(cloudwatch, s3, settings, bucket, u
 
 
 def test_batch_metrics_and_failure_hook_publish(cloudwatch, settings, unique_name):
-    result = BatchResult(shard_id="shardId-000000000000", records=5, events=5, anomalies=1, committed=True,
-                         millis_behind_latest=42, max_latency_s=1.5, timings={"total": 0.2})
+    resources = build_resources(dataclasses.replace(settings, stream_name=unique_name))
+    result = BatchResult(
+        shard_id="shardId-000000000000",
+        records=5,
+        events=5,
+        anomalies=1,
+        committed=True,
+        millis_behind_latest=42,
+        max_latency_s=1.5,
+        timings={"total": 0.2},
+    )
     warnings = []
-    publish_batch_metrics(unique_name, result, log=type("Log", (), {"warning": staticmethod(warnings.append)}))
+    publish_batch_metrics(
+        resources["cloudwatch"], unique_name, result, log=type("Log", (), {"warning": staticmethod(warnings.append)})
+    )
     assert warnings == []
 
     def read(name: str, stat: str) -> float | None:
@@ -193,7 +224,6 @@ def test_batch_metrics_and_failure_hook_publish(cloudwatch, settings, unique_nam
     def failing_job() -> None:
         failing_batch()
 
-    resources = build_resources(dataclasses.replace(settings, stream_name=unique_name))
     outcome = failing_job.execute_in_process(resources=resources, raise_on_error=False)
     assert not outcome.success
     assert read(m.DELIVERY_ERRORS, "Sum") == 1

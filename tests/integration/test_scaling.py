@@ -21,22 +21,25 @@ from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
 from etl_platform.stream.producer import KinesisProducer
 from etl_platform.stream.sources import demo_mix
 from resources import build_resources
-from sensors.scaling import kinesis_scaling_job
+from sensors.scaling_schedule import kinesis_scaling_job
 from tests.integration.pipeline_helpers import assert_same_results, lake_rows, one_pass
 
 pytestmark = pytest.mark.stack
 
 
-def publish_load(cloudwatch, stream: str, records_per_s: float, bytes_per_record: int, end: datetime,
-                 minutes: int = 5) -> None:
+def publish_load(
+    cloudwatch, stream: str, records_per_s: float, bytes_per_record: int, end: datetime, minutes: int = 5
+) -> None:
     """IncomingRecords/IncomingBytes as producers report them: one datum per minute before `end`, all
     inside the window a scaler reading at `end` looks at."""
     datums = []
     for back in range(minutes):
         at = end - timedelta(seconds=60 * back + 1)
         count = records_per_s * 60
-        datums += [m.datum(m.INCOMING_RECORDS, count, "Count", stream, at),
-                   m.datum(m.INCOMING_BYTES, count * bytes_per_record, "Bytes", stream, at)]
+        datums += [
+            m.datum(m.INCOMING_RECORDS, count, "Count", stream, at),
+            m.datum(m.INCOMING_BYTES, count * bytes_per_record, "Bytes", stream, at),
+        ]
     m.publish(cloudwatch, datums)
 
 
@@ -47,7 +50,8 @@ def resources(settings, stream, bucket):
 
 def run_job(resources, **config):
     result = kinesis_scaling_job.execute_in_process(
-        resources=resources, instance=DagsterInstance.ephemeral(),
+        resources=resources,
+        instance=DagsterInstance.ephemeral(),
         run_config={"ops": {"scale_kinesis_stream": {"config": {"wait_s": 30, **config}}}},
     )
     assert result.success
@@ -63,8 +67,9 @@ def test_job_scales_out_under_sustained_load_and_records_why(kinesis, s3, cloudw
     decision = result.output_for_node("scale_kinesis_stream")["decision"]
     assert (decision["action"], decision["current_shards"], decision["target_shards"]) == ("scale_out", 2, 4)
     assert "need 4 shards at 70% target utilization (records-bound)" in decision["reason"]
-    observations = [e.event_specific_data.asset_observation for e in result.all_events
-                    if e.event_type_value == "ASSET_OBSERVATION"]
+    observations = [
+        e.event_specific_data.asset_observation for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+    ]
     assert observations[0].asset_key.to_user_string() == "kinesis_stream"
     assert observations[0].metadata["target_shards"].value == 4
     (entry,) = ScalingHistory(s3, bucket, stream).entries()

@@ -39,8 +39,9 @@ def refresh(client, prefix: str) -> None:
 
 
 def ids_in(client, index: str) -> list[str]:
-    result = client.search(index=index, body={"size": 1000, "_source": False, "sort": [{"event_id": "asc"}]},
-                           ignore_unavailable=True)
+    result = client.search(
+        index=index, body={"size": 1000, "_source": False, "sort": [{"event_id": "asc"}]}, ignore_unavailable=True
+    )
     return [hit["_id"] for hit in result["hits"]["hits"]]
 
 
@@ -84,8 +85,9 @@ def test_index_frame_gives_one_document_per_event_and_anomalies_only_in_anomalie
     doc = client.get(index=index, id="alice-click-03")["_source"]
     assert doc["event_time"] == "2024-03-01T10:03:00.000000Z" and doc["value"] == 1003.0
     assert doc["anomaly_status"] == "ANOMALY" and doc["attributes"] == {"n": 3, "nested": {"tag": "alice-3"}}
-    hits = client.search(index=indices.alias_name("events", prefix),
-                         body={"query": {"term": {"attributes.nested.tag": "alice-3"}}})["hits"]["hits"]
+    hits = client.search(
+        index=indices.alias_name("events", prefix), body={"query": {"term": {"attributes.nested.tag": "alice-3"}}}
+    )["hits"]["hits"]
     assert [h["_id"] for h in hits] == ["alice-click-03"]
     assert indices.ensure_templates(client, prefix) == []  # idempotent
 
@@ -100,13 +102,19 @@ def test_reindexing_changes_no_count_and_removes_rows_the_lake_dropped(client, p
         counts = day_counts(client, s3, bucket, day, prefix)
         assert counts.matches, counts.describe()
         assert (result.events_count, result.anomalies_count, result.stale_deleted) == (
-            KNOWN_ANSWERS["events_per_day"][day.isoformat()], KNOWN_ANSWERS["anomalies_per_day"][day.isoformat()], 0)
+            KNOWN_ANSWERS["events_per_day"][day.isoformat()],
+            KNOWN_ANSWERS["anomalies_per_day"][day.isoformat()],
+            0,
+        )
     assert client.count(index=indices.alias_name("events", prefix))["count"] == 25
 
     # A replay changed the lake: one row gone, one anomaly now normal. Reindexing the day follows.
     changed = frame.filter(pl.col("event_id") != "alice-click-00").with_columns(
-        pl.when(pl.col("event_id") == "alice-click-03").then(pl.lit("NORMAL"))
-        .otherwise(pl.col("anomaly_status")).alias("anomaly_status"))
+        pl.when(pl.col("event_id") == "alice-click-03")
+        .then(pl.lit("NORMAL"))
+        .otherwise(pl.col("anomaly_status"))
+        .alias("anomaly_status")
+    )
     for key in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, DAY1)):
         s3.delete_object(Bucket=bucket, Key=key)
     write_processed(s3, bucket, changed.filter(pl.col("event_time").dt.date() == DAY1))
@@ -122,14 +130,16 @@ def test_search_questions_return_the_known_answers(client, prefix, s3, bucket, c
     refresh(client, prefix)
     start, end = datetime(2024, 3, 1, tzinfo=UTC), datetime(2024, 3, 3, tzinfo=UTC)
 
-    rows = queries.user_events(client, "alice", datetime(2024, 3, 1, 10, 2, tzinfo=UTC),
-                               datetime(2024, 3, 1, 10, 6, tzinfo=UTC), prefix)
+    rows = queries.user_events(
+        client, "alice", datetime(2024, 3, 1, 10, 2, tzinfo=UTC), datetime(2024, 3, 1, 10, 6, tzinfo=UTC), prefix
+    )
     assert [r["event_id"] for r in rows] == [f"alice-click-{i:02d}" for i in (2, 3, 4, 5)]
     assert [r["anomaly_status"] for r in rows] == ["NORMAL", "ANOMALY", "NORMAL", "NORMAL"]
     # Paging with search_after: a limit above the page size still returns everything, in order.
     assert len(queries.user_events(client, "bob", start, end, prefix, limit=3)) == 3
     assert [r["event_time"] for r in queries.user_events(client, "bob", start, end, prefix)] == sorted(
-        r["event_time"] for r in queries.user_events(client, "bob", start, end, prefix))
+        r["event_time"] for r in queries.user_events(client, "bob", start, end, prefix)
+    )
 
     breakdown = queries.anomaly_breakdown(client, start, end, prefix)
     assert [(r["event_type"], r["source"], r["anomalies"]) for r in breakdown] == KNOWN_ANSWERS["breakdown"]
@@ -233,8 +243,11 @@ def test_node_unreachable_backs_up_every_document_and_replay_delivers_all(client
     backed_up = list(iter_failed(s3, bucket))
     assert sorted((r["index"], r["id"]) for r in backed_up) == sorted(
         [(indices.index_name("events", r["event_time"], prefix), r["event_id"]) for r in frame.iter_rows(named=True)]
-        + [(indices.index_name("anomalies", r["event_time"], prefix), r["event_id"])
-           for r in frame.filter(pl.col("anomaly_status") == "ANOMALY").iter_rows(named=True)])
+        + [
+            (indices.index_name("anomalies", r["event_time"], prefix), r["event_id"])
+            for r in frame.filter(pl.col("anomaly_status") == "ANOMALY").iter_rows(named=True)
+        ]
+    )
     assert all(r["doc"]["event_id"] == r["id"] and "ConnectionError" in r["error"] for r in backed_up)
     assert stats.backup_objects == layout.list_keys(s3, bucket, "search-failed/")
     assert stats.backup_objects[0].startswith(f"search-failed/dt={datetime.now(UTC).date().isoformat()}/hour=")
@@ -264,8 +277,9 @@ def test_node_down_for_a_while_delays_indexing_without_failures(client, prefix, 
     config = IndexerConfig(max_total_wait_s=30, initial_backoff_s=0.1, max_backoff_s=0.5)
     indices.ensure_templates(client, prefix)
     result = {}
-    worker = threading.Thread(target=lambda: result.update(
-        stats=index_processed_frame(via_proxy, frame, s3, bucket, prefix, config)))
+    worker = threading.Thread(
+        target=lambda: result.update(stats=index_processed_frame(via_proxy, frame, s3, bucket, prefix, config))
+    )
     worker.start()
     time.sleep(1.5)
     proxy.up()
@@ -297,8 +311,10 @@ def test_rejected_documents_are_backed_up_not_retried_and_replay_after_the_fix(c
     assert (counts.indexed_docs, counts.indexed_anomalies) == (16, 3)
 
 
-@pytest.mark.skipif(os.environ.get("ETL_TEST_RESTART_OPENSEARCH") != "1",
-                    reason="stops the shared node for ~12 s; set ETL_TEST_RESTART_OPENSEARCH=1 to run")
+@pytest.mark.skipif(
+    os.environ.get("ETL_TEST_RESTART_OPENSEARCH") != "1",
+    reason="stops the shared node for ~12 s; set ETL_TEST_RESTART_OPENSEARCH=1 to run",
+)
 def test_real_node_restart(node, prefix, s3, bucket):
     frame = known_processed_frame()
     direct = OpenSearch(node.endpoint(), timeout=5, max_retries=0)
@@ -316,23 +332,24 @@ def test_real_node_restart(node, prefix, s3, bucket):
 
 
 # --- Dagster --------------------------------------------------------------------------------------
-def test_search_index_asset_and_its_check(client, prefix, s3, bucket, settings, monkeypatch):
+def test_search_index_asset_and_its_check(client, prefix, s3, bucket, settings):
     from dagster import materialize
     from dagster_aws.s3 import S3Resource
 
     from assets.search import search_index, search_index_matches_lake
     from resources import LakeResource, OpenSearchResource
 
-    monkeypatch.setenv("ETL_OPENSEARCH_INDEX_PREFIX", prefix)
     write_processed(s3, bucket, known_processed_frame())
     resources = {
-        "opensearch": OpenSearchResource(url=settings.opensearch_url, verify_certs=False),
-        "lake": LakeResource(bucket=bucket, s3=S3Resource(region_name=settings.aws_region,
-                                                          endpoint_url=settings.s3_endpoint,
-                                                          **settings.local_credentials)),
+        "opensearch": OpenSearchResource(url=settings.opensearch_url, verify_certs=False, index_prefix=prefix),
+        "lake": LakeResource(
+            bucket=bucket,
+            s3=S3Resource(
+                region_name=settings.aws_region, endpoint_url=settings.s3_endpoint, **settings.local_credentials
+            ),
+        ),
     }
-    result = materialize([search_index, search_index_matches_lake], partition_key="2024-03-02",
-                         resources=resources)
+    result = materialize([search_index, search_index_matches_lake], partition_key="2024-03-02", resources=resources)
     assert result.success
     metadata = result.asset_materializations_for_node("search_index")[0].metadata
     assert (metadata["docs_indexed"].value, metadata["anomalies_indexed"].value, metadata["failed"].value) == (9, 5, 0)

@@ -14,7 +14,7 @@ from assets.lake_checks import processed_matches_raw, processed_schema_and_keys
 from etl_platform.lake import layout
 from etl_platform.stream.producer import KinesisProducer
 from etl_platform.stream.sources import demo_mix
-from resources import build_resources
+from resources import KinesisResource, build_resources
 from sensors.kinesis import SHARD_TAG, kinesis_microbatch_job, kinesis_microbatch_sensor
 from tests.integration.pipeline_helpers import assert_same_results, lake_rows, one_pass
 
@@ -23,7 +23,17 @@ pytestmark = pytest.mark.stack
 
 @pytest.fixture
 def resources(settings, stream, bucket):
-    return build_resources(dataclasses.replace(settings, stream_name=stream, lake_bucket=bucket))
+    resources = build_resources(dataclasses.replace(settings, stream_name=stream, lake_bucket=bucket))
+    # No buffer interval: a shard with new records is due on every tick, so a few ticks drain the stream.
+    resources["kinesis"] = KinesisResource(
+        stream_name=stream,
+        region_name=settings.aws_region,
+        endpoint_url=settings.kinesis_endpoint,
+        analytics=resources["analytics"],
+        buffer_interval_s=0,
+        **settings.local_credentials,
+    )
+    return resources
 
 
 def run_sensor_until_idle(instance, resources, max_ticks: int = 20) -> list:
@@ -40,15 +50,17 @@ def run_sensor_until_idle(instance, resources, max_ticks: int = 20) -> list:
         assert len({r.tags[SHARD_TAG] for r in requests}) == len(requests)
         for request in requests:
             outcome = kinesis_microbatch_job.execute_in_process(
-                run_config=request.run_config, resources=resources, instance=instance, tags=request.tags,
+                run_config=request.run_config,
+                resources=resources,
+                instance=instance,
+                tags=request.tags,
             )
             assert outcome.success
             runs.append(outcome)
     raise AssertionError("sensor kept requesting runs")
 
 
-def test_sensor_launches_shard_runs_that_materialize_partitions(kinesis, s3, stream, bucket, resources, monkeypatch):
-    monkeypatch.setenv("ETL_BUFFER_INTERVAL_S", "0")
+def test_sensor_launches_shard_runs_that_materialize_partitions(kinesis, s3, stream, bucket, resources):
     start = datetime(2026, 4, 2, 23, 0, tzinfo=UTC)
     KinesisProducer(kinesis, stream).send(demo_mix(400, seed=11, start=start, users=8, spike_rate=0.03))
     instance = DagsterInstance.ephemeral()
@@ -69,7 +81,8 @@ def test_sensor_launches_shard_runs_that_materialize_partitions(kinesis, s3, str
 
     # A backfill of one day (as launched from the UI) replays it from raw: same rows, same objects.
     day = sorted(days)[-1]
-    before = {k: layout.get(s3, bucket, k) for k in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day))}
+    day_keys = layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day))
+    before = {k: layout.get(s3, bucket, k) for k in day_keys}
     for key in before:
         s3.delete_object(Bucket=bucket, Key=key)
     result = materialize([processed_events], partition_key=day, resources=resources, instance=instance)
@@ -84,7 +97,10 @@ def test_sensor_launches_shard_runs_that_materialize_partitions(kinesis, s3, str
 
     # The lake's checks pass on the day, and the raw -> processed reconciliation catches a lost object.
     checks = [processed_matches_raw, processed_schema_and_keys]
-    evaluations = materialize([processed_events, *checks], partition_key=day, resources=resources,
-                              instance=instance).get_asset_check_evaluations()
+    evaluations = materialize(
+        [processed_events, *checks], partition_key=day, resources=resources, instance=instance
+    ).get_asset_check_evaluations()
     assert {(e.check_name, e.passed) for e in evaluations} == {
-        ("processed_matches_raw", True), ("processed_schema_and_keys", True)}
+        ("processed_matches_raw", True),
+        ("processed_schema_and_keys", True),
+    }

@@ -45,16 +45,21 @@ def index_prefix(settings):
 
 
 def test_stream_positions_flow_into_the_warehouse_and_the_index(
-    settings, kinesis, s3, stream, bucket, schema, index_prefix, monkeypatch
+    settings, kinesis, s3, stream, bucket, schema, index_prefix
 ):
     client, prefix = index_prefix
-    monkeypatch.setenv("ETL_OPENSEARCH_INDEX_PREFIX", prefix)
     events = list(demo_mix(400, seed=21, start=datetime(2026, 7, 1, 12, tzinfo=UTC), users=9, spike_rate=0.03))
     producer = KinesisProducer(kinesis, stream, compress=True)
     producer.send(events[:200])
     producer.send_kpl_aggregated(events[200:])
-    consumer = StreamConsumer(kinesis, s3, bucket, stream, ConsumerConfig(max_records=150),
-                              search_sink=search_sink(client, s3, bucket))
+    consumer = StreamConsumer(
+        kinesis,
+        s3,
+        bucket,
+        stream,
+        ConsumerConfig(max_records=150),
+        search_sink=search_sink(client, s3, bucket, prefix),
+    )
     results = consumer.drain()
     assert sum(r.search_indexed for r in results) >= 400 and sum(r.search_failed for r in results) == 0
 

@@ -86,22 +86,25 @@ def test_deploy_config_is_valid(raw, dummy_env, tmp_path):
 def test_sensor_tags_match_the_queue_limits(raw):
     """The tags the code puts on runs are the ones the queue limits."""
     from sensors.kinesis import SHARD_TAG
-    from sensors.scaling import SCALER_TAG
+    from sensors.scaling_schedule import SCALER_TAG
 
     keys = {t["key"] for t in raw["run_coordinator"]["config"]["tag_concurrency_limits"]}
     assert {SHARD_TAG, SCALER_TAG} <= keys
 
 
-@pytest.mark.parametrize("path,typo", [
-    (("run_retries",), "run_retrys"),  # top-level key
-    (("run_retries", "max_retries"), "max_retry"),
-    (("storage", "postgres", "postgres_db", "hostname"), "hostnme"),
-    (("run_coordinator", "config", "tag_concurrency_limits"), "tag_concurrency_limit"),
-    (("run_launcher", "config", "container_name"), "container_nme"),
-    (("run_launcher", "config", "run_resources", "memory"), "mem"),
-    (("compute_logs", "config", "prefix"), "prefx"),
-    (("run_monitoring", "start_timeout_seconds"), "start_timeout_secs"),
-])
+@pytest.mark.parametrize(
+    "path,typo",
+    [
+        (("run_retries",), "run_retrys"),  # top-level key
+        (("run_retries", "max_retries"), "max_retry"),
+        (("storage", "postgres", "postgres_db", "hostname"), "hostnme"),
+        (("run_coordinator", "config", "tag_concurrency_limits"), "tag_concurrency_limit"),
+        (("run_launcher", "config", "container_name"), "container_nme"),
+        (("run_launcher", "config", "run_resources", "memory"), "mem"),
+        (("compute_logs", "config", "prefix"), "prefx"),
+        (("run_monitoring", "start_timeout_seconds"), "start_timeout_secs"),
+    ],
+)
 def test_a_misspelled_key_fails(raw, dummy_env, tmp_path, path, typo):
     config = copy.deepcopy(raw)
     parent = config

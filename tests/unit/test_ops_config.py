@@ -34,18 +34,21 @@ def test_committed_alarms_are_valid_and_cover_the_seed():
     assert all(a.description for a in alarms.values())
 
 
-@pytest.mark.parametrize("mutate,fragment", [
-    (lambda a: a.pop("metric"), "alarm 'A': missing required key `metric`"),
-    (lambda a: a.update(treshold=3), "alarm 'A': unknown key(s) ['treshold']"),
-    (lambda a: a.update(comparison=">"), "alarm 'A': `comparison` is '>'"),
-    (lambda a: a.update(statistic="p99"), "alarm 'A': `statistic` is 'p99'"),
-    (lambda a: a.update(period_s=90), "alarm 'A': `period_s` must be a multiple of 60"),
-    (lambda a: a.update(evaluation_periods=0), "alarm 'A': `evaluation_periods` must be at least 1"),
-    (lambda a: a.update(evaluation_periods=2, datapoints_to_alarm=3), "`datapoints_to_alarm` (3) exceeds"),
-    (lambda a: a.update(period_s=3600, evaluation_periods=25), "exceeds one day"),
-    (lambda a: a.update(threshold="high"), "alarm 'A': `threshold` must be a number"),
-    (lambda a: a.update(treat_missing_data="zero"), "`treat_missing_data` is 'zero'"),
-])
+@pytest.mark.parametrize(
+    "mutate,fragment",
+    [
+        (lambda a: a.pop("metric"), "alarm 'A': missing required key `metric`"),
+        (lambda a: a.update(treshold=3), "alarm 'A': unknown key(s) ['treshold']"),
+        (lambda a: a.update(comparison=">"), "alarm 'A': `comparison` is '>'"),
+        (lambda a: a.update(statistic="p99"), "alarm 'A': `statistic` is 'p99'"),
+        (lambda a: a.update(period_s=90), "alarm 'A': `period_s` must be a multiple of 60"),
+        (lambda a: a.update(evaluation_periods=0), "alarm 'A': `evaluation_periods` must be at least 1"),
+        (lambda a: a.update(evaluation_periods=2, datapoints_to_alarm=3), "`datapoints_to_alarm` (3) exceeds"),
+        (lambda a: a.update(period_s=3600, evaluation_periods=25), "exceeds one day"),
+        (lambda a: a.update(threshold="high"), "alarm 'A': `threshold` must be a number"),
+        (lambda a: a.update(treat_missing_data="zero"), "`treat_missing_data` is 'zero'"),
+    ],
+)
 def test_alarm_validation_names_alarm_and_key(mutate, fragment):
     alarm = dict(GOOD_ALARM)
     mutate(alarm)
@@ -77,8 +80,17 @@ def test_alarm_defaults_and_condition():
 
 # --- metrics --------------------------------------------------------------------------------------
 def test_batch_metrics_from_a_committed_batch():
-    result = BatchResult(shard_id="s-0", records=10, events=9, errors=1, anomalies=2, committed=True,
-                         millis_behind_latest=1500, max_latency_s=4.5, timings={"total": 0.8})
+    result = BatchResult(
+        shard_id="s-0",
+        records=10,
+        events=9,
+        errors=1,
+        anomalies=2,
+        committed=True,
+        millis_behind_latest=1500,
+        max_latency_s=4.5,
+        timings={"total": 0.8},
+    )
     datums = {d["MetricName"]: d for d in m.batch_metrics("st", result)}
     assert datums[m.RECORDS_PROCESSED]["Value"] == 9
     assert datums[m.RECORDS_REJECTED]["Value"] == 1
@@ -96,8 +108,12 @@ def test_batch_metrics_from_a_committed_batch():
 
 
 def test_producer_metrics():
-    stats = ProducerStats(sent=100, records=40, bytes=12_345,
-                          error_codes=Counter({"ProvisionedThroughputExceededException": 3, "InternalFailure": 1}))
+    stats = ProducerStats(
+        sent=100,
+        records=40,
+        bytes=12_345,
+        error_codes=Counter({"ProvisionedThroughputExceededException": 3, "InternalFailure": 1}),
+    )
     datums = {d["MetricName"]: d["Value"] for d in m.producer_metrics("st", stats)}
     assert datums == {m.INCOMING_RECORDS: 40, m.INCOMING_BYTES: 12_345, m.WRITE_THROTTLED: 3}
 
@@ -108,8 +124,10 @@ def test_host_cpu_is_a_percentage():
 
 
 def test_combine_datapoints():
-    points = [{"Sum": 10, "SampleCount": 2, "Maximum": 7, "Minimum": 3},
-              {"Sum": 30, "SampleCount": 3, "Maximum": 12, "Minimum": 9}]
+    points = [
+        {"Sum": 10, "SampleCount": 2, "Maximum": 7, "Minimum": 3},
+        {"Sum": 30, "SampleCount": 3, "Maximum": 12, "Minimum": 9},
+    ]
     assert m.combine_datapoints(points, "Sum") == 40
     assert m.combine_datapoints(points, "Average") == 8
     assert m.combine_datapoints(points, "Maximum") == 12
@@ -129,17 +147,23 @@ def test_committed_lake_config():
     assert not any(r["Filter"]["Prefix"].startswith("_") for r in rules.values())
 
 
-@pytest.mark.parametrize("patch,fragment", [
-    ({"stream": {"retention_hours": 12}}, "stream.retention_hours must be in 24..8760"),
-    ({"stream": {"encryption": "AES"}}, "stream.encryption 'AES'"),
-    ({"bucket": {"lifecycle": {"raw": {"transition_to_ia_days": 7}}}}, "bucket.lifecycle.raw.transition_to_ia_days"),
-    ({"bucket": {"lifecycle": {"raw": {"transition_to_ia_days": 30, "expire_days": 30}}}}, "must be after"),
-    ({"bucket": {"lifecycle": {"_checkpoints": {"expire_days": 1}}}}, "never expire"),
-    ({"bucket": {"lifecycle": {"raw": {"expire_day": 1}}}}, "unknown key(s) ['expire_day']"),
-    ({"bucket": {"encrypt": "aws:kms"}}, "unknown key(s) ['encrypt'] under `bucket`"),
-    ({"kms": {"alias": "etl"}}, "kms.alias 'etl'"),
-    ({"stream": {"retention_hours": "24"}}, "stream.retention_hours must be an integer"),
-])
+@pytest.mark.parametrize(
+    "patch,fragment",
+    [
+        ({"stream": {"retention_hours": 12}}, "stream.retention_hours must be in 24..8760"),
+        ({"stream": {"encryption": "AES"}}, "stream.encryption 'AES'"),
+        (
+            {"bucket": {"lifecycle": {"raw": {"transition_to_ia_days": 7}}}},
+            "bucket.lifecycle.raw.transition_to_ia_days",
+        ),
+        ({"bucket": {"lifecycle": {"raw": {"transition_to_ia_days": 30, "expire_days": 30}}}}, "must be after"),
+        ({"bucket": {"lifecycle": {"_checkpoints": {"expire_days": 1}}}}, "never expire"),
+        ({"bucket": {"lifecycle": {"raw": {"expire_day": 1}}}}, "unknown key(s) ['expire_day']"),
+        ({"bucket": {"encrypt": "aws:kms"}}, "unknown key(s) ['encrypt'] under `bucket`"),
+        ({"kms": {"alias": "etl"}}, "kms.alias 'etl'"),
+        ({"stream": {"retention_hours": "24"}}, "stream.retention_hours must be an integer"),
+    ],
+)
 def test_lake_config_errors_name_the_key(patch, fragment):
     data = yaml.safe_load((REPO / "config" / "lake.yaml").read_text())
     for section, values in patch.items():
@@ -150,8 +174,14 @@ def test_lake_config_errors_name_the_key(patch, fragment):
 
 
 def test_render_policy_fills_every_placeholder():
-    values = {"AWS::Region": "us-east-1", "AWS::AccountId": "123456789012", "StreamName": "etl-events",
-              "LakeBucket": "etl-lake", "KmsKeyId": "k-1", "OpenSearchDomain": "etl-search"}
+    values = {
+        "AWS::Region": "us-east-1",
+        "AWS::AccountId": "123456789012",
+        "StreamName": "etl-events",
+        "LakeBucket": "etl-lake",
+        "KmsKeyId": "k-1",
+        "OpenSearchDomain": "etl-search",
+    }
     policy = render_policy("consumer", values)
     assert "arn:aws:kinesis:us-east-1:123456789012:stream/etl-events" in str(policy)
     with pytest.raises(Exception, match="KmsKeyId"):
@@ -165,7 +195,7 @@ def test_dagster_objects_load_with_the_platform_resources():
     from etl_platform.config import load_settings
     from resources import build_resources
     from sensors.alarms import alarm_sensors, delivery_failure_metrics
-    from sensors.scaling import scaling_jobs, scaling_schedules
+    from sensors.scaling_schedule import scaling_jobs, scaling_schedules
 
     @op
     def noop() -> None:
@@ -175,8 +205,12 @@ def test_dagster_objects_load_with_the_platform_resources():
     def hooked() -> None:
         noop()
 
-    defs = Definitions(jobs=[*scaling_jobs, hooked], schedules=scaling_schedules, sensors=alarm_sensors,
-                       resources=build_resources(load_settings({})))
+    defs = Definitions(
+        jobs=[*scaling_jobs, hooked],
+        schedules=scaling_schedules,
+        sensors=alarm_sensors,
+        resources=build_resources(load_settings({})),
+    )
     Definitions.validate_loadable(defs)
     assert defs.get_schedule_def("kinesis_scaling_schedule").cron_schedule == "*/5 * * * *"
     assert defs.get_sensor_def("cloudwatch_alarms_sensor").minimum_interval_seconds == 60

@@ -1,9 +1,10 @@
 """The shard-scaling schedule: every 5 minutes, read the stream's load from CloudWatch, decide, apply.
 
-Thin glue over `etl_platform.scaling.scale_stream`. The decision (inputs, target, reason) is the op's
+Thin glue over `etl_platform.ops.scaling.scale_stream`. The decision (inputs, target, reason) is the op's
 output metadata and an observation of the `kinesis_stream` asset, so the UI shows each tick's "why".
 Runs carry the `etl/scaler` tag: the production run queue limits it to one in flight, so a slow
-reshard never overlaps the next tick. Config defaults come from ETL_SCALING_* (see ScalingPolicy).
+reshard never overlaps the next tick. The policy's defaults are the `scaling` resource's fields
+(ETL_SCALING_*, see ScalingPolicy); the op's run config overrides them.
 """
 
 from datetime import UTC, datetime
@@ -22,17 +23,15 @@ from dagster import (
 )
 from pydantic import Field
 
-from etl_platform import aws
-from etl_platform.config import load_settings
-from etl_platform.ops.scaling import ScalingHistory, ScalingPolicy, scale_stream
-from resources import KinesisResource, LakeResource
+from etl_platform.ops.scaling import ScalingHistory, scale_stream
+from resources import CloudWatchResource, KinesisResource, LakeResource, ScalingResource
 
 SCALER_TAG = "etl/scaler"
 
 
 class ScaleStreamConfig(Config):
     dry_run: bool = Field(default=False, description="decide and record, but do not call UpdateShardCount")
-    target_utilization: float | None = Field(default=None, description="default: ETL_SCALING_* or 0.7")
+    target_utilization: float | None = Field(default=None, description="default: the scaling resource's")
     min_shards: int | None = None
     max_shards: int | None = None
     cooldown_minutes: float | None = None
@@ -61,19 +60,32 @@ def _metadata(report) -> dict:
 
 @op(description="Observe IncomingRecords/IncomingBytes, decide the shard count, apply it unless dry-run.")
 def scale_kinesis_stream(
-    context: OpExecutionContext, config: ScaleStreamConfig, kinesis: KinesisResource, lake: LakeResource
+    context: OpExecutionContext,
+    config: ScaleStreamConfig,
+    kinesis: KinesisResource,
+    lake: LakeResource,
+    cloudwatch: CloudWatchResource,
+    scaling: ScalingResource,
 ) -> Output[dict]:
-    settings = load_settings()
-    policy = ScalingPolicy.from_env(
-        target_utilization=config.target_utilization, min_shards=config.min_shards, max_shards=config.max_shards,
+    policy = scaling.policy(
+        target_utilization=config.target_utilization,
+        min_shards=config.min_shards,
+        max_shards=config.max_shards,
         cooldown_s=None if config.cooldown_minutes is None else config.cooldown_minutes * 60,
-        window_minutes=config.window_minutes, missing_data=config.missing_data,
+        window_minutes=config.window_minutes,
+        missing_data=config.missing_data,
         scale_in_window_minutes=config.scale_in_window_minutes,
     )
     stream = kinesis.stream_name
     report = scale_stream(
-        kinesis.client(), aws.client("cloudwatch", settings), ScalingHistory(lake.client(), lake.bucket, stream),
-        stream, policy, now=datetime.now(UTC), dry_run=config.dry_run, wait_s=config.wait_s,
+        kinesis.client(),
+        cloudwatch.client(),
+        ScalingHistory(lake.client(), lake.bucket, stream),
+        stream,
+        policy,
+        now=datetime.now(UTC),
+        dry_run=config.dry_run,
+        wait_s=config.wait_s,
     )
     context.log.info(f"stream {stream}: {report.decision.reason}" + (" (dry run)" if config.dry_run else ""))
     metadata = _metadata(report)

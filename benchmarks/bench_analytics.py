@@ -206,8 +206,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--events", type=int, default=1_000_000)
     parser.add_argument("--batch", type=int, default=10_000)
     parser.add_argument("--repeat", type=int, default=3, help="interleaved runs per engine; the best counts")
-    parser.add_argument("--sparse-users", type=int, default=100_000,
-                        help="users of the second, high-cardinality stream (x 5 event types)")
+    parser.add_argument(
+        "--sparse-users",
+        type=int,
+        default=100_000,
+        help="users of the second, high-cardinality stream (x 5 event types)",
+    )
     parser.add_argument("--no-write", action="store_true", help="print only; leave BENCHMARKS.md alone")
     args = parser.parse_args(argv)
 
@@ -227,11 +231,15 @@ def main(argv: list[str] | None = None) -> None:
         return f"{ratios[0]:.2f} / {ratios[len(ratios) // 2]:.2f} / {ratios[-1]:.2f}"
 
     def engines(m: Measured) -> list[str]:
-        rows = ["| run | seconds | events/s | CPU seconds (all threads) | peak RSS (MiB) |",
-                "|---|---:|---:|---:|---:|"]
-        for k, name in (("A", f"A: engine, {args.batch:,}-row micro-batches, state carried"),
-                        ("B", "B: one-shot Polars (whole stream in memory)"),
-                        ("C", "C: DuckDB, the seed's window SQL")):
+        rows = [
+            "| run | seconds | events/s | CPU seconds (all threads) | peak RSS (MiB) |",
+            "|---|---:|---:|---:|---:|",
+        ]
+        for k, name in (
+            ("A", f"A: engine, {args.batch:,}-row micro-batches, state carried"),
+            ("B", "B: one-shot Polars (whole stream in memory)"),
+            ("C", "C: DuckDB, the seed's window SQL"),
+        ):
             p = m.phases[k]
             rows.append(f"| {name} | {p['seconds']:.3f} | {m.rate(k):,.0f} | {p['cpu']:.3f} | {p['peak']:,.0f} |")
         return rows

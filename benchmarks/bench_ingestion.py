@@ -54,8 +54,10 @@ def main() -> None:
     kinesis, s3, ref_name = _fresh(settings, args.shards)
     t0 = time.perf_counter()
     for i in range(0, len(events), 500):
-        kinesis.put_records(StreamName=ref_name, Records=[
-            {"Data": json.dumps(e).encode(), "PartitionKey": e["user_id"]} for e in events[i:i + 500]])
+        kinesis.put_records(
+            StreamName=ref_name,
+            Records=[{"Data": json.dumps(e).encode(), "PartitionKey": e["user_id"]} for e in events[i : i + 500]],
+        )
     bare_put = time.perf_counter() - t0
     # Reference consumer: bare GetRecords of every shard, no decoding or delivery.
     t0 = time.perf_counter()
@@ -90,8 +92,12 @@ def main() -> None:
     rows = [
         ("producer (KinesisProducer)", n / produced, "bare PutRecords", n / bare_put),
         ("consumer on pre-loaded shards", n / consumed, "bare GetRecords", n / bare_read),
-        ("end to end: produce -> processed in S3", n / end_to_end, "bare PutRecords + GetRecords",
-         n / (bare_put + bare_read)),
+        (
+            "end to end: produce -> processed in S3",
+            n / end_to_end,
+            "bare PutRecords + GetRecords",
+            n / (bare_put + bare_read),
+        ),
     ]
     print(f"\n{n} events, {args.shards} shards, {len(results)} batches\n")
     print("| measure | events/s | reference | reference events/s | ratio |")

@@ -58,8 +58,10 @@ def main() -> None:
     frame = sample_processed_frame(args.docs, seed=11, users=2_000)
     anomalies = int((frame["anomaly_status"] == "ANOMALY").sum())
     actions = args.docs + anomalies
-    print(f"generated {args.docs} processed rows ({anomalies} anomalies) in {time.perf_counter() - t0:.1f}s; "
-          f"{actions} index actions per method")
+    print(
+        f"generated {args.docs} processed rows ({anomalies} anomalies) in {time.perf_counter() - t0:.1f}s; "
+        f"{actions} index actions per method"
+    )
 
     # Warm the node (JIT, index creation paths) so the first timed method is not penalised.
     warm = f"bench-{run_id}-warm-"
@@ -94,8 +96,10 @@ def main() -> None:
             indices.delete_all(client, prefix)
             if best is None or seconds < best["seconds"]:
                 best = row
-            print(f"{name} round {round_ + 1}: {row['indexed']} in {seconds:.2f}s "
-                  f"({row['indexed'] / seconds:,.0f} docs/s), {row['count']} searchable")
+            print(
+                f"{name} round {round_ + 1}: {row['indexed']} in {seconds:.2f}s "
+                f"({row['indexed'] / seconds:,.0f} docs/s), {row['count']} searchable"
+            )
         assert best is not None and best["count"] == actions, f"{name}: {best} != {actions} actions"
         results[name] = best
 
@@ -106,8 +110,10 @@ def main() -> None:
     print("|---|---:|---:|---:|---:|---:|")
     for name, row in results.items():
         rate = row["indexed"] / row["seconds"]
-        print(f"| {name} | {row['indexed']:,} | {row['requests']:,} | {row['seconds']:.2f} | {rate:,.0f} | "
-              f"{rate / ref_rate:.2f}x |")
+        print(
+            f"| {name} | {row['indexed']:,} | {row['requests']:,} | {row['seconds']:.2f} | {rate:,.0f} | "
+            f"{rate / ref_rate:.2f}x |"
+        )
     client.close()
 
 

@@ -51,28 +51,41 @@ def processed_frame(rows: int, day: date = DAY) -> pl.DataFrame:
     """Processed rows with realistic widths: 40-char ids, 40-digit sequence numbers, JSON attributes."""
     start = datetime(day.year, day.month, day.day, tzinfo=UTC)
     i = pl.int_range(0, rows, eager=True).alias("i")
-    return pl.DataFrame(i).with_columns(
-        pl.concat_str([pl.col("i").hash(1).cast(pl.String).str.zfill(20),
-                       pl.col("i").hash(2).cast(pl.String).str.zfill(20)]).alias("event_id"),
-        pl.col("i").mod(5).replace_strict({0: "app_log", 1: "iot", 2: "cdc", 3: "api", 4: "web"},
-                                          return_dtype=pl.String).alias("source"),
-        pl.format("user-{}", pl.col("i").hash(3).mod(50_000)).alias("user_id"),
-        pl.format("type_{}", pl.col("i").mod(12)).alias("event_type"),
-        (pl.lit(start) + pl.duration(microseconds=pl.col("i") * (86_400_000_000 // rows)))
-        .dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("event_time"),
-        (pl.col("i").hash(4).mod(400_000).cast(pl.Float64) / 4).alias("value"),
-        pl.format('{{"page":"/p/{}","ok":true}}', pl.col("i").mod(997)).alias("attributes"),
-        pl.format("shardId-00000000000{}", pl.col("i").mod(SHARDS)).alias("shard_id"),
-        pl.format("4959{}", pl.col("i").cast(pl.String).str.zfill(36)).alias("sequence_number"),
-        pl.lit(0, pl.Int64).alias("sub_sequence"),
-        (pl.lit(start) + pl.duration(microseconds=pl.col("i") * (86_400_000_000 // rows) + 250_000))
-        .dt.cast_time_unit("us").dt.convert_time_zone("UTC").alias("arrival_time"),
-        pl.format("user-{}", pl.col("i").hash(3).mod(50_000)).alias("partition_key"),
-        pl.lit(0, pl.Int32).alias("shard_depth"),
-        (pl.col("i").hash(5).mod(400_000).cast(pl.Float64) / 4).alias("avg_value"),
-        pl.when(pl.col("i").hash(6).mod(100) == 0).then(pl.lit("ANOMALY")).otherwise(pl.lit("NORMAL"))
-        .alias("anomaly_status"),
-    ).drop("i")
+    return (
+        pl.DataFrame(i)
+        .with_columns(
+            pl.concat_str(
+                [pl.col("i").hash(1).cast(pl.String).str.zfill(20), pl.col("i").hash(2).cast(pl.String).str.zfill(20)]
+            ).alias("event_id"),
+            pl.col("i")
+            .mod(5)
+            .replace_strict({0: "app_log", 1: "iot", 2: "cdc", 3: "api", 4: "web"}, return_dtype=pl.String)
+            .alias("source"),
+            pl.format("user-{}", pl.col("i").hash(3).mod(50_000)).alias("user_id"),
+            pl.format("type_{}", pl.col("i").mod(12)).alias("event_type"),
+            (pl.lit(start) + pl.duration(microseconds=pl.col("i") * (86_400_000_000 // rows)))
+            .dt.cast_time_unit("us")
+            .dt.convert_time_zone("UTC")
+            .alias("event_time"),
+            (pl.col("i").hash(4).mod(400_000).cast(pl.Float64) / 4).alias("value"),
+            pl.format('{{"page":"/p/{}","ok":true}}', pl.col("i").mod(997)).alias("attributes"),
+            pl.format("shardId-00000000000{}", pl.col("i").mod(SHARDS)).alias("shard_id"),
+            pl.format("4959{}", pl.col("i").cast(pl.String).str.zfill(36)).alias("sequence_number"),
+            pl.lit(0, pl.Int64).alias("sub_sequence"),
+            (pl.lit(start) + pl.duration(microseconds=pl.col("i") * (86_400_000_000 // rows) + 250_000))
+            .dt.cast_time_unit("us")
+            .dt.convert_time_zone("UTC")
+            .alias("arrival_time"),
+            pl.format("user-{}", pl.col("i").hash(3).mod(50_000)).alias("partition_key"),
+            pl.lit(0, pl.Int32).alias("shard_depth"),
+            (pl.col("i").hash(5).mod(400_000).cast(pl.Float64) / 4).alias("avg_value"),
+            pl.when(pl.col("i").hash(6).mod(100) == 0)
+            .then(pl.lit("ANOMALY"))
+            .otherwise(pl.lit("NORMAL"))
+            .alias("anomaly_status"),
+        )
+        .drop("i")
+    )
 
 
 def write_day(s3, bucket: str, frame: pl.DataFrame) -> int:
@@ -90,7 +103,9 @@ def write_day(s3, bucket: str, frame: pl.DataFrame) -> int:
 def _plain_table(conn: psycopg.Connection, schema: str, name: str, temp: bool = False) -> sql.Composable:
     columns = sql.SQL(", ").join(
         sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type("postgres")))
-        for c in TABLE_COLUMNS if c.name != "event_date")
+        for c in TABLE_COLUMNS
+        if c.name != "event_date"
+    )
     table = sql.Identifier(name) if temp else sql.SQL("{}.{}").format(sql.Identifier(schema), sql.Identifier(name))
     conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(table))
     conn.execute(sql.SQL("CREATE {} TABLE {} ({})").format(sql.SQL("TEMP" if temp else ""), table, columns))
@@ -144,8 +159,23 @@ def encoder_timings(dsn: str, data: pa.Table) -> dict[str, tuple[float, float]]:
     """The same rows into a temp table three ways (data already in memory; COPY + encoding only)."""
     frame = pl.from_arrow(data)
     naive = frame.with_columns(pl.col("event_time", "arrival_time").dt.replace_time_zone(None))
-    pg_types = ["varchar", "varchar", "varchar", "varchar", "timestamp", "float8", "text", "varchar", "varchar",
-                "int8", "timestamp", "varchar", "int4", "float8", "varchar"]
+    pg_types = [
+        "varchar",
+        "varchar",
+        "varchar",
+        "varchar",
+        "timestamp",
+        "float8",
+        "text",
+        "varchar",
+        "varchar",
+        "int8",
+        "timestamp",
+        "varchar",
+        "int4",
+        "float8",
+        "varchar",
+    ]
 
     def vectorised(cur: psycopg.Cursor, table: sql.Composable) -> None:
         with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT BINARY)").format(table)) as copy:
@@ -162,7 +192,7 @@ def encoder_timings(dsn: str, data: pa.Table) -> dict[str, tuple[float, float]]:
         text = naive.write_csv(include_header=False, datetime_format="%Y-%m-%d %H:%M:%S%.6f").encode()
         with cur.copy(sql.SQL("COPY {} FROM STDIN (FORMAT CSV)").format(table)) as copy:
             for start in range(0, len(text), 8 << 20):
-                copy.write(text[start:start + (8 << 20)])
+                copy.write(text[start : start + (8 << 20)])
 
     timings = {}
     ways: dict[str, Callable[[psycopg.Cursor, sql.Composable], None]] = {
@@ -190,22 +220,30 @@ def merge_alternative(dsn: str, s3, bucket: str, schema: str) -> list[tuple[str,
     results = []
     with psycopg.connect(dsn) as conn:
         definitions = sql.SQL(", ").join(
-            sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type("postgres"))) for c in TABLE_COLUMNS)
+            sql.SQL("{} {}").format(sql.Identifier(c.name), sql.SQL(c.sql_type("postgres"))) for c in TABLE_COLUMNS
+        )
         conn.execute(sql.SQL("CREATE TABLE {} ({}, PRIMARY KEY (event_id))").format(target, definitions))
         conn.execute(sql.SQL("CREATE INDEX ON {} (event_date)").format(target))
         conn.commit()
         for phase in ("first load", "reload"):
             with Meter(conn) as meter:
                 data = source.read_objects(s3, bucket, source.partition_objects(s3, bucket, DAY)).select(columns)
-                conn.execute(sql.SQL("CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA")
-                             .format(cols, target))
+                conn.execute(
+                    sql.SQL("CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT {} FROM {} WITH NO DATA").format(
+                        cols, target
+                    )
+                )
                 with conn.cursor().copy(sql.SQL("COPY stage ({}) FROM STDIN (FORMAT BINARY)").format(cols)) as copy:
                     for chunk in pgcopy.copy_chunks(data, KINDS):
                         copy.write(chunk)
                 conn.execute(sql.SQL("DELETE FROM {} WHERE event_date = %s").format(target), (DAY,))
                 updates = sql.SQL(", ").join(sql.SQL("{0} = EXCLUDED.{0}").format(sql.Identifier(c)) for c in columns)
-                conn.execute(sql.SQL("INSERT INTO {} ({}, event_date) SELECT {}, event_time::date FROM stage "
-                                     "ON CONFLICT (event_id) DO UPDATE SET {}").format(target, cols, cols, updates))
+                conn.execute(
+                    sql.SQL(
+                        "INSERT INTO {} ({}, event_date) SELECT {}, event_time::date FROM stage "
+                        "ON CONFLICT (event_id) DO UPDATE SET {}"
+                    ).format(target, cols, cols, updates)
+                )
                 conn.commit()
             results.append((phase, meter.wall, meter.cpu))
     return results
@@ -227,8 +265,10 @@ def main() -> None:
     t0 = time.perf_counter()
     frame = processed_frame(args.rows)
     objects = write_day(s3, bucket, frame)
-    print(f"wrote {args.rows:,} processed rows as {objects} Parquet objects to s3://{bucket} "
-          f"in {time.perf_counter() - t0:.1f}s")
+    print(
+        f"wrote {args.rows:,} processed rows as {objects} Parquet objects to s3://{bucket} "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
 
     samples: dict[str, list[tuple[float, float]]] = {"raw": [], "load": [], "reload": []}
     breakdown: dict[str, list[dict[str, float]]] = {"load": [], "reload": []}
@@ -251,10 +291,15 @@ def main() -> None:
                 assert wh.count_rows("events", DAY) == (args.rows, args.rows)
             if r % 2 == 1:
                 samples["raw"].append(raw_copy(dsn, s3, bucket, schema))
-            print(f"repeat {r + 1}: " + ", ".join(
-                f"{k} {v[-1][0]:.2f}s wall / {v[-1][1]:.2f}s cpu" for k, v in samples.items()))
-        encoders = encoder_timings(dsn, source.read_objects(s3, bucket, source.partition_objects(s3, bucket, DAY))) \
-            if args.encoders else {}
+            print(
+                f"repeat {r + 1}: "
+                + ", ".join(f"{k} {v[-1][0]:.2f}s wall / {v[-1][1]:.2f}s cpu" for k, v in samples.items())
+            )
+        encoders = (
+            encoder_timings(dsn, source.read_objects(s3, bucket, source.partition_objects(s3, bucket, DAY)))
+            if args.encoders
+            else {}
+        )
         merged = merge_alternative(dsn, s3, bucket, schemas[-1]) if args.merge_alternative else []
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -275,24 +320,32 @@ def main() -> None:
         "load": "loader, first load of the day (`load_day`, end to end)",
         "reload": "loader, reload replacing the day (`load_day`, end to end)",
     }
-    print(f"\n{args.rows:,} rows, {objects} objects, median of {args.repeat}; load average "
-          f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n")
+    print(
+        f"\n{args.rows:,} rows, {objects} objects, median of {args.repeat}; load average "
+        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n"
+    )
     print("| path | wall s | rows/s | wall vs raw | CPU s (client + PostgreSQL) | CPU vs raw |")
     print("|---|---:|---:|---:|---:|---:|")
     for key, label in labels.items():
         wall, cpu = med(samples[key], 0), med(samples[key], 1)
-        print(f"| {label} | {wall:.2f} | {args.rows / wall:,.0f} | {wall / raw_wall:.2f}x | {cpu:.2f} | "
-              f"{cpu / raw_cpu:.2f}x |")
+        print(
+            f"| {label} | {wall:.2f} | {args.rows / wall:,.0f} | {wall / raw_wall:.2f}x | {cpu:.2f} | "
+            f"{cpu / raw_cpu:.2f}x |"
+        )
     for phase in ("load", "reload"):
         steps = {k: statistics.median(b.get(k, 0.0) for b in breakdown[phase]) for k in breakdown[phase][0]}
         print(f"\n{phase} breakdown (median wall s): " + ", ".join(f"{k} {v:.2f}" for k, v in steps.items()))
     if merged:
-        print("\n| alternative: staging + DELETE day + INSERT ON CONFLICT, unpartitioned | wall s | rows/s | "
-              "wall vs raw | CPU s | CPU vs raw |")
+        print(
+            "\n| alternative: staging + DELETE day + INSERT ON CONFLICT, unpartitioned | wall s | rows/s | "
+            "wall vs raw | CPU s | CPU vs raw |"
+        )
         print("|---|---:|---:|---:|---:|---:|")
         for phase, wall, cpu in merged:
-            print(f"| {phase} | {wall:.2f} | {args.rows / wall:,.0f} | {wall / raw_wall:.2f}x | {cpu:.2f} | "
-                  f"{cpu / raw_cpu:.2f}x |")
+            print(
+                f"| {phase} | {wall:.2f} | {args.rows / wall:,.0f} | {wall / raw_wall:.2f}x | {cpu:.2f} | "
+                f"{cpu / raw_cpu:.2f}x |"
+            )
     if encoders:
         fastest_cpu = min(cpu for _, cpu in encoders.values())
         print("\n| COPY encoder (same rows, in memory, temp table) | wall s | rows/s | CPU s | CPU vs fastest |")

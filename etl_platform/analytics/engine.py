@@ -221,9 +221,8 @@ class RollingAnomalyDetector:
     def _key_ids(self, kf: pl.DataFrame, tab: pl.DataFrame) -> pl.Series:
         """Each row's key id, in arrival order; null for keys the table does not hold yet."""
         nulls = any(kf.get_column(k).null_count() for k in self.keys)  # null-aware matching costs a third more
-        return (
-            kf.join(tab, on=list(self.keys), how="left", nulls_equal=nulls, maintain_order="left")
-            .get_column("__kid")
+        return kf.join(tab, on=list(self.keys), how="left", nulls_equal=nulls, maintain_order="left").get_column(
+            "__kid"
         )
 
     def _lookup(self, kf: pl.DataFrame, tab: pl.DataFrame) -> tuple[np.ndarray, pl.DataFrame]:
@@ -263,13 +262,26 @@ class RollingAnomalyDetector:
             kf, tab = self._key_frame(batch)
             kids, tab = self._lookup(kf, tab)
             # Only now does the state change; nothing below depends on the input's validity.
-            self._state.advance(kids, value.to_numpy(), tab.height, self._block, self.avg_rows,
-                                self.baseline_rows, self.sigmas, avg, anomaly)
+            self._state.advance(
+                kids,
+                value.to_numpy(),
+                tab.height,
+                self._block,
+                self.avg_rows,
+                self.baseline_rows,
+                self.sigmas,
+                avg,
+                anomaly,
+            )
             self._keytab, self._nkeys = tab, tab.height
         results = [
             pl.Series(AVG_VALUE, avg, pl.Float64),
-            pl.select(pl.when(pl.lit(pl.Series(anomaly))).then(pl.lit("ANOMALY")).otherwise(pl.lit("NORMAL"))
-                      .alias(ANOMALY_STATUS)).to_series(),
+            pl.select(
+                pl.when(pl.lit(pl.Series(anomaly)))
+                .then(pl.lit("ANOMALY"))
+                .otherwise(pl.lit("NORMAL"))
+                .alias(ANOMALY_STATUS)
+            ).to_series(),
         ]
         if AVG_VALUE in batch.columns or ANOMALY_STATUS in batch.columns:
             return batch.with_columns(results)
@@ -345,8 +357,9 @@ class RollingAnomalyDetector:
         saved = snapshot_format.decode(blob)
         cfg = saved.config
         try:
-            det = cls(avg_rows=cfg["avg_rows"], baseline_rows=cfg["baseline_rows"], sigmas=cfg["sigmas"],
-                      keys=cfg["keys"])
+            det = cls(
+                avg_rows=cfg["avg_rows"], baseline_rows=cfg["baseline_rows"], sigmas=cfg["sigmas"], keys=cfg["keys"]
+            )
         except AnalyticsError as exc:
             raise AnalyticsSnapshotError(f"corrupt snapshot config: {exc}") from exc
         except (KeyError, TypeError) as exc:

@@ -141,8 +141,20 @@ def precompile() -> None:
     ring = 3
     fields = np.full(len(FIELDS), -1.0)
     fields[:_AT] = 0.0
-    advance(one, np.zeros(1), fields, np.zeros(arena_headroom(1, ring)), np.zeros(1, dtype=np.int64), ring,
-            block_size(ring), 1, 2, 3.0, np.zeros(1), np.zeros(1, dtype=np.bool_))
+    advance(
+        one,
+        np.zeros(1),
+        fields,
+        np.zeros(arena_headroom(1, ring)),
+        np.zeros(1, dtype=np.int64),
+        ring,
+        block_size(ring),
+        1,
+        2,
+        3.0,
+        np.zeros(1),
+        np.zeros(1, dtype=np.bool_),
+    )
 
 
 def _loops(rows: int) -> _Loops:
@@ -157,7 +169,11 @@ def _loops(rows: int) -> _Loops:
 
 
 def index_keys(
-    hashes: np.ndarray, slot_hash: np.ndarray, slot_id: np.ndarray, count: int, ids_out: np.ndarray,
+    hashes: np.ndarray,
+    slot_hash: np.ndarray,
+    slot_id: np.ndarray,
+    count: int,
+    ids_out: np.ndarray,
     new_rows_out: np.ndarray,
 ) -> int:
     """Look each row's key hash up in the open-addressing table, inserting unseen ones (see :func:`_index_keys`).
@@ -200,8 +216,18 @@ def _index_keys(
 
 
 def advance(
-    kids: np.ndarray, xs: np.ndarray, fields: np.ndarray, arena: np.ndarray, arena_used: np.ndarray, ring: int,
-    block: int, avg_rows: int, baseline_rows: int, sigmas: float, avg_out: np.ndarray, anomaly_out: np.ndarray,
+    kids: np.ndarray,
+    xs: np.ndarray,
+    fields: np.ndarray,
+    arena: np.ndarray,
+    arena_used: np.ndarray,
+    ring: int,
+    block: int,
+    avg_rows: int,
+    baseline_rows: int,
+    sigmas: float,
+    avg_out: np.ndarray,
+    anomaly_out: np.ndarray,
 ) -> None:
     """Advance each row's key by one position and write the row's two results (see :func:`_advance`).
 
@@ -213,8 +239,22 @@ def advance(
     kids, xs = np.require(kids, np.int64, ["C", "W"]), np.require(xs, np.float64, ["C", "W"])
     loop = _loops(len(kids))["advance"]
     ahead = 0 if loop is _advance else PREFETCH_ROWS  # interpreted, a prefetch is only overhead
-    loop(kids, xs, fields, arena, arena_used, ring, small_ring(ring), block, avg_rows, baseline_rows, float(sigmas),
-         avg_out, anomaly_out, ahead)
+    loop(
+        kids,
+        xs,
+        fields,
+        arena,
+        arena_used,
+        ring,
+        small_ring(ring),
+        block,
+        avg_rows,
+        baseline_rows,
+        float(sigmas),
+        avg_out,
+        anomaly_out,
+        ahead,
+    )
 
 
 def _advance(

@@ -75,13 +75,33 @@ class KeyState:
             self._arena = arena
 
     def advance(
-        self, kids: np.ndarray, xs: np.ndarray, keys: int, block: int, avg_rows: int, baseline_rows: int,
-        sigmas: float, avg_out: np.ndarray, anomaly_out: np.ndarray,
+        self,
+        kids: np.ndarray,
+        xs: np.ndarray,
+        keys: int,
+        block: int,
+        avg_rows: int,
+        baseline_rows: int,
+        sigmas: float,
+        avg_out: np.ndarray,
+        anomaly_out: np.ndarray,
     ) -> None:
         """Run the kernel over a batch whose key ids are below ``keys`` (those become the state's keys)."""
         self.reserve(keys, len(kids))
-        advance(kids, xs, self._fields, self._arena, self._used, self.ring, block, avg_rows, baseline_rows,
-                sigmas, avg_out, anomaly_out)
+        advance(
+            kids,
+            xs,
+            self._fields,
+            self._arena,
+            self._used,
+            self.ring,
+            block,
+            avg_rows,
+            baseline_rows,
+            sigmas,
+            avg_out,
+            anomaly_out,
+        )
         self.keys = max(self.keys, keys)
 
     def history(self) -> tuple[np.ndarray, np.ndarray]:

@@ -1,8 +1,8 @@
 """`etl-platform scale`: run the shard scaler once (or only show what it would do), or replay a load series.
 
-    etl-platform scale --dry-run --json          inputs (shards, load, history, policy) and the decision
-    etl-platform scale                            the same, then applies it (UpdateShardCount)
-    etl-platform scale --replay config/sample_load.json   the decision sequence for a recorded series
+etl-platform scale --dry-run --json          inputs (shards, load, history, policy) and the decision
+etl-platform scale                            the same, then applies it (UpdateShardCount)
+etl-platform scale --replay config/sample_load.json   the decision sequence for a recorded series
 """
 
 from __future__ import annotations
@@ -22,8 +22,11 @@ def add_scale_parser(subparsers: Any) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print inputs and decision as JSON")
     p.add_argument("--stream", help="stream name (default: the profile's)")
     p.add_argument("--replay", metavar="FILE", help="replay a recorded load series (JSON) offline instead")
-    p.add_argument("--changes", action="store_true",
-                   help="with --replay: print only scalings and the first tick of each run held back by a rule")
+    p.add_argument(
+        "--changes",
+        action="store_true",
+        help="with --replay: print only scalings and the first tick of each run held back by a rule",
+    )
     p.add_argument("--target-utilization", type=float, help="fraction of the per-shard write limits (default 0.7)")
     p.add_argument("--min-shards", type=int)
     p.add_argument("--max-shards", type=int)
@@ -74,8 +77,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
         moved = f"{s['current_shards']:>3}"
         if s["action"] != NONE:
             moved += f" -> {s['target_shards']:<3}"
-        print(f"{s['at'][11:16]}  {_rate(s['records_per_s'], 'records'):>12} {_rate(s['bytes_per_s'], 'bytes'):>12}"
-              f"  {s['action']:<9} {moved:<10} {s['note']:<18} {s['reason']}")
+        print(
+            f"{s['at'][11:16]}  {_rate(s['records_per_s'], 'records'):>12} {_rate(s['bytes_per_s'], 'bytes'):>12}"
+            f"  {s['action']:<9} {moved:<10} {s['note']:<18} {s['reason']}"
+        )
     return 0
 
 
@@ -89,18 +94,26 @@ def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
     stream = args.stream or settings.stream_name
     policy = ScalingPolicy.from_env(**_overrides(args))
     report = scale_stream(
-        aws.client("kinesis", settings), aws.client("cloudwatch", settings),
-        ScalingHistory(aws.client("s3", settings), settings.lake_bucket, stream), stream, policy,
-        dry_run=args.dry_run, wait_s=0 if args.dry_run else 60,
+        aws.client("kinesis", settings),
+        aws.client("cloudwatch", settings),
+        ScalingHistory(aws.client("s3", settings), settings.lake_bucket, stream),
+        stream,
+        policy,
+        dry_run=args.dry_run,
+        wait_s=0 if args.dry_run else 60,
     )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))
         return 0
     obs, d = report.observation, report.decision
-    print(f"stream {stream}: {obs.open_shards} open shards, {obs.stream_status}; load over "
-          f"{obs.window_s / 60:.0f} min: {_rate(obs.records_per_s, 'records')}, {_rate(obs.bytes_per_s, 'bytes')}; "
-          f"{len(report.history)} scalings in the last 24 h")
+    print(
+        f"stream {stream}: {obs.open_shards} open shards, {obs.stream_status}; load over "
+        f"{obs.window_s / 60:.0f} min: {_rate(obs.records_per_s, 'records')}, {_rate(obs.bytes_per_s, 'bytes')}; "
+        f"{len(report.history)} scalings in the last 24 h"
+    )
     verb = "would" if args.dry_run else ("did" if report.applied else "will")
-    print(f"decision: {d.action} ({d.current_shards} -> {d.target_shards}; {verb} "
-          f"{'change' if d.action != 'none' else 'not change'}): {d.reason}")
+    print(
+        f"decision: {d.action} ({d.current_shards} -> {d.target_shards}; {verb} "
+        f"{'change' if d.action != 'none' else 'not change'}): {d.reason}"
+    )
     return 0

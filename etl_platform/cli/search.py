@@ -24,9 +24,12 @@ from etl_platform.config import Settings
 
 def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `search` and its sub-commands on the main CLI's subparsers; handler: `cmd_search`."""
-    search = subparsers.add_parser("search", help="query OpenSearch (user events, anomalies, top users) "
-                                                  "and operate the indices",
-                                   description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    search = subparsers.add_parser(
+        "search",
+        help="query OpenSearch (user events, anomalies, top users) and operate the indices",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
     common.add_argument("--prefix", default=None, help="index name prefix (default: ETL_OPENSEARCH_INDEX_PREFIX)")
@@ -38,16 +41,18 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     user = actions.add_parser("user", parents=[common, window], help="a user's events in a time range")
     user.add_argument("user_id")
     user.add_argument("--limit", type=int, default=100)
-    anomalies = actions.add_parser("anomalies", parents=[common, window],
-                                   help="anomaly counts by event type and source over a window")
+    anomalies = actions.add_parser(
+        "anomalies", parents=[common, window], help="anomaly counts by event type and source over a window"
+    )
     anomalies.add_argument("--event-type")
     anomalies.add_argument("--source")
     top = actions.add_parser("top-users", parents=[common, window], help="users with the most anomalies")
     top.add_argument("--limit", type=int, default=10)
     day = actions.add_parser("index-day", parents=[common], help="reindex one day from processed/ in the lake")
     day.add_argument("day", type=date.fromisoformat, help="YYYY-MM-DD (event-time day)")
-    replay = actions.add_parser("replay-failed", parents=[common],
-                                help="re-index documents backed up under search-failed/")
+    replay = actions.add_parser(
+        "replay-failed", parents=[common], help="re-index documents backed up under search-failed/"
+    )
     replay.add_argument("--day", type=date.fromisoformat, default=None, help="only this failure day")
     actions.add_parser("templates", parents=[common], help="create or update the index templates")
     search.set_defaults(func=cmd_search)
@@ -97,8 +102,7 @@ def _run(args: argparse.Namespace, settings: Settings, client: Any, prefix: str)
             _print(queries.anomaly_breakdown(client, start, end, prefix, args.event_type, args.source), args.json)
         else:
             rows = queries.top_anomalous_users(client, start, end, prefix, limit=args.limit)
-            _print(rows, args.json, None if args.json else
-                   ["user_id", "anomalies", "event_types", "max_value", "last"])
+            _print(rows, args.json, None if args.json else ["user_id", "anomalies", "event_types", "max_value", "last"])
         return 0
 
     from etl_platform import aws
@@ -113,24 +117,52 @@ def _run(args: argparse.Namespace, settings: Settings, client: Any, prefix: str)
     if command == "templates":
         written = ensure_templates(client, prefix)
         _print({"written": written}, True) if args.json else print(
-            f"templates written: {', '.join(written)}" if written else "templates already current")
+            f"templates written: {', '.join(written)}" if written else "templates already current"
+        )
         return 0
     s3 = aws.client("s3", settings)
     if command == "index-day":
-        result = index_day(client, s3, settings.lake_bucket, args.day, prefix, IndexerConfig.from_env(),
-                           progress=progress)
-        out = {"day": args.day.isoformat(), "lake_rows": result.rows, "lake_anomalies": result.anomalies,
-               "events_count": result.events_count, "anomalies_count": result.anomalies_count,
-               "stale_deleted": result.stale_deleted, **result.stats.as_dict()}
-        _print(out if args.json else [out], args.json,
-               None if args.json else ["day", "lake_rows", "events_count", "anomalies_count", "indexed",
-                                       "failed", "retried", "stale_deleted", "seconds"])
+        result = index_day(
+            client, s3, settings.lake_bucket, args.day, prefix, IndexerConfig.from_env(), progress=progress
+        )
+        out = {
+            "day": args.day.isoformat(),
+            "lake_rows": result.rows,
+            "lake_anomalies": result.anomalies,
+            "events_count": result.events_count,
+            "anomalies_count": result.anomalies_count,
+            "stale_deleted": result.stale_deleted,
+            **result.stats.as_dict(),
+        }
+        _print(
+            out if args.json else [out],
+            args.json,
+            None
+            if args.json
+            else [
+                "day",
+                "lake_rows",
+                "events_count",
+                "anomalies_count",
+                "indexed",
+                "failed",
+                "retried",
+                "stale_deleted",
+                "seconds",
+            ],
+        )
         return 0 if result.stats.failed == 0 else 1
     # replay-failed
-    replayed = replay_failed(client, s3, settings.lake_bucket, args.day, IndexerConfig.from_env(),
-                             progress=progress)
-    out = {"objects": replayed.objects, "documents": replayed.documents, "deleted": len(replayed.deleted),
-           **replayed.stats.as_dict()}
-    _print(out if args.json else [out], args.json,
-           None if args.json else ["objects", "documents", "indexed", "failed", "deleted", "seconds"])
+    replayed = replay_failed(client, s3, settings.lake_bucket, args.day, IndexerConfig.from_env(), progress=progress)
+    out = {
+        "objects": replayed.objects,
+        "documents": replayed.documents,
+        "deleted": len(replayed.deleted),
+        **replayed.stats.as_dict(),
+    }
+    _print(
+        out if args.json else [out],
+        args.json,
+        None if args.json else ["objects", "documents", "indexed", "failed", "deleted", "seconds"],
+    )
     return 0 if replayed.stats.failed == 0 else 1

@@ -55,7 +55,7 @@ def processed_key_for(raw_key: str) -> str:
     """The processed object that holds exactly the events of a raw object (same partition and name)."""
     if not raw_key.startswith(f"{RAW}/") or not raw_key.endswith(".jsonl.gz"):
         raise ValueError(f"not a raw object key: {raw_key}")
-    return f"{PROCESSED}/{raw_key[len(RAW) + 1:-len('.jsonl.gz')]}.parquet"
+    return f"{PROCESSED}/{raw_key[len(RAW) + 1 : -len('.jsonl.gz')]}.parquet"
 
 
 def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:

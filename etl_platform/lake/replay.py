@@ -33,8 +33,12 @@ class ReplayResult:
 
 
 def recompute_processed_day(
-    s3: Any, bucket: str, day: date, config: AnalyticsConfig | None = None,
-    lookback_days: int = 7, lookahead_days: int = 1,
+    s3: Any,
+    bucket: str,
+    day: date,
+    config: AnalyticsConfig | None = None,
+    lookback_days: int = 7,
+    lookahead_days: int = 1,
 ) -> ReplayResult:
     config = config or AnalyticsConfig()
     first, last = day - timedelta(days=lookback_days), day + timedelta(days=lookahead_days)
@@ -44,8 +48,12 @@ def recompute_processed_day(
     processed = processed.with_columns(history["_object"])
     prefix = layout.day_prefix(layout.RAW, day)
     todays = processed.filter(pl.col("_object").str.starts_with(prefix))
-    result = ReplayResult(day=day, rows=todays.height, history_rows=history.height,
-                          anomalies=int((todays["anomaly_status"] == "ANOMALY").sum()))
+    result = ReplayResult(
+        day=day,
+        rows=todays.height,
+        history_rows=history.height,
+        anomalies=int((todays["anomaly_status"] == "ANOMALY").sum()),
+    )
     for (raw_key,), part in todays.group_by("_object", maintain_order=True):
         key = layout.processed_key_for(raw_key)
         # Stream order inside the object, as the stream path wrote it.

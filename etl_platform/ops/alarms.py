@@ -33,14 +33,17 @@ COMPARISONS: Mapping[str, Callable[[float, float], bool]] = {
     "LessThanThreshold": operator.lt,
     "LessThanOrEqualToThreshold": operator.le,
 }
-SYMBOLS = {"GreaterThanThreshold": ">", "GreaterThanOrEqualToThreshold": ">=", "LessThanThreshold": "<",
-           "LessThanOrEqualToThreshold": "<="}
+SYMBOLS = {
+    "GreaterThanThreshold": ">",
+    "GreaterThanOrEqualToThreshold": ">=",
+    "LessThanThreshold": "<",
+    "LessThanOrEqualToThreshold": "<=",
+}
 TREAT_MISSING = ("missing", "notBreaching", "breaching", "ignore")
 ALARM, OK, INSUFFICIENT = "ALARM", "OK", "INSUFFICIENT_DATA"
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _REQUIRED = ("name", "metric", "threshold", "comparison")
-_OPTIONAL = ("statistic", "period_s", "evaluation_periods", "datapoints_to_alarm", "treat_missing_data",
-             "description")
+_OPTIONAL = ("statistic", "period_s", "evaluation_periods", "datapoints_to_alarm", "treat_missing_data", "description")
 
 
 class AlarmConfigError(ConfigError):
@@ -66,8 +69,10 @@ class Alarm:
 
     def condition(self) -> str:
         """E.g. `Sum(DeliveryToS3.Errors) > 0 for 1 of 1 x 60s`."""
-        return (f"{self.statistic}({self.metric}) {SYMBOLS[self.comparison]} {self.threshold:g} for "
-                f"{self.datapoints_to_alarm} of {self.evaluation_periods} x {self.period_s}s")
+        return (
+            f"{self.statistic}({self.metric}) {SYMBOLS[self.comparison]} {self.threshold:g} for "
+            f"{self.datapoints_to_alarm} of {self.evaluation_periods} x {self.period_s}s"
+        )
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -112,8 +117,9 @@ def parse_alarms(data: Any, source: str = "alarms") -> list[Alarm]:
                 raise AlarmConfigError(f"{label}: missing required key `{key}`")
         unknown = set(entry) - set(_REQUIRED) - set(_OPTIONAL)
         if unknown:
-            raise AlarmConfigError(f"{label}: unknown key(s) {sorted(unknown)}; allowed: "
-                                   f"{', '.join((*_REQUIRED, *_OPTIONAL))}")
+            raise AlarmConfigError(
+                f"{label}: unknown key(s) {sorted(unknown)}; allowed: {', '.join((*_REQUIRED, *_OPTIONAL))}"
+            )
         name = entry["name"]
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise AlarmConfigError(f"{label}: `name` must match {_NAME_RE.pattern}")
@@ -128,25 +134,34 @@ def parse_alarms(data: Any, source: str = "alarms") -> list[Alarm]:
             raise AlarmConfigError(f"{label}: `period_s` must be a multiple of 60, got {period}")
         periods = _number(entry.get("evaluation_periods", 1), f"{label}: `evaluation_periods`", int, 1)
         if period * periods > 86_400:
-            raise AlarmConfigError(f"{label}: `period_s` x `evaluation_periods` = {period * periods}s exceeds "
-                                   "one day (CloudWatch's limit)")
+            raise AlarmConfigError(
+                f"{label}: `period_s` x `evaluation_periods` = {period * periods}s exceeds one day (CloudWatch's limit)"
+            )
         to_alarm = _number(entry.get("datapoints_to_alarm", periods), f"{label}: `datapoints_to_alarm`", int, 1)
         if to_alarm > periods:
-            raise AlarmConfigError(f"{label}: `datapoints_to_alarm` ({to_alarm}) exceeds `evaluation_periods` "
-                                   f"({periods})")
+            raise AlarmConfigError(
+                f"{label}: `datapoints_to_alarm` ({to_alarm}) exceeds `evaluation_periods` ({periods})"
+            )
         description = entry.get("description", "")
         if not isinstance(description, str):
             raise AlarmConfigError(f"{label}: `description` must be a string")
-        alarms.append(Alarm(
-            name=name, metric=metric,
-            threshold=_number(entry["threshold"], f"{label}: `threshold`", float),
-            comparison=_one_of(entry["comparison"], f"{label}: `comparison`", COMPARISONS),
-            statistic=_one_of(entry.get("statistic", "Sum"), f"{label}: `statistic`", STATISTICS),
-            period_s=period, evaluation_periods=periods, datapoints_to_alarm=to_alarm,
-            treat_missing_data=_one_of(entry.get("treat_missing_data", "missing"), f"{label}: `treat_missing_data`",
-                                       TREAT_MISSING),
-            description=description.strip(), namespace=namespace,
-        ))
+        alarms.append(
+            Alarm(
+                name=name,
+                metric=metric,
+                threshold=_number(entry["threshold"], f"{label}: `threshold`", float),
+                comparison=_one_of(entry["comparison"], f"{label}: `comparison`", COMPARISONS),
+                statistic=_one_of(entry.get("statistic", "Sum"), f"{label}: `statistic`", STATISTICS),
+                period_s=period,
+                evaluation_periods=periods,
+                datapoints_to_alarm=to_alarm,
+                treat_missing_data=_one_of(
+                    entry.get("treat_missing_data", "missing"), f"{label}: `treat_missing_data`", TREAT_MISSING
+                ),
+                description=description.strip(),
+                namespace=namespace,
+            )
+        )
     return alarms
 
 
@@ -220,8 +235,10 @@ class AlarmState:
 
     def message(self) -> str:
         shown = ", ".join("-" if v is None else f"{v:g}" for v in self.values)
-        return (f"{self.alarm.name} {self.state} on stream {self.stream}: {self.alarm.condition()}; "
-                f"{self.breaching} breaching, values [{shown}] from {self.window_start.isoformat()}")
+        return (
+            f"{self.alarm.name} {self.state} on stream {self.stream}: {self.alarm.condition()}; "
+            f"{self.breaching} breaching, values [{shown}] from {self.window_start.isoformat()}"
+        )
 
 
 Breach = AlarmState  # a Breach is an AlarmState whose state is ALARM
@@ -236,8 +253,12 @@ def _period_value(cloudwatch: Any, alarm: Alarm, stream: str, start: datetime) -
     """The alarm's statistic for exactly one period (one datapoint or none, however the server buckets)."""
     stats = ["Sum", "SampleCount"] if alarm.statistic == "Average" else [alarm.statistic]
     resp = cloudwatch.get_metric_statistics(
-        Namespace=alarm.namespace, MetricName=alarm.metric, Dimensions=[{"Name": DIMENSION, "Value": stream}],
-        StartTime=start, EndTime=start + timedelta(seconds=alarm.period_s), Period=alarm.period_s,
+        Namespace=alarm.namespace,
+        MetricName=alarm.metric,
+        Dimensions=[{"Name": DIMENSION, "Value": stream}],
+        StartTime=start,
+        EndTime=start + timedelta(seconds=alarm.period_s),
+        Period=alarm.period_s,
         Statistics=stats,
     )
     return combine_datapoints(resp.get("Datapoints", []), alarm.statistic)
@@ -264,12 +285,20 @@ def evaluate_alarm(cloudwatch: Any, alarm: Alarm, stream: str, now: datetime) ->
         state = INSUFFICIENT
     else:
         state = ALARM if breaching >= alarm.datapoints_to_alarm else OK
-    return AlarmState(alarm=alarm, stream=stream, state=state, period_start=starts[-1], window_start=starts[0],
-                      values=values, breaching=breaching)
+    return AlarmState(
+        alarm=alarm,
+        stream=stream,
+        state=state,
+        period_start=starts[-1],
+        window_start=starts[0],
+        values=values,
+        breaching=breaching,
+    )
 
 
-def evaluate_states(cloudwatch: Any, alarms: Sequence[Alarm], stream: str, now: datetime | None = None
-                    ) -> list[AlarmState]:
+def evaluate_states(
+    cloudwatch: Any, alarms: Sequence[Alarm], stream: str, now: datetime | None = None
+) -> list[AlarmState]:
     """Every alarm's state at `now` (default: the current time)."""
     now = now or datetime.now(UTC)
     return [evaluate_alarm(cloudwatch, alarm, stream, now) for alarm in alarms]

@@ -79,9 +79,17 @@ class WebhookSink:
     a receiver that is down for longer than one tick's retries delays alerts without losing any.
     """
 
-    def __init__(self, url: str, name: str = "webhook", timeout_s: float = 5.0, attempts: int = 4,
-                 backoff_s: float = 0.5, max_backoff_s: float = 4.0, session: Any = None,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(
+        self,
+        url: str,
+        name: str = "webhook",
+        timeout_s: float = 5.0,
+        attempts: int = 4,
+        backoff_s: float = 0.5,
+        max_backoff_s: float = 4.0,
+        session: Any = None,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
         import requests
 
         self.url, self.name, self.timeout_s, self.attempts = url, name, timeout_s, max(1, attempts)
@@ -98,7 +106,9 @@ class WebhookSink:
                 self.sleep(min(self.max_backoff_s, self.backoff_s * 2 ** (attempt - 1)))
             try:
                 response = self.session.post(
-                    self.url, data=json.dumps(alert.as_dict()), timeout=self.timeout_s,
+                    self.url,
+                    data=json.dumps(alert.as_dict()),
+                    timeout=self.timeout_s,
                     headers={"Content-Type": "application/json", "Idempotency-Key": alert.id},
                 )
             except requests.RequestException as exc:
@@ -123,7 +133,9 @@ class SnsSink:
 
         try:
             self.sns.publish(
-                TopicArn=self.topic_arn, Subject=alert.title[:100], Message=json.dumps(alert.as_dict()),
+                TopicArn=self.topic_arn,
+                Subject=alert.title[:100],
+                Message=json.dumps(alert.as_dict()),
                 MessageAttributes={
                     "kind": {"DataType": "String", "StringValue": alert.kind},
                     "alert_id": {"DataType": "String", "StringValue": alert.id},
@@ -222,9 +234,14 @@ def anomaly_alert(hit: dict[str, Any]) -> Alert:
         title=f"Anomaly: {doc.get('event_type')}={value} for {doc.get('user_id')} ({doc.get('source')})",
         time=doc.get("event_time", ""),
         details={
-            "event_id": doc.get("event_id") or hit["_id"], "user_id": doc.get("user_id"),
-            "event_type": doc.get("event_type"), "source": doc.get("source"), "value": value,
-            "avg_value": avg, "event_time": doc.get("event_time"), "arrival_time": doc.get("arrival_time"),
+            "event_id": doc.get("event_id") or hit["_id"],
+            "user_id": doc.get("user_id"),
+            "event_type": doc.get("event_type"),
+            "source": doc.get("source"),
+            "value": value,
+            "avg_value": avg,
+            "event_time": doc.get("event_time"),
+            "arrival_time": doc.get("arrival_time"),
             "index": hit.get("_index"),
         },
     )
@@ -249,8 +266,11 @@ class TickReport:
         parts = [f"{self.anomalies_found} anomaly docs read, {self.new_alerts} new alerts"]
         if self.thresholds:
             parts.append(f"breaches: {', '.join(self.thresholds)}")
-        parts += [f"{name}: sent {self.sent.get(name, 0)}, pending {self.pending.get(name, 0)}"
-                  + (f" ({self.errors[name]})" if name in self.errors else "") for name in self.pending]
+        parts += [
+            f"{name}: sent {self.sent.get(name, 0)}, pending {self.pending.get(name, 0)}"
+            + (f" ({self.errors[name]})" if name in self.errors else "")
+            for name in self.pending
+        ]
         if self.catching_up:
             parts.append("backlog: continuing next tick")
         return "; ".join(parts)
@@ -259,8 +279,16 @@ class TickReport:
 class AlertMonitor:
     """One alerting pipeline (scan cursor + one outbox per sink), advanced by `tick`."""
 
-    def __init__(self, client: Any, s3: Any, bucket: str, sinks: Sequence[Sink], prefix: str = "",
-                 namespace: str | None = None, config: AlertConfig | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        s3: Any,
+        bucket: str,
+        sinks: Sequence[Sink],
+        prefix: str = "",
+        namespace: str | None = None,
+        config: AlertConfig | None = None,
+    ) -> None:
         self.client, self.s3, self.bucket, self.sinks = client, s3, bucket, list(sinks)
         self.prefix = prefix
         self.config = config or AlertConfig()
@@ -287,20 +315,24 @@ class AlertMonitor:
             filters.append({"range": {"indexed_at": {"gte": since, "format": "epoch_millis"}}})
         if self.config.max_age_s is not None:
             oldest = now - timedelta(seconds=self.config.max_age_s)
-            filters.append({"range": {"arrival_time": {"gte": int(oldest.timestamp() * 1000),
-                                                       "format": "epoch_millis"}}})
+            filters.append(
+                {"range": {"arrival_time": {"gte": int(oldest.timestamp() * 1000), "format": "epoch_millis"}}}
+            )
         after = state.get("after")
         alerts: list[Alert] = []
         newest = cursor
         while True:
             body: dict[str, Any] = {
-                "size": self.config.page_size, "query": {"bool": {"filter": filters}},
-                "sort": [{"indexed_at": "asc"}, {"event_id": "asc"}], "track_total_hits": False,
+                "size": self.config.page_size,
+                "query": {"bool": {"filter": filters}},
+                "sort": [{"indexed_at": "asc"}, {"event_id": "asc"}],
+                "track_total_hits": False,
             }
             if after is not None:
                 body["search_after"] = after
-            hits = self.client.search(index=alias_name(ANOMALIES, self.prefix), body=body,
-                                      ignore_unavailable=True, allow_no_indices=True)["hits"]["hits"]
+            hits = self.client.search(
+                index=alias_name(ANOMALIES, self.prefix), body=body, ignore_unavailable=True, allow_no_indices=True
+            )["hits"]["hits"]
             for hit in hits:
                 alerts.append(anomaly_alert(hit))
                 newest = hit["sort"][0] if newest is None else max(newest, hit["sort"][0])
@@ -330,15 +362,22 @@ class AlertMonitor:
                 seen = counts.setdefault(prefix, {"count": 0, "breaches": 0})
                 if count > seen["count"]:
                     seen["breaches"] += 1
-                    alerts.append(Alert(
-                        id=f"threshold:{prefix}#{seen['breaches']}",
-                        kind="threshold",
-                        title=f"{dataset} objects for {day.isoformat()} rose from {seen['count']} to {count}",
-                        time=now.isoformat(timespec="seconds"),
-                        details={"dataset": dataset, "day": day.isoformat(), "prefix": prefix,
-                                 "previous": seen["count"], "count": count,
-                                 "location": f"s3://{self.bucket}/{prefix}"},
-                    ))
+                    alerts.append(
+                        Alert(
+                            id=f"threshold:{prefix}#{seen['breaches']}",
+                            kind="threshold",
+                            title=f"{dataset} objects for {day.isoformat()} rose from {seen['count']} to {count}",
+                            time=now.isoformat(timespec="seconds"),
+                            details={
+                                "dataset": dataset,
+                                "day": day.isoformat(),
+                                "prefix": prefix,
+                                "previous": seen["count"],
+                                "count": count,
+                                "location": f"s3://{self.bucket}/{prefix}",
+                            },
+                        )
+                    )
                     report.thresholds.append(f"{prefix} {seen['count']}->{count}")
                 seen["count"] = count
         # Keep only the days still watched.
@@ -381,8 +420,9 @@ class AlertMonitor:
         return {s.name: Outbox(self.s3, self.bucket, self.outbox_key(s.name)).pending for s in self.sinks}
 
 
-def build_sinks(settings: Any, log: Callable[[str], None], sns: Any = None,
-                webhook_kwargs: dict[str, Any] | None = None) -> list[Sink]:
+def build_sinks(
+    settings: Any, log: Callable[[str], None], sns: Any = None, webhook_kwargs: dict[str, Any] | None = None
+) -> list[Sink]:
     """The log sink always; the webhook and SNS when the settings configure them."""
     sinks: list[Sink] = [LogSink(log)]
     if getattr(settings, "alert_webhook_url", None):

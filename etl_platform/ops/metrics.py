@@ -156,7 +156,7 @@ def publish(cloudwatch: Any, datums: Sequence[Datum], namespace: str = NAMESPACE
     """Write datums in requests of at most 1000 (PutMetricData's cap); returns the number of requests."""
     calls = 0
     for start in range(0, len(datums), MAX_DATUMS_PER_CALL):
-        cloudwatch.put_metric_data(Namespace=namespace, MetricData=list(datums[start:start + MAX_DATUMS_PER_CALL]))
+        cloudwatch.put_metric_data(Namespace=namespace, MetricData=list(datums[start : start + MAX_DATUMS_PER_CALL]))
         calls += 1
     return calls
 
@@ -179,7 +179,12 @@ def combine_datapoints(points: Iterable[dict[str, Any]], stat: str) -> float | N
 
 
 def statistic(
-    cloudwatch: Any, name: str, stream: str, start: datetime, end: datetime, stat: str = "Sum",
+    cloudwatch: Any,
+    name: str,
+    stream: str,
+    start: datetime,
+    end: datetime,
+    stat: str = "Sum",
     namespace: str = NAMESPACE,
 ) -> float | None:
     """`stat` of metric `name` over [start, end) for `stream`; None when there is no datapoint.
@@ -194,28 +199,49 @@ def statistic(
     period = -(-seconds // 60) * 60  # CloudWatch periods are multiples of 60 s
     stats = sorted({stat, "Sum", "SampleCount"}) if stat == "Average" else [stat]
     resp = cloudwatch.get_metric_statistics(
-        Namespace=namespace, MetricName=name, Dimensions=[{"Name": DIMENSION, "Value": stream}],
-        StartTime=start, EndTime=end, Period=period, Statistics=stats,
+        Namespace=namespace,
+        MetricName=name,
+        Dimensions=[{"Name": DIMENSION, "Value": stream}],
+        StartTime=start,
+        EndTime=end,
+        Period=period,
+        Statistics=stats,
     )
     return combine_datapoints(resp.get("Datapoints", []), stat)
 
 
 def period_values(
-    cloudwatch: Any, name: str, stream: str, start: datetime, end: datetime, period_s: int, stat: str = "Sum",
+    cloudwatch: Any,
+    name: str,
+    stream: str,
+    start: datetime,
+    end: datetime,
+    period_s: int,
+    stat: str = "Sum",
     namespace: str = NAMESPACE,
 ) -> list[float]:
     """`stat` per `period_s` bucket over [start, end), oldest first (buckets without data are absent)."""
     if stat not in STATISTICS:
         raise ValueError(f"statistic {stat!r} is not one of {', '.join(STATISTICS)}")
     resp = cloudwatch.get_metric_statistics(
-        Namespace=namespace, MetricName=name, Dimensions=[{"Name": DIMENSION, "Value": stream}],
-        StartTime=start, EndTime=end, Period=period_s, Statistics=[stat],
+        Namespace=namespace,
+        MetricName=name,
+        Dimensions=[{"Name": DIMENSION, "Value": stream}],
+        StartTime=start,
+        EndTime=end,
+        Period=period_s,
+        Statistics=[stat],
     )
     return [p[stat] for p in sorted(resp.get("Datapoints", []), key=lambda p: p["Timestamp"])]
 
 
 def read_metric(
-    cloudwatch: Any, name: str, stream: str, minutes: float, stat: str = "Sum", now: datetime | None = None,
+    cloudwatch: Any,
+    name: str,
+    stream: str,
+    minutes: float,
+    stat: str = "Sum",
+    now: datetime | None = None,
     namespace: str = NAMESPACE,
 ) -> float | None:
     """`stat` of `name` over the last `minutes` (None when the window has no datapoint)."""
@@ -247,8 +273,11 @@ class ProducerMetricsReporter:
         if not force and now - self._last < self.interval_s:
             return 0
         throttled = stats.error_codes.get("ProvisionedThroughputExceededException", 0)
-        delta = _Counts(stats.records - self._records, stats.bytes - self._bytes,
-                        {"ProvisionedThroughputExceededException": throttled - self._throttled})
+        delta = _Counts(
+            stats.records - self._records,
+            stats.bytes - self._bytes,
+            {"ProvisionedThroughputExceededException": throttled - self._throttled},
+        )
         self._records, self._bytes, self._throttled, self._last = stats.records, stats.bytes, throttled, now
         datums = producer_metrics(self.stream, delta)
         try:

@@ -16,9 +16,7 @@ def ensure_stream(kinesis: Any, stream_name: str, shards: int = DEFAULT_SHARDS, 
         pass
     deadline = time.monotonic() + timeout_s
     while True:
-        status = kinesis.describe_stream_summary(StreamName=stream_name)["StreamDescriptionSummary"][
-            "StreamStatus"
-        ]
+        status = kinesis.describe_stream_summary(StreamName=stream_name)["StreamDescriptionSummary"]["StreamStatus"]
         if status == "ACTIVE":
             return
         if time.monotonic() > deadline:
@@ -37,7 +35,9 @@ def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
     s3.put_public_access_block(
         Bucket=bucket,
         PublicAccessBlockConfiguration={
-            "BlockPublicAcls": True, "IgnorePublicAcls": True,
-            "BlockPublicPolicy": True, "RestrictPublicBuckets": True,
+            "BlockPublicAcls": True,
+            "IgnorePublicAcls": True,
+            "BlockPublicPolicy": True,
+            "RestrictPublicBuckets": True,
         },
     )

@@ -69,15 +69,19 @@ class ScalingPolicy:
         if self.cooldown_s < 0:
             raise ConfigError(f"cooldown_s={self.cooldown_s} must not be negative")
         if not 1 <= self.max_scalings_per_day <= AWS_MAX_SCALINGS_PER_DAY:
-            raise ConfigError(f"max_scalings_per_day={self.max_scalings_per_day} must be 1-{AWS_MAX_SCALINGS_PER_DAY} "
-                              "(UpdateShardCount's rolling 24 h limit)")
+            raise ConfigError(
+                f"max_scalings_per_day={self.max_scalings_per_day} must be 1-{AWS_MAX_SCALINGS_PER_DAY} "
+                "(UpdateShardCount's rolling 24 h limit)"
+            )
         if not 0 <= self.scale_in_headroom < self.target_utilization:
             raise ConfigError(f"scale_in_headroom={self.scale_in_headroom} must be in [0, target_utilization)")
         if self.window_minutes < 1:
             raise ConfigError(f"window_minutes={self.window_minutes} must be at least 1")
         if self.scale_in_window_minutes < self.window_minutes:
-            raise ConfigError(f"scale_in_window_minutes={self.scale_in_window_minutes} must be at least "
-                              f"window_minutes={self.window_minutes}")
+            raise ConfigError(
+                f"scale_in_window_minutes={self.scale_in_window_minutes} must be at least "
+                f"window_minutes={self.window_minutes}"
+            )
         if not 0 <= self.scale_out_reserve < self.max_scalings_per_day:
             raise ConfigError(f"scale_out_reserve={self.scale_out_reserve} must be in [0, max_scalings_per_day)")
         if self.missing_data not in MISSING_DATA:
@@ -139,8 +143,10 @@ def _utilization(records_per_s: float, bytes_per_s: float, shards: int) -> str:
     rec = 100 * records_per_s / (SHARD_RECORDS_PER_S * shards)
     mib = bytes_per_s / SHARD_BYTES_PER_S
     byt = 100 * mib / shards
-    return (f"{records_per_s:,.0f} records/s ({rec:.0f}% of {shards} shards' record limit) and {mib:.2f} MiB/s "
-            f"({byt:.0f}% of their byte limit)")
+    return (
+        f"{records_per_s:,.0f} records/s ({rec:.0f}% of {shards} shards' record limit) and {mib:.2f} MiB/s "
+        f"({byt:.0f}% of their byte limit)"
+    )
 
 
 def decide(
@@ -172,16 +178,20 @@ def decide(
         return hold(f"stream is {stream_status}: a previous reshard is still in progress")
     if records_per_s is None and bytes_per_s is None:
         if policy.missing_data == "hold":
-            return hold(f"no {INCOMING_RECORDS}/{INCOMING_BYTES} datapoints in the last {policy.window_minutes} min: "
-                        "holding (missing_data=hold; set zero to treat silence as idle)")
+            return hold(
+                f"no {INCOMING_RECORDS}/{INCOMING_BYTES} datapoints in the last {policy.window_minutes} min: "
+                "holding (missing_data=hold; set zero to treat silence as idle)"
+            )
         records_per_s = bytes_per_s = 0.0
     records, size = records_per_s or 0.0, bytes_per_s or 0.0
     need, bound = required_shards(records, size, policy.target_utilization)
     seen = {"required_shards": need, "records_per_s": records, "bytes_per_s": size, "bound": bound}
     load = _utilization(records, size, current_shards)
     desired = min(policy.max_shards, max(policy.min_shards, need))
-    need_text = (f"{load} need {need} shard{'s' if need != 1 else ''} at {policy.target_utilization:.0%} target "
-                 f"utilization ({bound}-bound)")
+    need_text = (
+        f"{load} need {need} shard{'s' if need != 1 else ''} at {policy.target_utilization:.0%} target "
+        f"utilization ({bound}-bound)"
+    )
     if desired != need:
         need_text += f"; clamped to {desired} by {'max' if need > desired else 'min'}_shards"
     if desired == current_shards:
@@ -197,31 +207,47 @@ def decide(
         need_in, _ = required_shards(peak_records, peak_bytes, floor_util)
         desired = min(policy.max_shards, max(policy.min_shards, need_in))
         peaked = peak_records > records or peak_bytes > size
-        basis = (f"the {policy.scale_in_window_minutes} min peak ({peak_records:,.0f} records/s, "
-                 f"{peak_bytes / SHARD_BYTES_PER_S:.2f} MiB/s)" if peaked else "it")
+        basis = (
+            f"the {policy.scale_in_window_minutes} min peak ({peak_records:,.0f} records/s, "
+            f"{peak_bytes / SHARD_BYTES_PER_S:.2f} MiB/s)"
+            if peaked
+            else "it"
+        )
         if desired >= current_shards:
-            return hold(f"scale-in held: {need_text}, but {basis} needs {need_in} to run at <= {floor_util:.0%} "
-                        f"(target - scale_in_headroom); keeping {current_shards}", **seen)
+            return hold(
+                f"scale-in held: {need_text}, but {basis} needs {need_in} to run at <= {floor_util:.0%} "
+                f"(target - scale_in_headroom); keeping {current_shards}",
+                **seen,
+            )
         need_text += f"; {desired} keep {basis} at <= {floor_util:.0%}"
 
     recent = sorted(t for t in history if timedelta(0) <= now - t < DAY)
     if recent and (now - recent[-1]).total_seconds() < policy.cooldown_s:
         ready = recent[-1] + timedelta(seconds=policy.cooldown_s)
-        return hold(f"cool-down: would scale to {desired} ({need_text}), but the last scaling was at "
-                    f"{recent[-1].isoformat()}, {(now - recent[-1]).total_seconds() / 60:.0f} min ago "
-                    f"(cool-down {policy.cooldown_s / 60:.0f} min, until {ready.isoformat()})", **seen)
+        return hold(
+            f"cool-down: would scale to {desired} ({need_text}), but the last scaling was at "
+            f"{recent[-1].isoformat()}, {(now - recent[-1]).total_seconds() / 60:.0f} min ago "
+            f"(cool-down {policy.cooldown_s / 60:.0f} min, until {ready.isoformat()})",
+            **seen,
+        )
     if len(recent) >= policy.max_scalings_per_day:
         ready = recent[-policy.max_scalings_per_day] + DAY
-        return hold(f"daily cap: would scale to {desired} ({need_text}), but {len(recent)} scalings in the last "
-                    f"24 h reached the limit of {policy.max_scalings_per_day} (UpdateShardCount allows "
-                    f"{AWS_MAX_SCALINGS_PER_DAY} per rolling 24 h); next allowed at {ready.isoformat()}", **seen)
+        return hold(
+            f"daily cap: would scale to {desired} ({need_text}), but {len(recent)} scalings in the last "
+            f"24 h reached the limit of {policy.max_scalings_per_day} (UpdateShardCount allows "
+            f"{AWS_MAX_SCALINGS_PER_DAY} per rolling 24 h); next allowed at {ready.isoformat()}",
+            **seen,
+        )
     budget_for_in = policy.max_scalings_per_day - policy.scale_out_reserve
     if not scale_out and len(recent) >= budget_for_in:
         ready = recent[-budget_for_in] + DAY
-        return hold(f"scale-in budget: would scale to {desired} ({need_text}), but {len(recent)} of the "
-                    f"{policy.max_scalings_per_day} scalings per 24 h are used and the last "
-                    f"{policy.scale_out_reserve} are kept for scale-out; scale-in allowed again at "
-                    f"{ready.isoformat()}", **seen)
+        return hold(
+            f"scale-in budget: would scale to {desired} ({need_text}), but {len(recent)} of the "
+            f"{policy.max_scalings_per_day} scalings per 24 h are used and the last "
+            f"{policy.scale_out_reserve} are kept for scale-out; scale-in allowed again at "
+            f"{ready.isoformat()}",
+            **seen,
+        )
 
     if scale_out:
         target = min(desired, 2 * current_shards)
@@ -265,9 +291,13 @@ class Observation:
         return None if self.incoming_bytes is None else self.incoming_bytes / self.window_s
 
     def as_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "window_start": self.window_start.isoformat(),
-                "window_end": self.window_end.isoformat(), "records_per_s": self.records_per_s,
-                "bytes_per_s": self.bytes_per_s}
+        return {
+            **asdict(self),
+            "window_start": self.window_start.isoformat(),
+            "window_end": self.window_end.isoformat(),
+            "records_per_s": self.records_per_s,
+            "bytes_per_s": self.bytes_per_s,
+        }
 
 
 def open_shard_count(kinesis: Any, stream: str) -> tuple[int, str]:
@@ -281,8 +311,15 @@ def open_shard_count(kinesis: Any, stream: str) -> tuple[int, str]:
     return int(count), summary["StreamStatus"]
 
 
-def observe(kinesis: Any, cloudwatch: Any, stream: str, now: datetime, window_minutes: int = 5,
-            namespace: str = NAMESPACE, peak_minutes: int | None = None) -> Observation:
+def observe(
+    kinesis: Any,
+    cloudwatch: Any,
+    stream: str,
+    now: datetime,
+    window_minutes: int = 5,
+    namespace: str = NAMESPACE,
+    peak_minutes: int | None = None,
+) -> Observation:
     """Current shards, the stream's IncomingRecords/IncomingBytes sums over the last window, and the
     busiest window's rates over the last `peak_minutes` (the scale-in look-back)."""
     shards, status = open_shard_count(kinesis, stream)
@@ -291,14 +328,20 @@ def observe(kinesis: Any, cloudwatch: Any, stream: str, now: datetime, window_mi
     peaks: dict[str, float | None] = {INCOMING_RECORDS: None, INCOMING_BYTES: None}
     if peak_minutes:
         for name in peaks:
-            sums = period_values(cloudwatch, name, stream, now - timedelta(minutes=peak_minutes), now, window_s,
-                                 "Sum", namespace)
+            sums = period_values(
+                cloudwatch, name, stream, now - timedelta(minutes=peak_minutes), now, window_s, "Sum", namespace
+            )
             peaks[name] = max(sums) / window_s if sums else None
     return Observation(
-        stream=stream, open_shards=shards, stream_status=status, window_start=start, window_end=now,
+        stream=stream,
+        open_shards=shards,
+        stream_status=status,
+        window_start=start,
+        window_end=now,
         incoming_records=statistic(cloudwatch, INCOMING_RECORDS, stream, start, now, "Sum", namespace),
         incoming_bytes=statistic(cloudwatch, INCOMING_BYTES, stream, start, now, "Sum", namespace),
-        peak_records_per_s=peaks[INCOMING_RECORDS], peak_bytes_per_s=peaks[INCOMING_BYTES],
+        peak_records_per_s=peaks[INCOMING_RECORDS],
+        peak_bytes_per_s=peaks[INCOMING_BYTES],
     )
 
 
@@ -328,11 +371,14 @@ def apply_decision(kinesis: Any, stream: str, decision: ScalingDecision, wait_s:
 
     try:
         response = kinesis.update_shard_count(
-            StreamName=stream, TargetShardCount=decision.target_shards, ScalingType="UNIFORM_SCALING",
+            StreamName=stream,
+            TargetShardCount=decision.target_shards,
+            ScalingType="UNIFORM_SCALING",
         )
     except ClientError as exc:
-        raise ScalingError(f"UpdateShardCount {stream} {decision.current_shards} -> {decision.target_shards} "
-                           f"refused: {exc}") from exc
+        raise ScalingError(
+            f"UpdateShardCount {stream} {decision.current_shards} -> {decision.target_shards} refused: {exc}"
+        ) from exc
     if wait_s > 0:
         wait_active(kinesis, stream, wait_s)
     return response
@@ -362,9 +408,15 @@ class ScalingHistory:
         return [datetime.fromisoformat(e["at"]) for e in self.entries()]
 
     def record(self, decision: ScalingDecision, at: datetime) -> None:
-        entries = self.entries() + [{"at": at.isoformat(), "from": decision.current_shards,
-                                     "to": decision.target_shards, "reason": decision.reason}]
-        body = json.dumps({"scalings": entries[-self.KEEP:]}, indent=1).encode()
+        entries = self.entries() + [
+            {
+                "at": at.isoformat(),
+                "from": decision.current_shards,
+                "to": decision.target_shards,
+                "reason": decision.reason,
+            }
+        ]
+        body = json.dumps({"scalings": entries[-self.KEEP :]}, indent=1).encode()
         self.s3.put_object(Bucket=self.bucket, Key=self.key, Body=body, ContentType="application/json")
 
 
@@ -380,23 +432,42 @@ class ScalingReport:
     history: list[str] = field(default_factory=list)  # scalings in the last 24 h, ISO timestamps
 
     def as_dict(self) -> dict[str, Any]:
-        return {"stream": self.observation.stream, "dry_run": self.dry_run, "applied": self.applied,
-                "inputs": {**self.observation.as_dict(), "policy": asdict(self.policy),
-                           "scalings_last_24h": self.history},
-                "decision": self.decision.as_dict()}
+        return {
+            "stream": self.observation.stream,
+            "dry_run": self.dry_run,
+            "applied": self.applied,
+            "inputs": {**self.observation.as_dict(), "policy": asdict(self.policy), "scalings_last_24h": self.history},
+            "decision": self.decision.as_dict(),
+        }
 
 
 def scale_stream(
-    kinesis: Any, cloudwatch: Any, history: ScalingHistory, stream: str, policy: ScalingPolicy | None = None,
-    now: datetime | None = None, dry_run: bool = False, wait_s: float = 0.0, namespace: str = NAMESPACE,
+    kinesis: Any,
+    cloudwatch: Any,
+    history: ScalingHistory,
+    stream: str,
+    policy: ScalingPolicy | None = None,
+    now: datetime | None = None,
+    dry_run: bool = False,
+    wait_s: float = 0.0,
+    namespace: str = NAMESPACE,
 ) -> ScalingReport:
     """Observe, decide and (unless `dry_run`) apply and record: what the schedule and the CLI run."""
     policy = policy or ScalingPolicy()
     now = now or datetime.now(UTC)
     obs = observe(kinesis, cloudwatch, stream, now, policy.window_minutes, namespace, policy.scale_in_window_minutes)
     past = [t for t in history.timestamps() if timedelta(0) <= now - t < DAY]
-    decision = decide(obs.open_shards, obs.records_per_s, obs.bytes_per_s, now, past, policy, obs.stream_status,
-                      obs.peak_records_per_s, obs.peak_bytes_per_s)
+    decision = decide(
+        obs.open_shards,
+        obs.records_per_s,
+        obs.bytes_per_s,
+        now,
+        past,
+        policy,
+        obs.stream_status,
+        obs.peak_records_per_s,
+        obs.peak_bytes_per_s,
+    )
     report = ScalingReport(obs, policy, decision, dry_run, history=[t.isoformat() for t in sorted(past)])
     if decision.action != NONE and not dry_run:
         apply_decision(kinesis, stream, decision)
@@ -435,7 +506,7 @@ def replay(series: Mapping[str, Any], overrides: Mapping[str, Any] | None = None
         now = start + step * index
         records = None if sample is None else float(sample.get("records_per_s", 0.0))
         size = None if sample is None else float(sample.get("bytes_per_s", 0.0))
-        window = [s for s in samples[max(0, index - look_back + 1):index + 1] if s is not None]
+        window = [s for s in samples[max(0, index - look_back + 1) : index + 1] if s is not None]
         peak_records = max((float(s.get("records_per_s", 0.0)) for s in window), default=None)
         peak_bytes = max((float(s.get("bytes_per_s", 0.0)) for s in window), default=None)
         decision = decide(shards, records, size, now, history, policy, "ACTIVE", peak_records, peak_bytes)

@@ -63,8 +63,9 @@ def _section(data: Mapping[str, Any], key: str, where: str, allowed: set[str]) -
         raise SecurityConfigError(f"{where}: `{key}` must be a mapping")
     unknown = set(value) - allowed
     if unknown:
-        raise SecurityConfigError(f"{where}: unknown key(s) {sorted(unknown)} under `{key}`; "
-                                  f"allowed: {sorted(allowed)}")
+        raise SecurityConfigError(
+            f"{where}: unknown key(s) {sorted(unknown)} under `{key}`; allowed: {sorted(allowed)}"
+        )
     return value
 
 
@@ -72,8 +73,9 @@ def _int(value: Any, where: str, minimum: int, maximum: int | None = None) -> in
     if isinstance(value, bool) or not isinstance(value, int):
         raise SecurityConfigError(f"{where} must be an integer, got {value!r}")
     if value < minimum or (maximum is not None and value > maximum):
-        raise SecurityConfigError(f"{where} must be in {minimum}..{maximum if maximum is not None else ''}, "
-                                  f"got {value}")
+        raise SecurityConfigError(
+            f"{where} must be in {minimum}..{maximum if maximum is not None else ''}, got {value}"
+        )
     return value
 
 
@@ -92,17 +94,31 @@ def parse_security_config(data: Any, source: str = "lake.yaml") -> SecurityConfi
         raise SecurityConfigError(f"{source}: unknown top-level key(s) {sorted(unknown)}; allowed: bucket, kms, stream")
     kms = _section(data, "kms", source, {"alias"})
     stream = _section(data, "stream", source, {"encryption", "retention_hours"})
-    bucket = _section(data, "bucket", source, {"encryption", "block_public_access", "deny_insecure_transport",
-                                                "abort_incomplete_multipart_days", "lifecycle"})
+    bucket = _section(
+        data,
+        "bucket",
+        source,
+        {
+            "encryption",
+            "block_public_access",
+            "deny_insecure_transport",
+            "abort_incomplete_multipart_days",
+            "lifecycle",
+        },
+    )
     alias = kms.get("alias", "alias/etl-platform")
-    if not isinstance(alias, str) or not re.fullmatch(r"alias/[A-Za-z0-9/_-]{1,250}", alias) or alias.startswith(
-            "alias/aws/"):
+    if (
+        not isinstance(alias, str)
+        or not re.fullmatch(r"alias/[A-Za-z0-9/_-]{1,250}", alias)
+        or alias.startswith("alias/aws/")
+    ):
         raise SecurityConfigError(f"{source}: kms.alias {alias!r} must look like alias/<name> (not alias/aws/*)")
     encryption = stream.get("encryption", "KMS")
     if encryption not in ("KMS", "NONE"):
         raise SecurityConfigError(f"{source}: stream.encryption {encryption!r} must be KMS or NONE")
-    retention = _int(stream.get("retention_hours", 24), f"{source}: stream.retention_hours", MIN_RETENTION_H,
-                     MAX_RETENTION_H)
+    retention = _int(
+        stream.get("retention_hours", 24), f"{source}: stream.retention_hours", MIN_RETENTION_H, MAX_RETENTION_H
+    )
     bucket_enc = bucket.get("encryption", "aws:kms")
     if bucket_enc not in ("aws:kms", "AES256"):
         raise SecurityConfigError(f"{source}: bucket.encryption {bucket_enc!r} must be aws:kms or AES256")
@@ -116,14 +132,17 @@ def parse_security_config(data: Any, source: str = "lake.yaml") -> SecurityConfi
     for prefix, rule in lifecycle.items():
         where = f"{source}: bucket.lifecycle.{prefix}"
         if not isinstance(prefix, str) or not re.fullmatch(r"[a-z0-9][a-z0-9_-]*", prefix):
-            raise SecurityConfigError(f"{where}: prefix must be a lake dataset name such as raw or errors "
-                                      "(names starting with '_' hold checkpoints and state and never expire)")
+            raise SecurityConfigError(
+                f"{where}: prefix must be a lake dataset name such as raw or errors "
+                "(names starting with '_' hold checkpoints and state and never expire)"
+            )
         if not isinstance(rule, Mapping) or not rule:
             raise SecurityConfigError(f"{where}: must be a mapping with transition_to_ia_days and/or expire_days")
         extra = set(rule) - {"transition_to_ia_days", "expire_days"}
         if extra:
-            raise SecurityConfigError(f"{where}: unknown key(s) {sorted(extra)}; allowed: expire_days, "
-                                      "transition_to_ia_days")
+            raise SecurityConfigError(
+                f"{where}: unknown key(s) {sorted(extra)}; allowed: expire_days, transition_to_ia_days"
+            )
         ia = rule.get("transition_to_ia_days")
         expire = rule.get("expire_days")
         if ia is not None:
@@ -134,11 +153,16 @@ def parse_security_config(data: Any, source: str = "lake.yaml") -> SecurityConfi
             raise SecurityConfigError(f"{where}: expire_days ({expire}) must be after transition_to_ia_days ({ia})")
         rules.append(PrefixLifecycle(prefix, ia, expire))
     return SecurityConfig(
-        kms_alias=alias, stream_encryption=encryption, retention_hours=retention, bucket_encryption=bucket_enc,
+        kms_alias=alias,
+        stream_encryption=encryption,
+        retention_hours=retention,
+        bucket_encryption=bucket_enc,
         block_public_access=_bool(bucket.get("block_public_access", True), f"{source}: bucket.block_public_access"),
-        deny_insecure_transport=_bool(bucket.get("deny_insecure_transport", True),
-                                      f"{source}: bucket.deny_insecure_transport"),
-        abort_incomplete_multipart_days=abort, lifecycle=tuple(rules),
+        deny_insecure_transport=_bool(
+            bucket.get("deny_insecure_transport", True), f"{source}: bucket.deny_insecure_transport"
+        ),
+        abort_incomplete_multipart_days=abort,
+        lifecycle=tuple(rules),
     )
 
 
@@ -161,8 +185,12 @@ def ensure_kms_key(kms: Any, alias: str, description: str = "etl-platform stream
         return kms.describe_key(KeyId=alias)["KeyMetadata"]["Arn"]
     except kms.exceptions.NotFoundException:
         pass
-    key = kms.create_key(Description=description, KeyUsage="ENCRYPT_DECRYPT", KeySpec="SYMMETRIC_DEFAULT",
-                         Tags=[{"TagKey": "managed-by", "TagValue": "etl-platform"}])["KeyMetadata"]
+    key = kms.create_key(
+        Description=description,
+        KeyUsage="ENCRYPT_DECRYPT",
+        KeySpec="SYMMETRIC_DEFAULT",
+        Tags=[{"TagKey": "managed-by", "TagValue": "etl-platform"}],
+    )["KeyMetadata"]
     kms.enable_key_rotation(KeyId=key["KeyId"])
     try:
         kms.create_alias(AliasName=alias, TargetKeyId=key["KeyId"])
@@ -214,8 +242,11 @@ def lifecycle_rules(config: SecurityConfig) -> list[dict[str, Any]]:
     """S3 lifecycle rules for the configured prefixes (plus aborting stale multipart uploads)."""
     rules: list[dict[str, Any]] = []
     for item in config.lifecycle:
-        rule: dict[str, Any] = {"ID": f"etl-{item.prefix}", "Filter": {"Prefix": f"{item.prefix}/"},
-                                "Status": "Enabled"}
+        rule: dict[str, Any] = {
+            "ID": f"etl-{item.prefix}",
+            "Filter": {"Prefix": f"{item.prefix}/"},
+            "Status": "Enabled",
+        }
         if item.transition_to_ia_days is not None:
             rule["Transitions"] = [{"Days": item.transition_to_ia_days, "StorageClass": "STANDARD_IA"}]
         if item.expire_days is not None:
@@ -223,22 +254,37 @@ def lifecycle_rules(config: SecurityConfig) -> list[dict[str, Any]]:
         rules.append(rule)
     if config.abort_incomplete_multipart_days:
         days = config.abort_incomplete_multipart_days
-        rules.append({"ID": "etl-abort-incomplete-multipart", "Filter": {"Prefix": ""}, "Status": "Enabled",
-                      "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days}})
+        rules.append(
+            {
+                "ID": "etl-abort-incomplete-multipart",
+                "Filter": {"Prefix": ""},
+                "Status": "Enabled",
+                "AbortIncompleteMultipartUpload": {"DaysAfterInitiation": days},
+            }
+        )
     return rules
 
 
 def tls_only_policy(bucket: str) -> dict[str, Any]:
     """Bucket policy denying every request not made over TLS."""
-    return {"Version": "2012-10-17", "Statement": [{
-        "Sid": "DenyInsecureTransport", "Effect": "Deny", "Principal": "*", "Action": "s3:*",
-        "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
-        "Condition": {"Bool": {"aws:SecureTransport": "false"}},
-    }]}
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "DenyInsecureTransport",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": "s3:*",
+                "Resource": [f"arn:aws:s3:::{bucket}", f"arn:aws:s3:::{bucket}/*"],
+                "Condition": {"Bool": {"aws:SecureTransport": "false"}},
+            }
+        ],
+    }
 
 
-def apply_bucket_security(s3: Any, bucket: str, kms_key_arn: str | None, config: SecurityConfig | None = None,
-                          enforce_tls: bool = False) -> None:
+def apply_bucket_security(
+    s3: Any, bucket: str, kms_key_arn: str | None, config: SecurityConfig | None = None, enforce_tls: bool = False
+) -> None:
     """Default encryption, public access block, lifecycle (and with `enforce_tls`, the TLS-only policy)."""
     config = config or SecurityConfig()
     if config.bucket_encryption == "aws:kms":
@@ -247,14 +293,27 @@ def apply_bucket_security(s3: Any, bucket: str, kms_key_arn: str | None, config:
         default = {"SSEAlgorithm": "aws:kms", "KMSMasterKeyID": kms_key_arn}
     else:
         default = {"SSEAlgorithm": "AES256"}
-    s3.put_bucket_encryption(Bucket=bucket, ServerSideEncryptionConfiguration={"Rules": [
-        {"ApplyServerSideEncryptionByDefault": default, "BucketKeyEnabled": config.bucket_encryption == "aws:kms"},
-    ]})
+    s3.put_bucket_encryption(
+        Bucket=bucket,
+        ServerSideEncryptionConfiguration={
+            "Rules": [
+                {
+                    "ApplyServerSideEncryptionByDefault": default,
+                    "BucketKeyEnabled": config.bucket_encryption == "aws:kms",
+                },
+            ]
+        },
+    )
     if config.block_public_access:
-        s3.put_public_access_block(Bucket=bucket, PublicAccessBlockConfiguration={
-            "BlockPublicAcls": True, "IgnorePublicAcls": True, "BlockPublicPolicy": True,
-            "RestrictPublicBuckets": True,
-        })
+        s3.put_public_access_block(
+            Bucket=bucket,
+            PublicAccessBlockConfiguration={
+                "BlockPublicAcls": True,
+                "IgnorePublicAcls": True,
+                "BlockPublicPolicy": True,
+                "RestrictPublicBuckets": True,
+            },
+        )
     rules = lifecycle_rules(config)
     if rules:
         s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
@@ -272,14 +331,21 @@ class SecurityReport:
     lifecycle_rules: int
 
     def summary(self) -> str:
-        return (f"kms key {self.kms_key_arn or '-'}; stream encryption "
-                f"{'applied' if self.stream_encryption_changed else 'unchanged'}, retention "
-                f"{'changed' if self.retention_changed else 'unchanged'}; bucket {self.bucket}: "
-                f"{self.lifecycle_rules} lifecycle rules")
+        return (
+            f"kms key {self.kms_key_arn or '-'}; stream encryption "
+            f"{'applied' if self.stream_encryption_changed else 'unchanged'}, retention "
+            f"{'changed' if self.retention_changed else 'unchanged'}; bucket {self.bucket}: "
+            f"{self.lifecycle_rules} lifecycle rules"
+        )
 
 
-def secure_platform(settings: Settings, config: SecurityConfig | None = None, stream: str | None = None,
-                    bucket: str | None = None, log: Callable[[str], None] = print) -> SecurityReport:
+def secure_platform(
+    settings: Settings,
+    config: SecurityConfig | None = None,
+    stream: str | None = None,
+    bucket: str | None = None,
+    log: Callable[[str], None] = print,
+) -> SecurityReport:
     """Apply the whole security config to the profile's stream and bucket (both must exist)."""
     from etl_platform import aws
 
@@ -291,8 +357,9 @@ def secure_platform(settings: Settings, config: SecurityConfig | None = None, st
     if needs_key:
         key_arn = os.environ.get("ETL_KMS_KEY_ARN") or ensure_kms_key(aws.client("kms", settings), config.kms_alias)
     kinesis = aws.client("kinesis", settings)
-    encrypted = apply_stream_encryption(kinesis, stream, key_arn) if config.stream_encryption == "KMS" and key_arn \
-        else False
+    encrypted = (
+        apply_stream_encryption(kinesis, stream, key_arn) if config.stream_encryption == "KMS" and key_arn else False
+    )
     retention = set_retention(kinesis, stream, config.retention_hours)
     apply_bucket_security(aws.client("s3", settings), bucket, key_arn, config, enforce_tls=settings.tls)
     report = SecurityReport(key_arn, encrypted, retention, bucket, len(lifecycle_rules(config)))

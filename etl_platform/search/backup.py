@@ -24,9 +24,17 @@ def failed_prefix(day: date | str | None = None) -> str:
     return f"{FAILED}/" if day is None else layout.day_prefix(FAILED, day)
 
 
-def backup_failures(s3: Any, bucket: str, failures: Sequence[Failure], payloads: Sequence[str],
-                    indices: Sequence[str], ids: Sequence[str], prefix: str, now: datetime,
-                    max_object_bytes: int = 5 * MIB) -> list[str]:
+def backup_failures(
+    s3: Any,
+    bucket: str,
+    failures: Sequence[Failure],
+    payloads: Sequence[str],
+    indices: Sequence[str],
+    ids: Sequence[str],
+    prefix: str,
+    now: datetime,
+    max_object_bytes: int = 5 * MIB,
+) -> list[str]:
     """Write failed documents to the lake; returns the object keys. Same failures, same keys."""
     if not failures:
         return []
@@ -40,8 +48,9 @@ def backup_failures(s3: Any, bucket: str, failures: Sequence[Failure], payloads:
             f'"prefix":{json.dumps(prefix)},"status":{json.dumps(failure.status)},'
             f'"error":{json.dumps(error)},"failed_at":"{failed_at}","doc":{doc}}}'
         )
-    digest = hashlib.sha1("\n".join(sorted(f"{indices[f.position]}/{ids[f.position]}" for f in failures))
-                          .encode()).hexdigest()[:16]
+    digest = hashlib.sha1(
+        "\n".join(sorted(f"{indices[f.position]}/{ids[f.position]}" for f in failures)).encode()
+    ).hexdigest()[:16]
     hour = layout.HourPartition.of(now.astimezone(UTC))
     keys = []
     part_lines: list[str] = []

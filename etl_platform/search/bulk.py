@@ -86,9 +86,15 @@ class IndexStats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
-            "indexed": self.indexed, "failed": self.failed, "retried": self.retried, "bytes": self.bytes,
-            "requests": self.requests, "seconds": round(self.seconds, 3), "by_family": dict(self.by_family),
-            "backup_objects": list(self.backup_objects), "last_error": self.last_error,
+            "indexed": self.indexed,
+            "failed": self.failed,
+            "retried": self.retried,
+            "bytes": self.bytes,
+            "requests": self.requests,
+            "seconds": round(self.seconds, 3),
+            "by_family": dict(self.by_family),
+            "backup_objects": list(self.backup_objects),
+            "last_error": self.last_error,
             "unreachable": self.unreachable,
         }
 
@@ -111,7 +117,6 @@ def chunk_ranges(sizes: Sequence[int], max_bytes: int, max_docs: int = 0) -> lis
     if start < len(sizes):
         ranges.append((start, len(sizes)))
     return ranges
-
 
 
 @dataclass
@@ -152,8 +157,13 @@ class _Budget:
 class BulkEngine:
     """Sends prepared bulk payloads with retries; returns the positions that failed for good."""
 
-    def __init__(self, client: Any, config: IndexerConfig | None = None,
-                 sleep: Callable[[float], None] = time.sleep, rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        config: IndexerConfig | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
         from opensearchpy.exceptions import ConnectionError as OSConnectionError
         from opensearchpy.exceptions import TransportError
 
@@ -162,13 +172,15 @@ class BulkEngine:
         self._connection_error, self._transport_error = OSConnectionError, TransportError
         self._lock = threading.Lock()
 
-    def run(self, payloads: Sequence[str], sizes: Sequence[int], indices: Sequence[str]
-            ) -> tuple[IndexStats, list[Failure]]:
+    def run(
+        self, payloads: Sequence[str], sizes: Sequence[int], indices: Sequence[str]
+    ) -> tuple[IndexStats, list[Failure]]:
         started = time.monotonic()
         stats, failures = IndexStats(), []
         budget = _Budget(self.config.max_total_wait_s)
-        chunks = [list(range(a, b)) for a, b in chunk_ranges(sizes, self.config.max_bulk_bytes,
-                                                             self.config.max_bulk_docs)]
+        chunks = [
+            list(range(a, b)) for a, b in chunk_ranges(sizes, self.config.max_bulk_bytes, self.config.max_bulk_docs)
+        ]
 
         def work(positions: list[int]) -> None:
             self._send(positions, payloads, indices, budget, stats, failures)
@@ -185,20 +197,30 @@ class BulkEngine:
         stats.seconds = time.monotonic() - started
         return stats, failures
 
-    def _send(self, positions: list[int], payloads: Sequence[str], indices: Sequence[str],
-              budget: _Budget, stats: IndexStats, failures: list[Failure]) -> None:
+    def _send(
+        self,
+        positions: list[int],
+        payloads: Sequence[str],
+        indices: Sequence[str],
+        budget: _Budget,
+        stats: IndexStats,
+        failures: list[Failure],
+    ) -> None:
         pending, attempt = positions, 0
         while pending:
             if budget.open:
-                self._fail(pending, "N/A", f"not sent, OpenSearch unreachable: {budget.reason}", stats, failures,
-                           note=False)
+                self._fail(
+                    pending, "N/A", f"not sent, OpenSearch unreachable: {budget.reason}", stats, failures, note=False
+                )
                 return
             body = "".join(payloads[i] for i in pending).encode()
             retry: list[int] = []
             connection_failed = False
             try:
-                params: dict[str, Any] = {"request_timeout": self.config.request_timeout_s,
-                                          "filter_path": BULK_FILTER_PATH}
+                params: dict[str, Any] = {
+                    "request_timeout": self.config.request_timeout_s,
+                    "filter_path": BULK_FILTER_PATH,
+                }
                 if self.config.refresh:
                     params["refresh"] = self.config.refresh
                 response = self.client.bulk(body=body, **params)
@@ -247,7 +269,7 @@ class BulkEngine:
                     self._note(stats, error=retry_error)
             if not retry:
                 return
-            delay = min(self.config.max_backoff_s, self.config.initial_backoff_s * 2 ** attempt)
+            delay = min(self.config.max_backoff_s, self.config.initial_backoff_s * 2**attempt)
             granted = budget.take(delay * (0.5 + self.rng.random() / 2))
             if granted is None:
                 if connection_failed:
@@ -276,8 +298,15 @@ class BulkEngine:
             for family, n in counts.items():
                 stats.by_family[family] = stats.by_family.get(family, 0) + n
 
-    def _fail(self, positions: list[int], status: int | str, error: Any, stats: IndexStats,
-              failures: list[Failure], note: bool = True) -> None:
+    def _fail(
+        self,
+        positions: list[int],
+        status: int | str,
+        error: Any,
+        stats: IndexStats,
+        failures: list[Failure],
+        note: bool = True,
+    ) -> None:
         with self._lock:
             failures.extend(Failure(p, status, error) for p in positions)
             if note:

@@ -25,8 +25,10 @@ class DayCounts:
 
     def describe(self) -> str:
         verdict = "match" if self.matches else "MISMATCH"
-        return (f"{self.day}: {verdict}: lake {self.lake_rows} rows / {self.lake_anomalies} anomalies, "
-                f"index {self.indexed_docs} docs / {self.indexed_anomalies} anomalies")
+        return (
+            f"{self.day}: {verdict}: lake {self.lake_rows} rows / {self.lake_anomalies} anomalies, "
+            f"index {self.indexed_docs} docs / {self.indexed_anomalies} anomalies"
+        )
 
 
 def day_counts(client: Any, s3: Any, bucket: str, day: date, prefix: str = "") -> DayCounts:
@@ -42,7 +44,7 @@ def day_counts(client: Any, s3: Any, bucket: str, day: date, prefix: str = "") -
         rows += status.height
         anomalies += status.filter(pl.col("anomaly_status") == "ANOMALY").height
     events_index, anomalies_index = index_name(EVENTS, day, prefix), index_name(ANOMALIES, day, prefix)
-    client.indices.refresh(index=f"{events_index},{anomalies_index}", ignore_unavailable=True,
-                           allow_no_indices=True)
-    return DayCounts(day, rows, anomalies, count_documents(client, events_index),
-                     count_documents(client, anomalies_index))
+    client.indices.refresh(index=f"{events_index},{anomalies_index}", ignore_unavailable=True, allow_no_indices=True)
+    return DayCounts(
+        day, rows, anomalies, count_documents(client, events_index), count_documents(client, anomalies_index)
+    )

@@ -13,14 +13,19 @@ from typing import Any
 from etl_platform.config import Settings
 
 
-def make_client(settings: Settings, env: Mapping[str, str] | None = None, url: str | None = None,
-                timeout: float = 30.0) -> Any:
+def make_client(
+    settings: Settings, env: Mapping[str, str] | None = None, url: str | None = None, timeout: float = 30.0
+) -> Any:
     from opensearchpy import OpenSearch
 
     env = os.environ if env is None else env
     url = url or settings.opensearch_url
     user, password = env.get("ETL_OPENSEARCH_USERNAME"), env.get("ETL_OPENSEARCH_PASSWORD")
     return OpenSearch(
-        hosts=[url], http_auth=(user, password) if user else None, verify_certs=url.startswith("https"),
-        timeout=timeout, max_retries=3, retry_on_timeout=True,
+        hosts=[url],
+        http_auth=(user, password) if user else None,
+        verify_certs=url.startswith("https"),
+        timeout=timeout,
+        max_retries=3,
+        retry_on_timeout=True,
     )

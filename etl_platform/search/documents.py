@@ -41,17 +41,20 @@ def documents(frame: pl.DataFrame, indexed_at: datetime) -> pl.DataFrame:
         fields.append(expr.alias(name))
     attributes = pl.col("attributes").fill_null("{}") if "attributes" in frame.columns else pl.lit("{}")
     body = pl.struct(fields).struct.json_encode()
-    doc = pl.concat_str([
-        body.str.strip_suffix("}"),
-        pl.lit(f',"indexed_at":"{timestamp(indexed_at)}","attributes":'),
-        attributes,
-        pl.lit("}"),
-    ])
+    doc = pl.concat_str(
+        [
+            body.str.strip_suffix("}"),
+            pl.lit(f',"indexed_at":"{timestamp(indexed_at)}","attributes":'),
+            attributes,
+            pl.lit("}"),
+        ]
+    )
     return frame.select(
         pl.col("event_id").alias("_id"),
         pl.col("event_time").dt.convert_time_zone("UTC").dt.strftime("%Y.%m.%d").alias("_day"),
         (pl.col("anomaly_status") == "ANOMALY").fill_null(False).alias("_anomaly")
-        if "anomaly_status" in frame.columns else pl.lit(False).alias("_anomaly"),
+        if "anomaly_status" in frame.columns
+        else pl.lit(False).alias("_anomaly"),
         doc.alias("doc"),
     )
 
@@ -68,10 +71,13 @@ def bulk_lines(docs: pl.DataFrame, prefix: str = "") -> pl.DataFrame:
             continue
         target = pl.concat_str([pl.lit(f"{prefix}{family}-"), pl.col("_day")])
         action = pl.struct(pl.struct(target.alias("_index"), pl.col("_id")).alias("index")).struct.json_encode()
-        parts.append(rows.select(
-            target.alias("_index"), pl.col("_id"),
-            pl.concat_str([action, pl.lit("\n"), pl.col("doc"), pl.lit("\n")]).alias("payload"),
-        ))
+        parts.append(
+            rows.select(
+                target.alias("_index"),
+                pl.col("_id"),
+                pl.concat_str([action, pl.lit("\n"), pl.col("doc"), pl.lit("\n")]).alias("payload"),
+            )
+        )
     if not parts:
         return pl.DataFrame(schema={"_index": pl.String, "_id": pl.String, "payload": pl.String, "size": pl.UInt32})
     out = pl.concat(parts)

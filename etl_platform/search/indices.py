@@ -129,6 +129,7 @@ def template_body(family: str, prefix: str = "", settings: IndexSettings | None 
 
 def _normalized(body: dict[str, Any]) -> dict[str, Any]:
     """A template as the cluster returns it (settings values are strings), for an equality test."""
+
     def strings(value: Any) -> Any:
         if isinstance(value, dict):
             return {k: strings(v) for k, v in value.items()}
@@ -183,6 +184,7 @@ def delete_all(client: Any, prefix: str) -> None:
     if not prefix:
         raise ValueError("refusing to delete the unprefixed production indices")
     for family in FAMILIES:
-        client.indices.delete(index=index_pattern(family, prefix), ignore_unavailable=True,
-                              allow_no_indices=True, expand_wildcards="all")
+        client.indices.delete(
+            index=index_pattern(family, prefix), ignore_unavailable=True, allow_no_indices=True, expand_wildcards="all"
+        )
         client.indices.delete_index_template(name=template_name(family, prefix), ignore=404)

@@ -60,16 +60,26 @@ def _search(client: Any, index: str, body: dict[str, Any]) -> dict[str, Any]:
     return client.search(index=index, body=body, ignore_unavailable=True, allow_no_indices=True)
 
 
-def user_events(client: Any, user_id: str, start: datetime, end: datetime, prefix: str = "",
-                limit: int = 100, fields: Sequence[str] = USER_EVENT_FIELDS) -> list[dict[str, Any]]:
+def user_events(
+    client: Any,
+    user_id: str,
+    start: datetime,
+    end: datetime,
+    prefix: str = "",
+    limit: int = 100,
+    fields: Sequence[str] = USER_EVENT_FIELDS,
+) -> list[dict[str, Any]]:
     """A user's events in [start, end), oldest first (ties by event_id), at most `limit`."""
     query = {"bool": {"filter": [{"term": {"user_id": user_id}}, _range(start, end)]}}
     rows: list[dict[str, Any]] = []
     after: list[Any] | None = None
     while len(rows) < limit:
         body: dict[str, Any] = {
-            "size": min(PAGE, limit - len(rows)), "query": query, "_source": list(fields),
-            "sort": [{"event_time": "asc"}, {"event_id": "asc"}], "track_total_hits": False,
+            "size": min(PAGE, limit - len(rows)),
+            "query": query,
+            "_source": list(fields),
+            "sort": [{"event_time": "asc"}, {"event_id": "asc"}],
+            "track_total_hits": False,
         }
         if after is not None:
             body["search_after"] = after
@@ -81,8 +91,14 @@ def user_events(client: Any, user_id: str, start: datetime, end: datetime, prefi
     return rows
 
 
-def anomaly_breakdown(client: Any, start: datetime, end: datetime, prefix: str = "",
-                      event_type: str | None = None, source: str | None = None) -> list[dict[str, Any]]:
+def anomaly_breakdown(
+    client: Any,
+    start: datetime,
+    end: datetime,
+    prefix: str = "",
+    event_type: str | None = None,
+    source: str | None = None,
+) -> list[dict[str, Any]]:
     """Anomalies in [start, end) per (event_type, source): count, max and mean value, first and last time.
 
     Sorted by count (descending), then event_type and source.
@@ -104,20 +120,25 @@ def anomaly_breakdown(client: Any, start: datetime, end: datetime, prefix: str =
     }
     rows: list[dict[str, Any]] = []
     while True:
-        body = {"size": 0, "query": {"bool": {"filter": filters}},
-                "aggs": {"groups": {"composite": composite, "aggs": aggs}}}
+        body = {
+            "size": 0,
+            "query": {"bool": {"filter": filters}},
+            "aggs": {"groups": {"composite": composite, "aggs": aggs}},
+        }
         result = _search(client, alias_name(ANOMALIES, prefix), body)
         groups = result.get("aggregations", {}).get("groups", {})
         for bucket in groups.get("buckets", []):
-            rows.append({
-                "event_type": bucket["key"]["event_type"],
-                "source": bucket["key"]["source"],
-                "anomalies": bucket["doc_count"],
-                "max_value": bucket["max_value"]["value"],
-                "mean_value": bucket["mean_value"]["value"],
-                "first": bucket["first"].get("value_as_string"),
-                "last": bucket["last"].get("value_as_string"),
-            })
+            rows.append(
+                {
+                    "event_type": bucket["key"]["event_type"],
+                    "source": bucket["key"]["source"],
+                    "anomalies": bucket["doc_count"],
+                    "max_value": bucket["max_value"]["value"],
+                    "mean_value": bucket["mean_value"]["value"],
+                    "first": bucket["first"].get("value_as_string"),
+                    "last": bucket["last"].get("value_as_string"),
+                }
+            )
         if "after_key" not in groups or len(groups.get("buckets", [])) < PAGE:
             break
         composite["after"] = groups["after_key"]
@@ -125,23 +146,29 @@ def anomaly_breakdown(client: Any, start: datetime, end: datetime, prefix: str =
     return rows
 
 
-def top_anomalous_users(client: Any, start: datetime, end: datetime, prefix: str = "", limit: int = 10
-                        ) -> list[dict[str, Any]]:
+def top_anomalous_users(
+    client: Any, start: datetime, end: datetime, prefix: str = "", limit: int = 10
+) -> list[dict[str, Any]]:
     """Users with the most anomalies in [start, end); ties broken by user_id. At most `limit` rows."""
     body = {
         "size": 0,
         "query": {"bool": {"filter": [_range(start, end)]}},
-        "aggs": {"users": {
-            "terms": {
-                "field": "user_id", "size": limit, "shard_size": max(1000, limit * 50),
-                "order": [{"_count": "desc"}, {"_key": "asc"}], "show_term_doc_count_error": True,
-            },
-            "aggs": {
-                "event_types": {"cardinality": {"field": "event_type"}},
-                "max_value": {"max": {"field": "value"}},
-                "last": {"max": {"field": "event_time"}},
-            },
-        }},
+        "aggs": {
+            "users": {
+                "terms": {
+                    "field": "user_id",
+                    "size": limit,
+                    "shard_size": max(1000, limit * 50),
+                    "order": [{"_count": "desc"}, {"_key": "asc"}],
+                    "show_term_doc_count_error": True,
+                },
+                "aggs": {
+                    "event_types": {"cardinality": {"field": "event_type"}},
+                    "max_value": {"max": {"field": "value"}},
+                    "last": {"max": {"field": "event_time"}},
+                },
+            }
+        },
     }
     result = _search(client, alias_name(ANOMALIES, prefix), body)
     buckets = result.get("aggregations", {}).get("users", {}).get("buckets", [])

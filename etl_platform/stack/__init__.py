@@ -24,9 +24,7 @@ class LocalStack:
         paths = paths or StackPaths.default()
         self.services: dict[str, LocalService] = {
             svc.name: svc
-            for svc in (
-                KinesisService(paths), MotoService(paths), PostgresService(paths), OpenSearchService(paths)
-            )
+            for svc in (KinesisService(paths), MotoService(paths), PostgresService(paths), OpenSearchService(paths))
         }
 
     def up(self, log=print, names: list[str] | None = None) -> dict[str, float]:
@@ -39,8 +37,7 @@ class LocalStack:
             was_up = svc.healthy()
             svc.start()
             timings[name] = time.monotonic() - started
-            log(f"{name:<11} {'already up' if was_up else 'started'} at {svc.endpoint()} "
-                f"({timings[name]:.1f}s)")
+            log(f"{name:<11} {'already up' if was_up else 'started'} at {svc.endpoint()} ({timings[name]:.1f}s)")
         return timings
 
     def down(self, log=print) -> None:

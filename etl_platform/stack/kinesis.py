@@ -31,9 +31,7 @@ class KinesisService(LocalService):
             return
         if shutil.which("npm") is None:
             raise StackError("npm is not installed; run `make install` (scripts/install.sh installs Node.js)")
-        subprocess.run(
-            ["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=SERVICE_SRC, check=True
-        )
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=SERVICE_SRC, check=True)
 
     def command(self) -> list[str]:
         return ["node", "-r", str(SERVICE_SRC / "loopback.js"), str(PACKAGE_DIR / "main.js")]
@@ -42,9 +40,16 @@ class KinesisService(LocalService):
         instant = {
             f"{op}_DURATION": "0ms"
             for op in (
-                "CREATE_STREAM", "DELETE_STREAM", "MERGE_SHARDS", "SPLIT_SHARD", "UPDATE_SHARD_COUNT",
-                "START_STREAM_ENCRYPTION", "STOP_STREAM_ENCRYPTION", "UPDATE_STREAM_MODE",
-                "REGISTER_STREAM_CONSUMER", "DEREGISTER_STREAM_CONSUMER",
+                "CREATE_STREAM",
+                "DELETE_STREAM",
+                "MERGE_SHARDS",
+                "SPLIT_SHARD",
+                "UPDATE_SHARD_COUNT",
+                "START_STREAM_ENCRYPTION",
+                "STOP_STREAM_ENCRYPTION",
+                "UPDATE_STREAM_MODE",
+                "REGISTER_STREAM_CONSUMER",
+                "DEREGISTER_STREAM_CONSUMER",
             )
         }
         return {

@@ -35,7 +35,8 @@ CLUSTER_NAME = "etl-local"
 # The distribution's system JVM options that matter for an embedded node on Java 17 (no security
 # manager is installed, so no -Djava.security.manager=allow and no --add-opens are needed).
 JVM_FLAGS = [
-    "-Xms512m", "-Xmx512m",
+    "-Xms512m",
+    "-Xmx512m",
     "-XX:+UseG1GC",
     "-XX:+ExitOnOutOfMemoryError",
     "-XX:-OmitStackTraceInFastThrow",
@@ -109,7 +110,10 @@ class OpenSearchService(LocalService):
         try:
             result = subprocess.run(
                 ["mvn", "-B", "-q", "-f", str(POM), "package"],
-                capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=1200,
+                capture_output=True,
+                text=True,
+                stdin=subprocess.DEVNULL,
+                timeout=1200,
             )
         except subprocess.TimeoutExpired as exc:
             raise StackError("building services/opensearch (mvn package) took over 20 minutes") from exc
@@ -144,8 +148,14 @@ class OpenSearchService(LocalService):
     def command(self) -> list[str]:
         classpath = os.pathsep.join([str(NODE_JAR), *self._dependency_classpath()])
         return [
-            self._java(), *JVM_FLAGS, *self._cds_flags(classpath),
-            "-cp", classpath, MAIN_CLASS, str(self.data_dir), str(self.port),
+            self._java(),
+            *JVM_FLAGS,
+            *self._cds_flags(classpath),
+            "-cp",
+            classpath,
+            MAIN_CLASS,
+            str(self.data_dir),
+            str(self.port),
         ]
 
     def _request(self, method: str, path: str, body: dict | None = None, timeout: float = 1.0) -> dict:

@@ -66,8 +66,16 @@ class PostgresService(LocalService):
         if (cluster / "PG_VERSION").exists():
             return
         result = _as_postgres(
-            [str(PG_BIN / "initdb"), "-D", str(cluster), "-U", "postgres", "--auth=trust",
-             "--encoding=UTF8", "--locale=C.UTF-8"]
+            [
+                str(PG_BIN / "initdb"),
+                "-D",
+                str(cluster),
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "--encoding=UTF8",
+                "--locale=C.UTF-8",
+            ]
         )
         if result.returncode != 0:
             raise StackError(f"initdb failed:\n{result.stdout}\n{result.stderr}")
@@ -79,10 +87,23 @@ class PostgresService(LocalService):
             shutil.chown(cluster / "sockets", "postgres", "postgres")
         prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
         return prefix + [
-            str(PG_BIN / "postgres"), "-D", str(cluster), "-p", str(self.port),
-            "-c", "listen_addresses=127.0.0.1", "-c", f"unix_socket_directories={cluster / 'sockets'}",
-            "-c", "fsync=on", "-c", "max_connections=100", "-c", "shared_buffers=256MB",
-            "-c", "max_wal_size=2GB",
+            str(PG_BIN / "postgres"),
+            "-D",
+            str(cluster),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            f"unix_socket_directories={cluster / 'sockets'}",
+            "-c",
+            "fsync=on",
+            "-c",
+            "max_connections=100",
+            "-c",
+            "shared_buffers=256MB",
+            "-c",
+            "max_wal_size=2GB",
         ]
 
     def healthy(self) -> bool:

@@ -109,8 +109,13 @@ class LocalService:
                 # start_new_session: the server gets its own process group, so stop() can end it
                 # and its children, and a Ctrl-C in the terminal does not reach it twice.
                 proc = subprocess.Popen(
-                    self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                    env=env, cwd=self.dir, start_new_session=True,
+                    self.command(),
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    stdin=subprocess.DEVNULL,
+                    env=env,
+                    cwd=self.dir,
+                    start_new_session=True,
                 )
             self.pid_path.write_text(str(proc.pid))
         self.wait_healthy()

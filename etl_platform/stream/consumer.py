@@ -201,8 +201,12 @@ class StreamConsumer:
 
         with stage(result, "read"):
             read = read_range(
-                self.kinesis, self.stream_name, shard_id, checkpoint.sequence_number if checkpoint else None,
-                self.config.max_records, self.config.buffer_bytes,
+                self.kinesis,
+                self.stream_name,
+                shard_id,
+                checkpoint.sequence_number if checkpoint else None,
+                self.config.max_records,
+                self.config.buffer_bytes,
             )
         result.ended, result.cut, result.millis_behind_latest = read.ended, read.cut, read.millis_behind_latest
         result.records = len(read.records)
@@ -266,8 +270,9 @@ class StreamConsumer:
                 result.search_indexed, result.search_failed = stats.indexed, stats.failed
 
     # --- draining ---------------------------------------------------------------------------------
-    def drain(self, progress: Callable[[BatchResult], None] | None = None, max_batches: int = 100_000
-              ) -> list[BatchResult]:
+    def drain(
+        self, progress: Callable[[BatchResult], None] | None = None, max_batches: int = 100_000
+    ) -> list[BatchResult]:
         """Process batches for every readable shard until all are caught up (children after parents)."""
         results: list[BatchResult] = []
         for _ in range(max_batches):

@@ -107,13 +107,20 @@ class _Shard:
         self.shard_id = shard_id
         self.result = DecodeResult()
 
-    def error(self, seq: str | None, sub: int, arrival: datetime | None, key: str | None,
-              raw: bytes, reason: str) -> None:
-        self.result.errors.append({
-            "shard_id": self.shard_id, "sequence_number": seq, "sub_sequence": sub,
-            "arrival_time": arrival, "partition_key": key,
-            "raw_base64": base64.b64encode(raw).decode("ascii"), "reason": reason,
-        })
+    def error(
+        self, seq: str | None, sub: int, arrival: datetime | None, key: str | None, raw: bytes, reason: str
+    ) -> None:
+        self.result.errors.append(
+            {
+                "shard_id": self.shard_id,
+                "sequence_number": seq,
+                "sub_sequence": sub,
+                "arrival_time": arrival,
+                "partition_key": key,
+                "raw_base64": base64.b64encode(raw).decode("ascii"),
+                "reason": reason,
+            }
+        )
 
     def one(self, seq: str, sub: int, arrival: datetime, key: str, payload: bytes) -> None:
         try:
@@ -124,19 +131,28 @@ class _Shard:
         except Exception as exc:  # a decoder bug must not drop the aggregate's other sub-records
             self.error(seq, sub, arrival, key, payload, f"internal: {type(exc).__name__}: {exc}")
             return
-        self.result.events.append({
-            "event_id": env["event_id"] or derive_event_id(self.shard_id, seq, sub),
-            "source": env["source"], "user_id": env["user_id"], "event_type": env["event_type"],
-            "event_time": env["event_time"], "value": env["value"], "attributes": env["attributes"],
-            "shard_id": self.shard_id, "sequence_number": seq, "sub_sequence": sub,
-            "arrival_time": arrival, "partition_key": key,
-        })
+        self.result.events.append(
+            {
+                "event_id": env["event_id"] or derive_event_id(self.shard_id, seq, sub),
+                "source": env["source"],
+                "user_id": env["user_id"],
+                "event_type": env["event_type"],
+                "event_time": env["event_time"],
+                "value": env["value"],
+                "attributes": env["attributes"],
+                "shard_id": self.shard_id,
+                "sequence_number": seq,
+                "sub_sequence": sub,
+                "arrival_time": arrival,
+                "partition_key": key,
+            }
+        )
 
     def aggregate(self, seq: str, arrival: datetime, key: str, data: bytes) -> None:
-        body = data[len(KPL_MAGIC):]
+        body = data[len(KPL_MAGIC) :]
         if len(body) <= aws_kinesis_agg.DIGEST_SIZE:
             raise _Bad(f"kpl: aggregate of {len(data)} bytes is too short for magic + message + MD5 digest")
-        message, digest = body[:-aws_kinesis_agg.DIGEST_SIZE], body[-aws_kinesis_agg.DIGEST_SIZE:]
+        message, digest = body[: -aws_kinesis_agg.DIGEST_SIZE], body[-aws_kinesis_agg.DIGEST_SIZE :]
         if hashlib.md5(message).digest() != digest:
             raise _Bad("kpl: MD5 digest mismatch (aggregate corrupt or truncated)")
         # protoc-generated module without a .pyi: its message classes are created at import time
@@ -151,9 +167,14 @@ class _Shard:
         for sub, user_record in enumerate(agg.records):
             index = user_record.partition_key_index
             if index >= len(keys):
-                self.error(seq, sub, arrival, key, user_record.data,
-                           f"kpl: sub-record {sub} partition_key_index {index} out of range "
-                           f"({len(keys)} keys in table)")
+                self.error(
+                    seq,
+                    sub,
+                    arrival,
+                    key,
+                    user_record.data,
+                    f"kpl: sub-record {sub} partition_key_index {index} out of range ({len(keys)} keys in table)",
+                )
                 continue
             self.one(seq, sub, arrival, keys[index], user_record.data)
 
@@ -172,15 +193,16 @@ class _Shard:
                 raise _Bad(f"record: PartitionKey must be a string, got {type(key).__name__}")
             if not isinstance(raw, bytes | bytearray | memoryview):
                 raise _Bad(f"record: Data must be bytes, got {type(raw).__name__}")
-            if data[:len(KPL_MAGIC)] == KPL_MAGIC:
+            if data[: len(KPL_MAGIC)] == KPL_MAGIC:
                 self.aggregate(seq, arrival, key, data)
             else:
                 self.one(seq, 0, arrival, key, data)
         except _Bad as exc:
             self.error(seq, 0, arrival, key if isinstance(key, str) else None, data, str(exc))
         except Exception as exc:  # a decoder bug must not stop the shard either
-            self.error(seq, 0, arrival, key if isinstance(key, str) else None, data,
-                       f"internal: {type(exc).__name__}: {exc}")
+            self.error(
+                seq, 0, arrival, key if isinstance(key, str) else None, data, f"internal: {type(exc).__name__}: {exc}"
+            )
 
 
 def decode_records(shard_id: str, records: Iterable[Mapping[str, Any]]) -> DecodeResult:

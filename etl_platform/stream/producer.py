@@ -33,10 +33,15 @@ MAX_REQUEST_BYTES = 5 * 1024 * 1024
 MAX_RECORD_BYTES = 1024 * 1024
 MAX_PARTITION_KEY_CHARS = 256
 KPL_DEFAULT_AGGREGATE_BYTES = 51_200  # the KPL's own AggregationMaxSize default
-RETRYABLE_REQUEST_ERRORS = frozenset({
-    "ProvisionedThroughputExceededException", "LimitExceededException", "InternalFailure",
-    "ServiceUnavailable", "KMSThrottlingException",
-})
+RETRYABLE_REQUEST_ERRORS = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "LimitExceededException",
+        "InternalFailure",
+        "ServiceUnavailable",
+        "KMSThrottlingException",
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -62,8 +67,10 @@ class ProducerStats:
     rejected: list[Rejected] = field(default_factory=list)
 
     def summary(self) -> str:
-        return (f"sent={self.sent} failed={self.failed} retried={self.retried} "
-                f"rejected={len(self.rejected)} requests={self.requests} bytes={self.bytes}")
+        return (
+            f"sent={self.sent} failed={self.failed} retried={self.retried} "
+            f"rejected={len(self.rejected)} requests={self.requests} bytes={self.bytes}"
+        )
 
 
 class ProducerError(RuntimeError):
@@ -106,10 +113,19 @@ def _json_default(obj: Any) -> Any:
 class KinesisProducer:
     """PutRecords writer for one stream; `client` is a boto3 Kinesis client (or anything shaped like one)."""
 
-    def __init__(self, client: Any, stream_name: str, compress: bool = False, max_attempts: int = 8,
-                 base_backoff_s: float = 0.05, sleep: Callable[[float], None] = time.sleep, *,
-                 max_backoff_s: float = 5.0, progress: Callable[[ProducerStats], None] | None = None,
-                 rng: random.Random | None = None) -> None:
+    def __init__(
+        self,
+        client: Any,
+        stream_name: str,
+        compress: bool = False,
+        max_attempts: int = 8,
+        base_backoff_s: float = 0.05,
+        sleep: Callable[[float], None] = time.sleep,
+        *,
+        max_backoff_s: float = 5.0,
+        progress: Callable[[ProducerStats], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.client = client
@@ -139,8 +155,9 @@ class KinesisProducer:
             stats.rejected.append(Rejected(event, "partition key: user_id missing or not a non-empty string"))
             return None
         if len(key) > MAX_PARTITION_KEY_CHARS:
-            stats.rejected.append(Rejected(event, f"partition key: user_id longer than "
-                                                  f"{MAX_PARTITION_KEY_CHARS} characters"))
+            stats.rejected.append(
+                Rejected(event, f"partition key: user_id longer than {MAX_PARTITION_KEY_CHARS} characters")
+            )
             return None
         try:
             data = self.encode(event)
@@ -149,8 +166,13 @@ class KinesisProducer:
             return None
         size = len(data) + len(key.encode("utf-8"))
         if size > MAX_RECORD_BYTES:
-            stats.rejected.append(Rejected(event, f"size: record is {size} bytes (data + partition key), "
-                                                  f"over the {MAX_RECORD_BYTES}-byte Kinesis limit"))
+            stats.rejected.append(
+                Rejected(
+                    event,
+                    f"size: record is {size} bytes (data + partition key), "
+                    f"over the {MAX_RECORD_BYTES}-byte Kinesis limit",
+                )
+            )
             return None
         return key, data
 
@@ -160,8 +182,9 @@ class KinesisProducer:
             if prepared is not None:
                 yield _Entry(prepared[0], prepared[1], [event])
 
-    def _kpl_entries(self, events: Iterable[Any], stats: ProducerStats, max_aggregate_bytes: int,
-                     flush_every: int) -> Iterator[_Entry]:
+    def _kpl_entries(
+        self, events: Iterable[Any], stats: ProducerStats, max_aggregate_bytes: int, flush_every: int
+    ) -> Iterator[_Entry]:
         # One aggregator per partition key: an aggregate is routed by its first key, so packing
         # different keys together would move keys off their hash shard (the real KPL packs per shard).
         aggregators: dict[str, tuple[RecordAggregator, list[Any]]] = {}
@@ -185,8 +208,12 @@ class KinesisProducer:
                 try:
                     full = agg.add_user_record(key, data)
                 except ValueError:
-                    stats.rejected.append(Rejected(event, f"size: {len(data)}-byte record does not fit a "
-                                                          f"{max_aggregate_bytes}-byte KPL aggregate"))
+                    stats.rejected.append(
+                        Rejected(
+                            event,
+                            f"size: {len(data)}-byte record does not fit a {max_aggregate_bytes}-byte KPL aggregate",
+                        )
+                    )
                     continue
                 if full is not None:
                     yield entry(full, members[:])
@@ -204,8 +231,9 @@ class KinesisProducer:
         self._send_entries(self._plain_entries(events, stats), stats)
         return stats
 
-    def send_kpl_aggregated(self, events: Iterable[Any], max_aggregate_bytes: int = KPL_DEFAULT_AGGREGATE_BYTES,
-                            flush_every: int = 1000) -> ProducerStats:
+    def send_kpl_aggregated(
+        self, events: Iterable[Any], max_aggregate_bytes: int = KPL_DEFAULT_AGGREGATE_BYTES, flush_every: int = 1000
+    ) -> ProducerStats:
         """Send events packed KPL-style (aws_kinesis_agg), as a KPL producer in the fleet would.
 
         Aggregates hold one partition key each and are flushed at least every `flush_every` events.
@@ -241,8 +269,7 @@ class KinesisProducer:
                 stats.retried += sum(len(e.events) for e in pending)
             stats.requests += 1
             try:
-                response = self.client.put_records(StreamName=self.stream_name,
-                                                   Records=[e.request() for e in pending])
+                response = self.client.put_records(StreamName=self.stream_name, Records=[e.request() for e in pending])
             except ClientError as exc:
                 code = exc.response.get("Error", {}).get("Code", "")
                 if code not in RETRYABLE_REQUEST_ERRORS:
@@ -253,8 +280,11 @@ class KinesisProducer:
                 continue
             results = response["Records"]
             if len(results) != len(pending):
-                raise ProducerError(f"PutRecords answered {len(results)} results for {len(pending)} records",
-                                    stats, [ev for e in pending for ev in e.events])
+                raise ProducerError(
+                    f"PutRecords answered {len(results)} results for {len(pending)} records",
+                    stats,
+                    [ev for e in pending for ev in e.events],
+                )
             failed: list[_Entry] = []
             for entry, result in zip(pending, results, strict=True):
                 code = result.get("ErrorCode")
@@ -274,7 +304,9 @@ class KinesisProducer:
         raise ProducerError(
             f"{len(lost)} record(s) still failing after {self.max_attempts} attempts "
             f"(errors so far: {dict(stats.error_codes)}); {stats.sent} sent, later events not sent",
-            stats, lost)
+            stats,
+            lost,
+        )
 
     def _report(self, stats: ProducerStats) -> None:
         if self.progress is not None:

@@ -39,66 +39,99 @@ def _app_log(rng: random.Random, user: int, spike: bool, t: datetime) -> _Native
     mean, sd = {"INFO": (120.0, 25.0), "WARN": (300.0, 60.0), "ERROR": (800.0, 150.0)}[level]
     latency = round(_normal(rng, mean, sd, spike, floor=1.0), 3)
     status = {"INFO": 200, "WARN": 429, "ERROR": 500}[level]
-    return f"log_{level.lower()}", latency, {
-        "level": level,
-        "logger": f"{service}.handler",
-        "message": f"GET /api/{service} -> {status} in {latency:.0f} ms",
-        "latency_ms": latency,
-        "host": f"{service}-{rng.randrange(4)}",
-    }
+    return (
+        f"log_{level.lower()}",
+        latency,
+        {
+            "level": level,
+            "logger": f"{service}.handler",
+            "message": f"GET /api/{service} -> {status} in {latency:.0f} ms",
+            "latency_ms": latency,
+            "host": f"{service}-{rng.randrange(4)}",
+        },
+    )
 
 
-_SENSORS = (("temperature", 21.0, 1.5, "C"), ("humidity", 45.0, 5.0, "%"),
-            ("pressure", 1013.0, 4.0, "hPa"), ("vibration", 0.3, 0.05, "g"))
+_SENSORS = (
+    ("temperature", 21.0, 1.5, "C"),
+    ("humidity", 45.0, 5.0, "%"),
+    ("pressure", 1013.0, 4.0, "hPa"),
+    ("vibration", 0.3, 0.05, "g"),
+)
 
 
 def _iot(rng: random.Random, user: int, spike: bool, t: datetime) -> _Native:
     k = rng.randrange(len(_SENSORS))
     sensor, mean, sd, unit = _SENSORS[k]
     reading = round(_normal(rng, mean, sd, spike, floor=-1e9), 4)
-    return f"{sensor}_reading", reading, {
-        "device_id": f"dev-{user:04d}-{k}",
-        "sensor": sensor,
-        "reading": reading,
-        "unit": unit,
-        "firmware": ("1.4.2", "1.5.0", "2.0.1")[(user + k) % 3],
-        "battery_pct": rng.randint(5, 100),
-    }
+    return (
+        f"{sensor}_reading",
+        reading,
+        {
+            "device_id": f"dev-{user:04d}-{k}",
+            "sensor": sensor,
+            "reading": reading,
+            "unit": unit,
+            "firmware": ("1.4.2", "1.5.0", "2.0.1")[(user + k) % 3],
+            "battery_pct": rng.randint(5, 100),
+        },
+    )
 
 
 def _cdc(rng: random.Random, user: int, spike: bool, t: datetime) -> _Native:
     op = rng.choices(("c", "u", "d"), weights=(60, 30, 10))[0]
     order_id = rng.randrange(1, 10_000_000)
     amount = round(_normal(rng, 60.0, 15.0, spike, floor=0.5), 2)
-    row = {"order_id": order_id, "customer": f"user-{user:04d}", "amount": amount, "currency": "USD",
-           "status": "paid" if op != "c" else "new"}
+    row = {
+        "order_id": order_id,
+        "customer": f"user-{user:04d}",
+        "amount": amount,
+        "currency": "USD",
+        "status": "paid" if op != "c" else "new",
+    }
     before = None if op == "c" else {**row, "status": "new"}
     after = None if op == "d" else row
-    return "order_" + {"c": "created", "u": "updated", "d": "deleted"}[op], amount, {
-        "op": op,
-        "ts_ms": int(t.timestamp() * 1000),
-        "source": {"connector": "postgresql", "db": "shop", "schema": "public", "table": "orders",
-                   "lsn": rng.getrandbits(40)},
-        "before": before,
-        "after": after,
-    }
+    return (
+        "order_" + {"c": "created", "u": "updated", "d": "deleted"}[op],
+        amount,
+        {
+            "op": op,
+            "ts_ms": int(t.timestamp() * 1000),
+            "source": {
+                "connector": "postgresql",
+                "db": "shop",
+                "schema": "public",
+                "table": "orders",
+                "lsn": rng.getrandbits(40),
+            },
+            "before": before,
+            "after": after,
+        },
+    )
 
 
-_ENDPOINTS = (("payments", "/v1/charges", "POST", 180.0, 40.0), ("geo", "/v2/geocode", "GET", 90.0, 20.0),
-              ("weather", "/v1/forecast", "GET", 250.0, 50.0))
+_ENDPOINTS = (
+    ("payments", "/v1/charges", "POST", 180.0, 40.0),
+    ("geo", "/v2/geocode", "GET", 90.0, 20.0),
+    ("weather", "/v1/forecast", "GET", 250.0, 50.0),
+)
 
 
 def _api(rng: random.Random, user: int, spike: bool, t: datetime) -> _Native:
     provider, endpoint, method, mean, sd = rng.choice(_ENDPOINTS)
     response_ms = round(_normal(rng, mean, sd, spike, floor=1.0), 3)
     status = rng.choices((200, 201, 429, 500, 503), weights=(90, 4, 3, 2, 1))[0]
-    return "api_call", response_ms, {
-        "provider": provider,
-        "endpoint": endpoint,
-        "method": method,
-        "status_code": status,
-        "response_ms": response_ms,
-    }
+    return (
+        "api_call",
+        response_ms,
+        {
+            "provider": provider,
+            "endpoint": endpoint,
+            "method": method,
+            "status_code": status,
+            "response_ms": response_ms,
+        },
+    )
 
 
 _PAGES = ("/", "/search", "/product", "/cart", "/checkout", "/account")
@@ -109,18 +142,26 @@ def _web(rng: random.Random, user: int, spike: bool, t: datetime) -> _Native:
     mean, sd = (30.0, 8.0) if action == "page_view" else (2.5, 0.6)
     seconds = _normal(rng, mean, sd, spike, floor=0.05)
     duration_ms = int(seconds * 1000)
-    return action, duration_ms / 1000.0, {
-        "session_id": f"s-{user:04d}-{int(t.timestamp()) // 1800}",
-        "page": rng.choice(_PAGES),
-        "action": action,
-        "duration_ms": duration_ms,
-        "referrer": rng.choice(("", "google", "newsletter", "direct")),
-        "user_agent": rng.choice(("Mozilla/5.0 (X11)", "Mozilla/5.0 (iPhone)", "Mozilla/5.0 (Windows)")),
-    }
+    return (
+        action,
+        duration_ms / 1000.0,
+        {
+            "session_id": f"s-{user:04d}-{int(t.timestamp()) // 1800}",
+            "page": rng.choice(_PAGES),
+            "action": action,
+            "duration_ms": duration_ms,
+            "referrer": rng.choice(("", "google", "newsletter", "direct")),
+            "user_agent": rng.choice(("Mozilla/5.0 (X11)", "Mozilla/5.0 (iPhone)", "Mozilla/5.0 (Windows)")),
+        },
+    )
 
 
 _NATIVE: dict[str, Callable[[random.Random, int, bool, datetime], _Native]] = {
-    "app_log": _app_log, "iot": _iot, "cdc": _cdc, "api": _api, "web": _web,
+    "app_log": _app_log,
+    "iot": _iot,
+    "cdc": _cdc,
+    "api": _api,
+    "web": _web,
 }
 # Mean seconds between events per source, so a mix looks like real traffic rather than lockstep.
 _MEAN_GAP_S = {"app_log": 0.05, "iot": 0.1, "cdc": 0.4, "api": 0.2, "web": 0.1}
@@ -141,8 +182,9 @@ def _check(source: str, n: int, start: datetime, users: int) -> None:
         raise ValueError(f"n must be >= 0 and users >= 1, got n={n} users={users}")
 
 
-def _timed(source: str, n: int, seed: int, start: datetime, users: int,
-           spike_rate: float) -> Iterator[tuple[str, dict[str, Any]]]:
+def _timed(
+    source: str, n: int, seed: int, start: datetime, users: int, spike_rate: float
+) -> Iterator[tuple[str, dict[str, Any]]]:
     rng = random.Random(f"{source}:{seed}")
     t = start.astimezone(UTC)
     for i in range(n):
@@ -153,27 +195,43 @@ def _timed(source: str, n: int, seed: int, start: datetime, users: int,
         if spike:
             attrs["_synthetic_spike"] = True
         when = iso_utc(t)
-        yield when, {
-            "event_id": str(uuid.uuid5(_ID_NAMESPACE, f"{source}|{seed}|{start.isoformat()}|{i}")),
-            "source": source,
-            "user_id": f"user-{user:04d}",
-            "event_type": event_type,
-            "event_time": when,
-            "value": value,
-            "attributes": attrs,
-        }
+        yield (
+            when,
+            {
+                "event_id": str(uuid.uuid5(_ID_NAMESPACE, f"{source}|{seed}|{start.isoformat()}|{i}")),
+                "source": source,
+                "user_id": f"user-{user:04d}",
+                "event_type": event_type,
+                "event_time": when,
+                "value": value,
+                "attributes": attrs,
+            },
+        )
 
 
-def generate(source: str, n: int, seed: int = 0, start: datetime = DEFAULT_START, *,
-             users: int = DEFAULT_USERS, spike_rate: float = DEFAULT_SPIKE_RATE) -> Iterator[dict[str, Any]]:
+def generate(
+    source: str,
+    n: int,
+    seed: int = 0,
+    start: datetime = DEFAULT_START,
+    *,
+    users: int = DEFAULT_USERS,
+    spike_rate: float = DEFAULT_SPIKE_RATE,
+) -> Iterator[dict[str, Any]]:
     """`n` JSON-ready envelopes from one source, in event-time order, deterministic in `seed`."""
     _check(source, n, start, users)
     return (event for _, event in _timed(source, n, seed, start, users, spike_rate))
 
 
-def demo_mix(n: int, seed: int = 0, start: datetime = DEFAULT_START, *,
-             sources: tuple[str, ...] = ("app_log", "iot", "cdc", "api", "web"),
-             users: int = DEFAULT_USERS, spike_rate: float = DEFAULT_SPIKE_RATE) -> Iterator[dict[str, Any]]:
+def demo_mix(
+    n: int,
+    seed: int = 0,
+    start: datetime = DEFAULT_START,
+    *,
+    sources: tuple[str, ...] = ("app_log", "iot", "cdc", "api", "web"),
+    users: int = DEFAULT_USERS,
+    spike_rate: float = DEFAULT_SPIKE_RATE,
+) -> Iterator[dict[str, Any]]:
     """`n` envelopes from all `sources`, interleaved in event-time order (each at its own rate)."""
     for s in sources:
         _check(s, n, start, users)

@@ -31,14 +31,31 @@ from etl_platform.warehouse.schema import (
 from etl_platform.warehouse.source import PartitionCounts, partition_counts
 
 __all__ = [
-    "DEFAULT_DRIFT_POLICY", "DEFAULT_SCHEMA", "DIALECTS", "DRIFT_POLICIES", "TABLES", "TABLE_COLUMNS",
-    "LoadResult", "PartitionCounts", "PartitionMismatchError", "SchemaDriftError", "Warehouse",
-    "WarehouseLoadError", "connect", "default_drift_policy", "default_schema", "partition_counts",
+    "DEFAULT_DRIFT_POLICY",
+    "DEFAULT_SCHEMA",
+    "DIALECTS",
+    "DRIFT_POLICIES",
+    "TABLES",
+    "TABLE_COLUMNS",
+    "LoadResult",
+    "PartitionCounts",
+    "PartitionMismatchError",
+    "SchemaDriftError",
+    "Warehouse",
+    "WarehouseLoadError",
+    "connect",
+    "default_drift_policy",
+    "default_schema",
+    "partition_counts",
 ]
 
 
 def connect(
-    dialect: str, dsn: str, *, schema: str | None = None, password: str | None = None,
+    dialect: str,
+    dsn: str,
+    *,
+    schema: str | None = None,
+    password: str | None = None,
     iam_role: str | None = None,
 ) -> Warehouse:
     """A connected warehouse for `dialect` ("postgres" | "redshift"); schema defaults to

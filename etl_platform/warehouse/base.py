@@ -98,7 +98,11 @@ class Warehouse(ABC):
 
     @abstractmethod
     def load_day(
-        self, s3: Any, bucket: str, day: date, tables: Sequence[str] = TABLES,
+        self,
+        s3: Any,
+        bucket: str,
+        day: date,
+        tables: Sequence[str] = TABLES,
         on_drift: str = DEFAULT_DRIFT_POLICY,
     ) -> dict[str, LoadResult]:
         """Replace `day` in each of `tables` with the processed partition, in one transaction."""

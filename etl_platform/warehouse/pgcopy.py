@@ -46,7 +46,7 @@ _FIXED = {
 
 def _big_endian(values: pa.Array, code: str, width: int) -> bytes:
     raw = values.buffers()[1]
-    data = memoryview(raw)[values.offset * width:(values.offset + len(values)) * width]
+    data = memoryview(raw)[values.offset * width : (values.offset + len(values)) * width]
     if not code:
         return bytes(data)
     swapped = array.array(code)

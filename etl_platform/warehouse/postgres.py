@@ -82,7 +82,8 @@ def column_definitions(columns: Sequence[Column]) -> sql.Composed:
     primary-key build sorts them about twice as fast as under a linguistic collation."""
     return sql.SQL(",\n    ").join(
         sql.SQL("{} {}{}{}").format(
-            sql.Identifier(c.name), _type_sql(c),
+            sql.Identifier(c.name),
+            _type_sql(c),
             sql.SQL(' COLLATE "C"' if c.name == "event_id" else ""),
             sql.SQL("" if c.nullable else " NOT NULL"),
         )
@@ -152,8 +153,9 @@ class PostgresWarehouse(Warehouse):
                         f"{self.qualified(table)} exists but is not partitioned by event_date (relkind {kind[0]}); "
                         "it predates this loader: drop it and reload the partitions"
                     )
-                self.conn.execute(_sql("create_table", target=self._ident(table),
-                                       columns=column_definitions(TABLE_COLUMNS)))
+                self.conn.execute(
+                    _sql("create_table", target=self._ident(table), columns=column_definitions(TABLE_COLUMNS))
+                )
 
     def table_columns(self, table: str) -> dict[str, str]:
         rows = self.conn.execute(statement("table_columns"), {"schema": self.schema, "table": table}).fetchall()
@@ -164,24 +166,38 @@ class PostgresWarehouse(Warehouse):
         """ADD COLUMN on both tables (they stay alike), inside the caller's transaction."""
         for table in TABLES:
             for col in columns:
-                self.conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
-                    self._ident(table), sql.Identifier(col.name), _type_sql(col)))
+                self.conn.execute(
+                    sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS {} {}").format(
+                        self._ident(table), sql.Identifier(col.name), _type_sql(col)
+                    )
+                )
 
     # --- load -------------------------------------------------------------------------------------
     def load_day(
-        self, s3: Any, bucket: str, day: date, tables: Sequence[str] = TABLES,
+        self,
+        s3: Any,
+        bucket: str,
+        day: date,
+        tables: Sequence[str] = TABLES,
         on_drift: str = DEFAULT_DRIFT_POLICY,
     ) -> dict[str, LoadResult]:
         started = time.monotonic()
         objects = source.partition_objects(s3, bucket, day)
         data = source.read_objects(s3, bucket, objects)
         timings = {"read": time.monotonic() - started}
-        return self.load_table(data, day, tables=tables, on_drift=on_drift, objects=len(objects),
-                               started=started, timings=timings)
+        return self.load_table(
+            data, day, tables=tables, on_drift=on_drift, objects=len(objects), started=started, timings=timings
+        )
 
     def load_table(
-        self, data: pa.Table, day: date, tables: Sequence[str] = TABLES, on_drift: str = DEFAULT_DRIFT_POLICY,
-        objects: int = 0, started: float | None = None, timings: dict[str, float] | None = None,
+        self,
+        data: pa.Table,
+        day: date,
+        tables: Sequence[str] = TABLES,
+        on_drift: str = DEFAULT_DRIFT_POLICY,
+        objects: int = 0,
+        started: float | None = None,
+        timings: dict[str, float] | None = None,
     ) -> dict[str, LoadResult]:
         """Load an in-memory processed partition (what load_day reads from the lake)."""
         tables = check_tables(tables)
@@ -200,7 +216,8 @@ class PostgresWarehouse(Warehouse):
         columns = [name for name in kinds if name in kept.column_names and name != PARTITION_COLUMN]
         if kept.num_rows:
             kept = kept.select(columns).append_column(
-                PARTITION_COLUMN, pa.repeat(pa.scalar(day, pa.date32()), kept.num_rows))
+                PARTITION_COLUMN, pa.repeat(pa.scalar(day, pa.date32()), kept.num_rows)
+            )
         columns.append(PARTITION_COLUMN)
         timings["prepare"] = time.monotonic() - mark
 
@@ -216,7 +233,8 @@ class PostgresWarehouse(Warehouse):
                     if table == "anomalies" and kept.num_rows:
                         rows = kept.filter(pc.equal(kept.column("anomaly_status"), "ANOMALY"))
                     deleted[table], loaded[table] = self._replace_day(
-                        table, day, rows, [kinds[c] for c in columns], timings)
+                        table, day, rows, [kinds[c] for c in columns], timings
+                    )
         except psycopg.Error as exc:
             context = (exc.diag.context or "").strip()
             raise WarehouseLoadError(
@@ -226,9 +244,15 @@ class PostgresWarehouse(Warehouse):
         seconds = time.monotonic() - started
         return {
             table: LoadResult(
-                table=self.qualified(table), day=day, rows_loaded=loaded[table], rows_deleted=deleted[table],
-                seconds=seconds, source_rows=data.num_rows if table == "events" else _anomaly_rows(data),
-                duplicates_dropped=duplicates, objects=objects, added_columns=tuple(c.name for c in added),
+                table=self.qualified(table),
+                day=day,
+                rows_loaded=loaded[table],
+                rows_deleted=deleted[table],
+                seconds=seconds,
+                source_rows=data.num_rows if table == "events" else _anomaly_rows(data),
+                duplicates_dropped=duplicates,
+                objects=objects,
+                added_columns=tuple(c.name for c in added),
                 timings=dict(timings),
             )
             for table in tables
@@ -246,10 +270,19 @@ class PostgresWarehouse(Warehouse):
         deleted = int(deleted_row[0]) if deleted_row else 0
         if rows.num_rows:
             mark = time.monotonic()
-            cur.execute(_sql("create_load_table", load=self._ident(load), target=self._ident(table),
-                             range_check=sql.Identifier(f"{name}_range"), day=day_literal, next_day=next_literal))
+            cur.execute(
+                _sql(
+                    "create_load_table",
+                    load=self._ident(load),
+                    target=self._ident(table),
+                    range_check=sql.Identifier(f"{name}_range"),
+                    day=day_literal,
+                    next_day=next_literal,
+                )
+            )
             copy_sql = sql.SQL("COPY {} ({}) FROM STDIN (FORMAT BINARY, FREEZE)").format(
-                self._ident(load), sql.SQL(", ").join(sql.Identifier(c) for c in rows.column_names))
+                self._ident(load), sql.SQL(", ").join(sql.Identifier(c) for c in rows.column_names)
+            )
             with cur.copy(copy_sql) as copy:
                 for chunk in pgcopy.copy_chunks(rows, kinds):
                     copy.write(chunk)
@@ -260,11 +293,19 @@ class PostgresWarehouse(Warehouse):
         mark = time.monotonic()
         cur.execute(_sql("drop_partition", partition=self._ident(name)))
         if rows.num_rows:
-            cur.execute(_sql(
-                "attach_partition", load=self._ident(load), partition_name=sql.Identifier(name),
-                load_key_qualified=self._ident(f"{load}_pkey"), partition_key=sql.Identifier(f"{name}_pkey"),
-                target=self._ident(table), partition=self._ident(name), day=day_literal, next_day=next_literal,
-            ))
+            cur.execute(
+                _sql(
+                    "attach_partition",
+                    load=self._ident(load),
+                    partition_name=sql.Identifier(name),
+                    load_key_qualified=self._ident(f"{load}_pkey"),
+                    partition_key=sql.Identifier(f"{name}_pkey"),
+                    target=self._ident(table),
+                    partition=self._ident(name),
+                    day=day_literal,
+                    next_day=next_literal,
+                )
+            )
         timings[f"swap_{table}"] = time.monotonic() - mark
         return deleted, rows.num_rows
 

@@ -165,8 +165,12 @@ class RedshiftSql:
         selects = []
         for i, group in enumerate(groups):
             present = {c.name for c in group.columns}
-            items = [quote_ident(c.name) if c.name in present else f"CAST(NULL AS {c.sql_type('redshift')}) AS "
-                     f"{quote_ident(c.name)}" for c in columns]
+            items = [
+                quote_ident(c.name)
+                if c.name in present
+                else f"CAST(NULL AS {c.sql_type('redshift')}) AS {quote_ident(c.name)}"
+                for c in columns
+            ]
             selects.append(f"SELECT {', '.join(items)} FROM {quote_ident(copy_table_name(i))}")
         order = ", ".join(
             f"LPAD({quote_ident(c)}, {SEQUENCE_WIDTH}, '0')" if c == "sequence_number" else quote_ident(c)
@@ -233,8 +237,10 @@ class RedshiftSql:
 
     def count_day_events(self, table: str, day: date) -> str:
         start, end = _day_literals(day)
-        return (f"SELECT COUNT(*), COUNT(DISTINCT event_id) FROM {self.table(table)} "
-                f"WHERE event_time >= {start} AND event_time < {end}")
+        return (
+            f"SELECT COUNT(*), COUNT(DISTINCT event_id) FROM {self.table(table)} "
+            f"WHERE event_time >= {start} AND event_time < {end}"
+        )
 
 
 def _day_literals(day: date) -> tuple[str, str]:
@@ -248,8 +254,9 @@ def copy_columns(schema: pa.Schema) -> tuple[Column, ...]:
     return tuple(_CORE.get(f.name) or Column(f.name, kind_of_arrow(f.type)) for f in schema)
 
 
-def group_objects(objects: Sequence[source.LakeObject], schemas: Sequence[pa.Schema]) -> list[
-        tuple[tuple[Column, ...], list[source.LakeObject]]]:
+def group_objects(
+    objects: Sequence[source.LakeObject], schemas: Sequence[pa.Schema]
+) -> list[tuple[tuple[Column, ...], list[source.LakeObject]]]:
     """Objects by identical column layout (COPY maps Parquet columns to table columns by position)."""
     groups: dict[tuple[Column, ...], list[source.LakeObject]] = {}
     for obj, schema in zip(objects, schemas, strict=True):
@@ -258,8 +265,13 @@ def group_objects(objects: Sequence[source.LakeObject], schemas: Sequence[pa.Sch
 
 
 def plan_load(
-    bucket: str, day: date, objects: Sequence[source.LakeObject], schemas: Sequence[pa.Schema],
-    table: Mapping[str, str], tables: Sequence[str] = TABLES, added: Sequence[Column] = (),
+    bucket: str,
+    day: date,
+    objects: Sequence[source.LakeObject],
+    schemas: Sequence[pa.Schema],
+    table: Mapping[str, str],
+    tables: Sequence[str] = TABLES,
+    added: Sequence[Column] = (),
 ) -> LoadPlan:
     """Copy groups (with their manifest keys) and the target columns to load.
 
@@ -269,15 +281,15 @@ def plan_load(
     present = {name for schema in schemas for name in schema.names}
     kinds = {**table, **{c.name: c.kind for c in added}}
     columns = tuple(
-        _CORE.get(name) or Column(name, kind) for name, kind in kinds.items()
+        _CORE.get(name) or Column(name, kind)
+        for name, kind in kinds.items()
         if name != PARTITION_COLUMN and name in present
     )
     groups = tuple(
         CopyGroup(source.manifest_key(day, i), cols, tuple(objs))
         for i, (cols, objs) in enumerate(group_objects(objects, schemas))
     )
-    return LoadPlan(bucket=bucket, day=day, groups=groups, columns=columns, tables=tuple(tables),
-                    added=tuple(added))
+    return LoadPlan(bucket=bucket, day=day, groups=groups, columns=columns, tables=tuple(tables), added=tuple(added))
 
 
 def parse_dsn(dsn: str) -> dict[str, Any]:
@@ -288,8 +300,12 @@ def parse_dsn(dsn: str) -> dict[str, Any]:
     query = {k: v[-1] for k, v in parse_qs(url.query).items()}
     sslmode = query.get("sslmode", "verify-full")
     return {
-        "host": url.hostname, "port": url.port or 5439, "database": (url.path or "/dev").lstrip("/") or "dev",
-        "user": unquote(url.username or ""), "ssl": sslmode != "disable", "sslmode": sslmode,
+        "host": url.hostname,
+        "port": url.port or 5439,
+        "database": (url.path or "/dev").lstrip("/") or "dev",
+        "user": unquote(url.username or ""),
+        "ssl": sslmode != "disable",
+        "sslmode": sslmode,
     }
 
 
@@ -326,7 +342,11 @@ class RedshiftWarehouse(Warehouse):
         return {name: data_type for name, data_type in cur.fetchall()}
 
     def load_day(
-        self, s3: Any, bucket: str, day: date, tables: Sequence[str] = TABLES,
+        self,
+        s3: Any,
+        bucket: str,
+        day: date,
+        tables: Sequence[str] = TABLES,
         on_drift: str = DEFAULT_DRIFT_POLICY,
     ) -> dict[str, LoadResult]:
         tables = check_tables(tables)
@@ -362,7 +382,8 @@ class RedshiftWarehouse(Warehouse):
                     if stats[3]:
                         raise PartitionMismatchError(
                             f"processed partition dt={day.isoformat()} has {stats[3]} row(s) with event_time "
-                            "outside that UTC day; nothing loaded")
+                            "outside that UTC day; nothing loaded"
+                        )
                 elif step.step.startswith("delete:"):
                     counts[step.step] = max(cur.rowcount, 0)
                 elif step.step == "copy":
@@ -379,16 +400,23 @@ class RedshiftWarehouse(Warehouse):
             )
             raise WarehouseLoadError(
                 f"loading {day.isoformat()} into {self.schema}.{'/'.join(tables)} failed and was rolled back: {exc}"
-                + (f"; load errors: {described}" if described else ""), details,
+                + (f"; load errors: {described}" if described else ""),
+                details,
             ) from exc
         seconds = time.monotonic() - started
         copied, staged, anomalies, _ = stats
         return {
             table: LoadResult(
-                table=self.qualified(table), day=day, rows_loaded=staged if table == "events" else anomalies,
-                rows_deleted=counts.get(f"delete:{table}", 0), seconds=seconds, source_rows=copied,
-                duplicates_dropped=copied - staged, objects=len(objects),
-                added_columns=tuple(c.name for c in added), timings=dict(timings),
+                table=self.qualified(table),
+                day=day,
+                rows_loaded=staged if table == "events" else anomalies,
+                rows_deleted=counts.get(f"delete:{table}", 0),
+                seconds=seconds,
+                source_rows=copied,
+                duplicates_dropped=copied - staged,
+                objects=len(objects),
+                added_columns=tuple(c.name for c in added),
+                timings=dict(timings),
             )
             for table in tables
         }

@@ -90,8 +90,14 @@ def sql_type(kind: str, dialect: str, length: int | None = None) -> str:
             return f"VARCHAR({min(4 * length, REDSHIFT_MAX_VARCHAR) if length else REDSHIFT_MAX_VARCHAR})"
         return f"VARCHAR({length})" if length else "TEXT"
     fixed = {
-        "int16": "SMALLINT", "int32": "INTEGER", "int64": "BIGINT", "float32": "REAL",
-        "float64": "DOUBLE PRECISION", "bool": "BOOLEAN", "timestamp": "TIMESTAMP", "date": "DATE",
+        "int16": "SMALLINT",
+        "int32": "INTEGER",
+        "int64": "BIGINT",
+        "float32": "REAL",
+        "float64": "DOUBLE PRECISION",
+        "bool": "BOOLEAN",
+        "timestamp": "TIMESTAMP",
+        "date": "DATE",
     }
     if kind not in fixed:
         raise ValueError(f"unknown column kind {kind!r}")
@@ -100,10 +106,19 @@ def sql_type(kind: str, dialect: str, length: int | None = None) -> str:
 
 # information_schema.columns.data_type (both dialects) back to kinds.
 _SQL_KINDS = {
-    "character varying": "string", "text": "string", "character": "string", "varchar": "string",
-    "smallint": "int16", "integer": "int32", "bigint": "int64", "real": "float32",
-    "double precision": "float64", "boolean": "bool", "timestamp without time zone": "timestamp",
-    "timestamp": "timestamp", "date": "date",
+    "character varying": "string",
+    "text": "string",
+    "character": "string",
+    "varchar": "string",
+    "smallint": "int16",
+    "integer": "int32",
+    "bigint": "int64",
+    "real": "float32",
+    "double precision": "float64",
+    "boolean": "bool",
+    "timestamp without time zone": "timestamp",
+    "timestamp": "timestamp",
+    "date": "date",
 }
 
 
@@ -214,8 +229,10 @@ def drift_message(table: str, drift: Drift, policy: str) -> str:
         parts.append("cannot map: " + "; ".join(drift.unsupported))
     hint = ""
     if drift.new and not (drift.absent or drift.incompatible or drift.unsupported) and policy == "fail":
-        hint = (" Re-run with on_drift='add' (asset config, or ETL_WAREHOUSE_ON_DRIFT=add) to add "
-                "the column(s), or remove them upstream.")
+        hint = (
+            " Re-run with on_drift='add' (asset config, or ETL_WAREHOUSE_ON_DRIFT=add) to add "
+            "the column(s), or remove them upstream."
+        )
     return f"schema drift loading {table}: " + "; ".join(parts) + "." + hint
 
 

@@ -42,8 +42,9 @@ def partition_objects(s3: Any, bucket: str, day: date) -> list[LakeObject]:
     prefix = layout.day_prefix(layout.PROCESSED, day)
     found: list[LakeObject] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
-        found += [LakeObject(o["Key"], int(o["Size"])) for o in page.get("Contents", [])
-                  if o["Key"].endswith(".parquet")]
+        found += [
+            LakeObject(o["Key"], int(o["Size"])) for o in page.get("Contents", []) if o["Key"].endswith(".parquet")
+        ]
     return sorted(found, key=lambda o: o.key)
 
 
@@ -54,9 +55,7 @@ def _parallel(fn: Any, items: Sequence[Any]) -> list[Any]:
         return list(pool.map(fn, items))
 
 
-def read_objects(
-    s3: Any, bucket: str, objects: Sequence[LakeObject], columns: Sequence[str] | None = None
-) -> pa.Table:
+def read_objects(s3: Any, bucket: str, objects: Sequence[LakeObject], columns: Sequence[str] | None = None) -> pa.Table:
     """All rows of `objects` as one Arrow table; objects written before a new column get NULLs in it."""
 
     def one(obj: LakeObject) -> pa.Table:
@@ -109,10 +108,10 @@ class _RangeFile(io.RawIOBase):
         if end <= self.pos:
             return 0
         if self.pos >= self._tail_start:
-            chunk = self._tail[self.pos - self._tail_start:end - self._tail_start]
+            chunk = self._tail[self.pos - self._tail_start : end - self._tail_start]
         else:
             chunk = self._get(self.pos, end)
-        buffer[:len(chunk)] = chunk
+        buffer[: len(chunk)] = chunk
         self.pos += len(chunk)
         return len(chunk)
 
@@ -168,10 +167,12 @@ def first_arrivals(table: pa.Table) -> tuple[pa.Table, int]:
     # pl.from_arrow is typed DataFrame | Series (polars cannot overload on pyarrow's unstubbed types):
     # a Table always gives a DataFrame.
     frame = cast(pl.DataFrame, pl.from_arrow(table)).with_row_index("_row")
-    order = [pl.col(c).str.zfill(SEQUENCE_WIDTH) if c == "sequence_number" else pl.col(c)
-             for c in ARRIVAL_ORDER if c in frame.columns]
-    kept = (frame.sort([*order, "_row"]).unique("event_id", keep="first", maintain_order=True)
-            .sort("_row").drop("_row"))
+    order = [
+        pl.col(c).str.zfill(SEQUENCE_WIDTH) if c == "sequence_number" else pl.col(c)
+        for c in ARRIVAL_ORDER
+        if c in frame.columns
+    ]
+    kept = frame.sort([*order, "_row"]).unique("event_id", keep="first", maintain_order=True).sort("_row").drop("_row")
     return kept.to_arrow(), table.num_rows - kept.height
 
 

@@ -30,8 +30,14 @@ from etl_platform.stream.sources import demo_mix
 REPO = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 VIEWPORT = {"width": 1440, "height": 900}
 
@@ -68,8 +74,9 @@ class DagsterUI:
         return "\n".join(text.splitlines()[-lines:])
 
     def graphql(self, query: str, variables: dict | None = None, timeout: float = 30) -> dict:
-        response = _http.post(f"{self.url}/graphql", json={"query": query, "variables": variables or {}},
-                              timeout=timeout)
+        response = _http.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout
+        )
         response.raise_for_status()
         body = response.json()
         if body.get("errors"):
@@ -113,8 +120,9 @@ def _wait_until_ready(ui: DagsterUI, proc: subprocess.Popen) -> None:
     last = "no answer yet"
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            pytest.fail(f"dagster dev exited with code {proc.returncode} before serving:\n{ui.log_tail()}",
-                        pytrace=False)
+            pytest.fail(
+                f"dagster dev exited with code {proc.returncode} before serving:\n{ui.log_tail()}", pytrace=False
+            )
         try:
             _http.get(f"{ui.url}/server_info", timeout=5).raise_for_status()
             entries = ui.graphql(_LOCATIONS_QUERY, timeout=10)["workspaceOrError"].get("locationEntries") or []
@@ -126,14 +134,17 @@ def _wait_until_ready(ui: DagsterUI, proc: subprocess.Popen) -> None:
         if entries and len(loaded) == len(entries):
             errors = [e for e in entries if e["locationOrLoadError"]["__typename"] == "PythonError"]
             if errors:
-                pytest.fail("code location failed to load in dagster dev:\n"
-                            + "\n".join(f"{e['name']}: {e['locationOrLoadError']['message']}" for e in errors),
-                            pytrace=False)
+                pytest.fail(
+                    "code location failed to load in dagster dev:\n"
+                    + "\n".join(f"{e['name']}: {e['locationOrLoadError']['message']}" for e in errors),
+                    pytrace=False,
+                )
             return
         last = f"location entries: {entries}"
         time.sleep(1)
-    pytest.fail(f"dagster dev at {ui.url} not ready after {SERVER_START_TIMEOUT_S}s ({last}):\n{ui.log_tail()}",
-                pytrace=False)
+    pytest.fail(
+        f"dagster dev at {ui.url} not ready after {SERVER_START_TIMEOUT_S}s ({last}):\n{ui.log_tail()}", pytrace=False
+    )
 
 
 @pytest.fixture
@@ -157,15 +168,25 @@ def dagster_ui(stream, bucket, demo_events, tmp_path) -> Iterator[DagsterUI]:
     shutil.copy(REPO / "config" / "dagster.local.yaml", home / "dagster.yaml")
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}  # no ETL_PROFILE, default ports
-    env.update(DAGSTER_HOME=str(home), ETL_STREAM_NAME=stream, ETL_LAKE_BUCKET=bucket,
-               ETL_BUFFER_INTERVAL_S="1", ETL_DAGSTER_PORT=str(port), PYTHONUNBUFFERED="1")
+    env.update(
+        DAGSTER_HOME=str(home),
+        ETL_STREAM_NAME=stream,
+        ETL_LAKE_BUCKET=bucket,
+        ETL_BUFFER_INTERVAL_S="1",
+        ETL_DAGSTER_PORT=str(port),
+        PYTHONUNBUFFERED="1",
+    )
     dagster = Path(sys.executable).with_name("dagster")
     log_path = tmp_path / "dagster-dev.log"
     ui = DagsterUI(url=f"http://127.0.0.1:{port}", log_path=log_path, stream=stream, bucket=bucket)
     with log_path.open("wb") as log:
         proc = subprocess.Popen(
             [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
         try:
@@ -185,12 +206,20 @@ def page(tmp_path):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as exc:
-        pytest.fail(f"the playwright package is missing from .venv ({exc}); it is pinned in requirements-dev.lock (make install)",
-                    pytrace=False)
-    with tempfile.TemporaryDirectory(prefix="e2e-chromium-", ignore_cleanup_errors=True) as profile, \
-            sync_playwright() as pw:
+        pytest.fail(
+            f"the playwright package is missing from .venv ({exc}); `make install` installs it",
+            pytrace=False,
+        )
+    with (
+        tempfile.TemporaryDirectory(prefix="e2e-chromium-", ignore_cleanup_errors=True) as profile,
+        sync_playwright() as pw,
+    ):
         context = pw.chromium.launch_persistent_context(
-            profile, executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS, viewport=VIEWPORT,
+            profile,
+            executable_path=str(CHROMIUM),
+            headless=True,
+            args=CHROMIUM_ARGS,
+            viewport=VIEWPORT,
         )
         # Dagster's one-time "Join the Dagster community" dialog would cover every page and screenshot.
         context.add_init_script("window.localStorage.setItem('communityNux', JSON.stringify('1'));")

@@ -36,6 +36,7 @@ RUN_ROW = 'tr, [class*="VirtualizedTable_row"]'  # run lists are virtualized <di
 
 # --- helpers ---------------------------------------------------------------------------------------
 
+
 def _page_text(page, limit: int = 4000) -> str:
     try:
         return page.inner_text("body", timeout=5_000)[:limit]
@@ -86,8 +87,11 @@ def _expected_assets() -> tuple[list[str], set[str]]:
     """Display names (last key component) of every defined asset, and the asset groups."""
     import definitions
 
-    nodes = [n for n in definitions.defs.resolve_asset_graph().asset_nodes
-             if not getattr(n.assets_def, "is_auto_created_stub", False)]
+    nodes = [
+        n
+        for n in definitions.defs.resolve_asset_graph().asset_nodes
+        if not getattr(n.assets_def, "is_auto_created_stub", False)
+    ]
     assert nodes, "definitions.defs has no assets"
     return sorted(n.key.path[-1] for n in nodes), {n.group_name for n in nodes}
 
@@ -121,8 +125,13 @@ def _wait_for_sensor_runs(page, ui: DagsterUI, shards: list[str]) -> list[dict]:
         if done >= set(shards):
             return [r for r in runs if r["status"] == "SUCCESS"]
         time.sleep(2)
-    _fail(page, ui, f"after {SENSOR_RUNS_TIMEOUT_S}s, not every shard of {shards} has a successful {JOB} run; "
-          f"runs: {[(r['runId'][:8], r['status']) for r in runs]}", log=True)
+    _fail(
+        page,
+        ui,
+        f"after {SENSOR_RUNS_TIMEOUT_S}s, not every shard of {shards} has a successful {JOB} run; "
+        f"runs: {[(r['runId'][:8], r['status']) for r in runs]}",
+        log=True,
+    )
 
 
 def _wait_for_backfill(page, ui: DagsterUI, backfill_id: str) -> str:
@@ -143,23 +152,34 @@ def _wait_for_backfill(page, ui: DagsterUI, backfill_id: str) -> str:
 
 # --- the three user journeys -----------------------------------------------------------------------
 
+
 def check_asset_graph(page, ui: DagsterUI) -> None:
     from playwright.sync_api import expect
 
     names, groups = _expected_assets()
     page.goto(f"{ui.url}/asset-groups")
     graph = page.locator("svg foreignObject")
-    _expect(page, ui, lambda: expect(graph.first).to_be_visible(timeout=UI_TIMEOUT_MS),
-            "the global asset lineage (/asset-groups) did not render a graph")
+    _expect(
+        page,
+        ui,
+        lambda: expect(graph.first).to_be_visible(timeout=UI_TIMEOUT_MS),
+        "the global asset lineage (/asset-groups) did not render a graph",
+    )
     if len(groups) > 1:
         # Several groups start collapsed; the graph's "Expand all groups" shortcut (⌥E) opens them all.
         page.keyboard.press("Alt+e")
     for name in names:
-        node = (graph.locator(f'[data-tooltip="{name}"]')
-                .or_(graph.get_by_text(name, exact=True))
-                .or_(graph.get_by_text(middle_truncated(name), exact=True)))
-        _expect(page, ui, lambda node=node: expect(node.first).to_be_visible(timeout=30_000),
-                f"asset {name!r} is not shown in the asset graph (expected all of {names})")
+        node = (
+            graph.locator(f'[data-tooltip="{name}"]')
+            .or_(graph.get_by_text(name, exact=True))
+            .or_(graph.get_by_text(middle_truncated(name), exact=True))
+        )
+        _expect(
+            page,
+            ui,
+            lambda node=node: expect(node.first).to_be_visible(timeout=30_000),
+            f"asset {name!r} is not shown in the asset graph (expected all of {names})",
+        )
     _shot(page, "asset-graph.png")
 
 
@@ -168,14 +188,26 @@ def check_sensor_running(page, ui: DagsterUI) -> None:
 
     page.goto(f"{ui.url}/automation")
     link = page.get_by_role("link", name=SENSOR).first
-    _expect(page, ui, lambda: expect(link).to_be_visible(timeout=UI_TIMEOUT_MS),
-            f"{SENSOR} is not listed on the Automation page")
+    _expect(
+        page,
+        ui,
+        lambda: expect(link).to_be_visible(timeout=UI_TIMEOUT_MS),
+        f"{SENSOR} is not listed on the Automation page",
+    )
     link.click()
-    _expect(page, ui, lambda: expect(page).to_have_url(re.compile(f"/sensors/{SENSOR}"), timeout=30_000),
-            f"clicking {SENSOR} did not open its page")
+    _expect(
+        page,
+        ui,
+        lambda: expect(page).to_have_url(re.compile(f"/sensors/{SENSOR}"), timeout=30_000),
+        f"clicking {SENSOR} did not open its page",
+    )
     switch = page.locator("tr").filter(has=page.get_by_text("Running", exact=True)).locator("input[type=checkbox]")
-    _expect(page, ui, lambda: expect(switch).to_be_checked(timeout=30_000),
-            f"{SENSOR} is not shown as Running (its 'Running' switch is off or missing)")
+    _expect(
+        page,
+        ui,
+        lambda: expect(switch).to_be_checked(timeout=30_000),
+        f"{SENSOR} is not shown as Running (its 'Running' switch is off or missing)",
+    )
 
 
 def check_sensor_runs(page, ui: DagsterUI, runs: list[dict]) -> None:
@@ -188,8 +220,12 @@ def check_sensor_runs(page, ui: DagsterUI, runs: list[dict]) -> None:
     tab.click()
     for run in runs:
         row = page.locator(RUN_ROW).filter(has_text=run["runId"][:8])
-        _expect(page, ui, lambda row=row: expect(row).to_contain_text("Success", timeout=30_000),
-                f"run {run['runId'][:8]} is not shown as Success on the sensor's Runs tab")
+        _expect(
+            page,
+            ui,
+            lambda row=row: expect(row).to_contain_text("Success", timeout=30_000),
+            f"run {run['runId'][:8]} is not shown as Success on the sensor's Runs tab",
+        )
     _shot(page, "sensor.png")
 
 
@@ -199,12 +235,24 @@ def check_runs_page(page, ui: DagsterUI, runs: list[dict]) -> None:
     page.goto(f"{ui.url}/runs")
     for run in runs:
         row = page.locator(RUN_ROW).filter(has_text=run["runId"][:8])
-        _expect(page, ui, lambda row=row: expect(row).to_contain_text(JOB, timeout=UI_TIMEOUT_MS),
-                f"run {run['runId'][:8]} of {JOB} is not listed on the Runs page")
-        _expect(page, ui, lambda row=row: expect(row).to_contain_text("Success", timeout=30_000),
-                f"run {run['runId'][:8]} is not shown as Success on the Runs page")
-        _expect(page, ui, lambda row=row: expect(row).to_contain_text(SENSOR),
-                f"run {run['runId'][:8]} is not shown as launched by {SENSOR}")
+        _expect(
+            page,
+            ui,
+            lambda row=row: expect(row).to_contain_text(JOB, timeout=UI_TIMEOUT_MS),
+            f"run {run['runId'][:8]} of {JOB} is not listed on the Runs page",
+        )
+        _expect(
+            page,
+            ui,
+            lambda row=row: expect(row).to_contain_text("Success", timeout=30_000),
+            f"run {run['runId'][:8]} is not shown as Success on the Runs page",
+        )
+        _expect(
+            page,
+            ui,
+            lambda row=row: expect(row).to_contain_text(SENSOR),
+            f"run {run['runId'][:8]} is not shown as launched by {SENSOR}",
+        )
     _shot(page, "runs.png")
 
 
@@ -215,16 +263,27 @@ def launch_backfill(page, ui: DagsterUI) -> str:
     page.goto(f"{ui.url}/assets/processed_events")
     # (accessible names start with the icon's label, so match the visible text instead)
     materialize = page.get_by_role("button").filter(has_text=re.compile(r"^Materialize"))
-    _expect(page, ui, lambda: expect(materialize.first).to_be_enabled(timeout=UI_TIMEOUT_MS),
-            "processed_events page has no enabled Materialize button")
+    _expect(
+        page,
+        ui,
+        lambda: expect(materialize.first).to_be_enabled(timeout=UI_TIMEOUT_MS),
+        "processed_events page has no enabled Materialize button",
+    )
     materialize.first.click()
     dialog = page.get_by_role("dialog")
-    _expect(page, ui, lambda: expect(dialog).to_contain_text("Launch runs to materialize processed_events",
-                                                             timeout=30_000),
-            "Materialize did not open the partition launch dialog")
+    _expect(
+        page,
+        ui,
+        lambda: expect(dialog).to_contain_text("Launch runs to materialize processed_events", timeout=30_000),
+        "Materialize did not open the partition launch dialog",
+    )
     selection = dialog.get_by_role("textbox")
-    _expect(page, ui, lambda: expect(selection.first).to_be_visible(timeout=30_000),
-            "the launch dialog has no partition selection box")
+    _expect(
+        page,
+        ui,
+        lambda: expect(selection.first).to_be_visible(timeout=30_000),
+        "the launch dialog has no partition selection box",
+    )
     show_all = dialog.get_by_role("button", name="Show all partitions")
     try:  # the dialog starts with the last 90 days of partitions; the demo days may be older
         expect(show_all).to_be_visible(timeout=5_000)
@@ -233,16 +292,24 @@ def launch_backfill(page, ui: DagsterUI) -> str:
         pass  # every partition is already in range
     selection.first.fill(f"[{BACKFILL_DAYS[0]}...{BACKFILL_DAYS[-1]}]")
     selection.first.press("Enter")
-    _expect(page, ui, lambda: expect(dialog).to_contain_text(f"{len(BACKFILL_DAYS)} partitions", timeout=30_000),
-            f"the dialog did not select the partitions {BACKFILL_DAYS}")
+    _expect(
+        page,
+        ui,
+        lambda: expect(dialog).to_contain_text(f"{len(BACKFILL_DAYS)} partitions", timeout=30_000),
+        f"the dialog did not select the partitions {BACKFILL_DAYS}",
+    )
     launch = dialog.get_by_role("button", name="Launch backfill")
     _expect(page, ui, lambda: expect(launch).to_be_enabled(timeout=30_000), "'Launch backfill' is not enabled")
     _shot(page, "backfill-launch.png")
     launch.click()
 
     toast = page.get_by_text(re.compile(r"Created backfill \w+"))
-    _expect(page, ui, lambda: expect(toast.first).to_be_visible(timeout=30_000),
-            "launching showed no 'Created backfill' confirmation")
+    _expect(
+        page,
+        ui,
+        lambda: expect(toast.first).to_be_visible(timeout=30_000),
+        "launching showed no 'Created backfill' confirmation",
+    )
     match = re.search(r"Created backfill (\w+)", toast.first.inner_text())
     if not match:
         _fail(page, ui, "the 'Created backfill' confirmation names no backfill")
@@ -255,15 +322,31 @@ def check_backfill_succeeded(page, ui: DagsterUI, backfill_id: str) -> None:
     _wait_for_backfill(page, ui, backfill_id)
     page.goto(f"{ui.url}/runs/b/{backfill_id}")
     # The overview's "Status" detail (the progress table also has a "Succeeded" column header).
-    status = (page.locator("div").filter(has=page.get_by_text("Status", exact=True))
-              .filter(has=page.get_by_text("Succeeded", exact=True)).last)
-    _expect(page, ui, lambda: expect(status).to_be_visible(timeout=UI_TIMEOUT_MS),
-            f"backfill {backfill_id} page does not show status Succeeded")
-    _expect(page, ui, lambda: expect(page.get_by_text("100% completed")).to_be_visible(timeout=30_000),
-            f"backfill {backfill_id} page does not show 100% completed")
+    status = (
+        page.locator("div")
+        .filter(has=page.get_by_text("Status", exact=True))
+        .filter(has=page.get_by_text("Succeeded", exact=True))
+        .last
+    )
+    _expect(
+        page,
+        ui,
+        lambda: expect(status).to_be_visible(timeout=UI_TIMEOUT_MS),
+        f"backfill {backfill_id} page does not show status Succeeded",
+    )
+    _expect(
+        page,
+        ui,
+        lambda: expect(page.get_by_text("100% completed")).to_be_visible(timeout=30_000),
+        f"backfill {backfill_id} page does not show 100% completed",
+    )
     days = re.compile(rf"{BACKFILL_DAYS[0]}(\.\.\.|…){BACKFILL_DAYS[-1]}")
-    _expect(page, ui, lambda: expect(page.locator("body")).to_contain_text(days),
-            f"backfill {backfill_id} page does not show the partition range {BACKFILL_DAYS}")
+    _expect(
+        page,
+        ui,
+        lambda: expect(page.locator("body")).to_contain_text(days),
+        f"backfill {backfill_id} page does not show the partition range {BACKFILL_DAYS}",
+    )
     _shot(page, "backfill.png")
 
 

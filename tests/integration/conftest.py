@@ -15,8 +15,9 @@ from etl_platform.stack.opensearch import OpenSearchService
 def node() -> OpenSearchService:
     service = OpenSearchService()
     if not service.healthy():
-        pytest.fail(f"OpenSearch is not running at {service.endpoint()}; start it with `etl-platform stack up`.",
-                    pytrace=False)
+        pytest.fail(
+            f"OpenSearch is not running at {service.endpoint()}; start it with `etl-platform stack up`.", pytrace=False
+        )
     return service
 
 

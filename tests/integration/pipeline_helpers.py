@@ -36,8 +36,9 @@ def one_pass(kinesis, stream: str, config: ConsumerConfig | None = None) -> pl.D
             if not read.records:
                 break
             after = read.records[-1]["SequenceNumber"]
-        frames.append(with_depth(events_to_frame(decode_records(shard.shard_id, records).events),
-                                 depths[shard.shard_id]))
+        frames.append(
+            with_depth(events_to_frame(decode_records(shard.shard_id, records).events), depths[shard.shard_id])
+        )
     return config.analytics.new_detector().process(arrival_order(pl.concat(frames)))
 
 
@@ -72,8 +73,12 @@ def cli(*args: str, env: dict[str, str] | None = None, check: bool = True) -> su
     full_env = {**os.environ, **(env or {})}
     full_env.pop("ETL_PROFILE", None)
     result = subprocess.run(
-        [sys.executable, "-m", "etl_platform.cli.main", *args], capture_output=True, text=True, env=full_env,
-        cwd=REPO, timeout=600,
+        [sys.executable, "-m", "etl_platform.cli.main", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        cwd=REPO,
+        timeout=600,
     )
     if check:
         assert result.returncode == 0, f"etl-platform {' '.join(args)} failed:\n{result.stdout}\n{result.stderr}"

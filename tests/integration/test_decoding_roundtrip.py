@@ -18,8 +18,9 @@ pytestmark = pytest.mark.stack
 def _read_all(client, stream: str) -> tuple[list[dict], list[dict]]:
     events, errors = [], []
     for shard in client.list_shards(StreamName=stream)["Shards"]:
-        it = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"],
-                                       ShardIteratorType="TRIM_HORIZON")["ShardIterator"]
+        it = client.get_shard_iterator(StreamName=stream, ShardId=shard["ShardId"], ShardIteratorType="TRIM_HORIZON")[
+            "ShardIterator"
+        ]
         result = decode_records(shard["ShardId"], client.get_records(ShardIterator=it, Limit=10000)["Records"])
         events += result.events
         errors += result.errors
@@ -39,15 +40,20 @@ def test_round_trip_producer_to_decoder(kinesis, stream, mode: str) -> None:
     for original in sent:
         got = by_id[original["event_id"]]
         assert (got["source"], got["user_id"], got["event_type"], got["value"]) == (
-            original["source"], original["user_id"], original["event_type"], original["value"])
+            original["source"],
+            original["user_id"],
+            original["event_type"],
+            original["value"],
+        )
         assert got["event_time"] == parse_event_time(original["event_time"])
         assert json.loads(got["attributes"]) == original["attributes"]
         assert got["partition_key"] == original["user_id"]
     # Per shard, a key's events keep the producer's order (sequence, then sub-sequence).
     for key in {e["user_id"] for e in sent}:
         expected = [e["event_id"] for e in sent if e["user_id"] == key]
-        mine = sorted((e for e in events if e["user_id"] == key),
-                      key=lambda e: (int(e["sequence_number"]), e["sub_sequence"]))
+        mine = sorted(
+            (e for e in events if e["user_id"] == key), key=lambda e: (int(e["sequence_number"]), e["sub_sequence"])
+        )
         assert [e["event_id"] for e in mine] == expected
         assert len({e["shard_id"] for e in mine}) == 1
     assert events_to_frame(events).height == 300

@@ -34,8 +34,7 @@ def test_end_to_end_file_gzip_and_kpl_across_shards(kinesis, s3, bucket, stream,
     env = {"ETL_STREAM_NAME": stream}
     cli("produce", "--file", str(write_jsonl(tmp_path / "a.jsonl", batch[:300])), "--quiet", env=env)
     cli("produce", "--file", str(write_jsonl(tmp_path / "b.jsonl", batch[300:600])), "--gzip", "--quiet", env=env)
-    cli("produce", "--file", str(write_jsonl(tmp_path / "c.jsonl", batch[600:])), "--kpl", "--gzip", "--quiet",
-        env=env)
+    cli("produce", "--file", str(write_jsonl(tmp_path / "c.jsonl", batch[600:])), "--kpl", "--gzip", "--quiet", env=env)
 
     results = consumer(kinesis, s3, bucket, stream).drain()
 
@@ -72,8 +71,9 @@ def test_crash_before_commit_then_retry_leaves_no_duplicate_and_no_gap(kinesis, 
     KinesisProducer(kinesis, stream, compress=True).send(events(500, seed=3))
     env = {"ETL_STREAM_NAME": stream, "ETL_LAKE_BUCKET": bucket, "ETL_BATCH_MAX_RECORDS": "100"}
     # A real crash: the consumer process SIGKILLs itself right after the stage is durable.
-    crashed = cli("consume", "--until-caught-up", "--quiet", "--no-index", env={**env, "ETL_FAULT_KILL_AFTER": stage},
-                  check=False)
+    crashed = cli(
+        "consume", "--until-caught-up", "--quiet", "--no-index", env={**env, "ETL_FAULT_KILL_AFTER": stage}, check=False
+    )
     assert crashed.returncode == -9
     assert layout.list_keys(s3, bucket, f"{stage}/")  # it did deliver before dying
     assert not layout.list_keys(s3, bucket, "_checkpoints/")  # ... and committed nothing
@@ -89,19 +89,27 @@ def test_poison_records_go_to_errors_and_the_rest_flows_on(kinesis, s3, bucket, 
     good = events(60, seed=4)
     producer = KinesisProducer(kinesis, stream)
     producer.send(good[:30])
-    kinesis.put_records(StreamName=stream, Records=[
-        {"Data": b"\x00\xffnot json", "PartitionKey": "poison-1"},
-        {"Data": json.dumps({**good[0], "event_id": "bad-value", "value": "NaN"}).encode(),
-         "PartitionKey": "poison-2"},
-        {"Data": gzip.compress(b'{"truncated": ')[:-4], "PartitionKey": "poison-3"},
-    ])
+    kinesis.put_records(
+        StreamName=stream,
+        Records=[
+            {"Data": b"\x00\xffnot json", "PartitionKey": "poison-1"},
+            {
+                "Data": json.dumps({**good[0], "event_id": "bad-value", "value": "NaN"}).encode(),
+                "PartitionKey": "poison-2",
+            },
+            {"Data": gzip.compress(b'{"truncated": ')[:-4], "PartitionKey": "poison-3"},
+        ],
+    )
     producer.send(good[30:])
 
     results = consumer(kinesis, s3, bucket, stream).drain()
 
     assert sum(r.errors for r in results) == 3 and sum(r.events for r in results) == 60
-    error_rows = [row for key in layout.list_keys(s3, bucket, "errors/")
-                  for row in layout.read_jsonl_gz(layout.get(s3, bucket, key))]
+    error_rows = [
+        row
+        for key in layout.list_keys(s3, bucket, "errors/")
+        for row in layout.read_jsonl_gz(layout.get(s3, bucket, key))
+    ]
     assert sorted(r["partition_key"] for r in error_rows) == ["poison-1", "poison-2", "poison-3"]
     by_key = {r["partition_key"]: r for r in error_rows}
     assert base64.b64decode(by_key["poison-1"]["raw_base64"]) == b"\x00\xffnot json"
@@ -129,8 +137,11 @@ def test_resharding_2_to_4_to_2_while_consuming_is_exact(kinesis, s3, bucket, st
 
     shards = run.shards()
     assert sum(1 for s in shards if not s.closed) == 2 and len(shards) > 4
-    assert all(cp.finished for sid, cp in run.checkpoints.load_all().items()
-               if next(s for s in shards if s.shard_id == sid).closed)
+    assert all(
+        cp.finished
+        for sid, cp in run.checkpoints.load_all().items()
+        if next(s for s in shards if s.shard_id == sid).closed
+    )
     expected = one_pass(kinesis, stream)
     assert expected.height == 900
     assert_same_results(lake_rows(s3, bucket, layout.PROCESSED), expected)

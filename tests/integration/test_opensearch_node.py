@@ -58,21 +58,39 @@ def test_bulk_index_then_search_aggregate_and_delete(client, index):
     exact = client.search(index=index, body={"query": {"term": {"sku": "A-1"}}, "sort": [{"price": "desc"}]})
     assert _ids(exact) == ["3", "1"]
     assert _ids(client.search(index=index, body={"query": {"term": {"sku": "a-1"}}})) == []
-    ranged = client.search(index=index, body={"query": {"bool": {"filter": [
-        {"range": {"price": {"gte": 10}}},
-        {"range": {"ts": {"gte": "2026-01-02", "lt": "2026-01-03"}}},
-    ]}}, "sort": [{"price": "asc"}]})
+    ranged = client.search(
+        index=index,
+        body={
+            "query": {
+                "bool": {
+                    "filter": [
+                        {"range": {"price": {"gte": 10}}},
+                        {"range": {"ts": {"gte": "2026-01-02", "lt": "2026-01-03"}}},
+                    ]
+                }
+            },
+            "sort": [{"price": "asc"}],
+        },
+    )
     assert _ids(ranged) == ["3", "2"]
 
-    aggs = client.search(index=index, body={"size": 0, "aggs": {
-        "by_sku": {"terms": {"field": "sku"}, "aggs": {"revenue": {"sum": {"field": "price"}}}},
-        "per_day": {"date_histogram": {"field": "ts", "calendar_interval": "day"}},
-    }})["aggregations"]
+    aggs = client.search(
+        index=index,
+        body={
+            "size": 0,
+            "aggs": {
+                "by_sku": {"terms": {"field": "sku"}, "aggs": {"revenue": {"sum": {"field": "price"}}}},
+                "per_day": {"date_histogram": {"field": "ts", "calendar_interval": "day"}},
+            },
+        },
+    )["aggregations"]
     assert [(b["key"], b["doc_count"], b["revenue"]["value"]) for b in aggs["by_sku"]["buckets"]] == [
-        ("A-1", 2, 20.0), ("B-2", 1, 20.0),
+        ("A-1", 2, 20.0),
+        ("B-2", 1, 20.0),
     ]
     assert [(b["key_as_string"], b["doc_count"]) for b in aggs["per_day"]["buckets"]] == [
-        ("2026-01-01T00:00:00.000Z", 1), ("2026-01-02T00:00:00.000Z", 2),
+        ("2026-01-01T00:00:00.000Z", 1),
+        ("2026-01-02T00:00:00.000Z", 2),
     ]
 
     client.indices.delete(index=index)

@@ -48,8 +48,10 @@ def test_secure_platform_reads_back(kinesis, s3, kms, settings, stream, bucket, 
     assert report.kms_key_arn == kms.describe_key(KeyId=config.kms_alias)["KeyMetadata"]["Arn"]
 
     (rule,) = s3.get_bucket_encryption(Bucket=bucket)["ServerSideEncryptionConfiguration"]["Rules"]
-    assert rule["ApplyServerSideEncryptionByDefault"] == {"SSEAlgorithm": "aws:kms",
-                                                          "KMSMasterKeyID": report.kms_key_arn}
+    assert rule["ApplyServerSideEncryptionByDefault"] == {
+        "SSEAlgorithm": "aws:kms",
+        "KMSMasterKeyID": report.kms_key_arn,
+    }
     assert rule["BucketKeyEnabled"] is True
     assert all(s3.get_public_access_block(Bucket=bucket)["PublicAccessBlockConfiguration"].values())
     rules = {r["ID"]: r for r in s3.get_bucket_lifecycle_configuration(Bucket=bucket)["Rules"]}
@@ -71,8 +73,9 @@ def test_secure_platform_reads_back(kinesis, s3, kms, settings, stream, bucket, 
     assert "unchanged" in logs[-1]
 
     # Retention goes down as well as up.
-    secure_platform(settings, dataclasses.replace(config, retention_hours=24), stream=stream, bucket=bucket,
-                    log=logs.append)
+    secure_platform(
+        settings, dataclasses.replace(config, retention_hours=24), stream=stream, bucket=bucket, log=logs.append
+    )
     assert kinesis.describe_stream_summary(StreamName=stream)["StreamDescriptionSummary"]["RetentionPeriodHours"] == 24
 
 

@@ -13,21 +13,32 @@ import pytest
 pytestmark = pytest.mark.stack
 
 REQUIRED_KEYS = {
-    "kinesis_endpoint", "s3_endpoint", "lake_bucket", "stream_name", "postgres_dsn", "opensearch_url",
-    "dagster_url", "healthy",
+    "kinesis_endpoint",
+    "s3_endpoint",
+    "lake_bucket",
+    "stream_name",
+    "postgres_dsn",
+    "opensearch_url",
+    "dagster_url",
+    "healthy",
 }
 
 
 def test_status_json_lists_every_endpoint_and_health(settings):
     result = subprocess.run(
         [sys.executable, "-m", "etl_platform.cli.main", "stack", "status", "--json"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert REQUIRED_KEYS <= set(status)
     assert {k: status["healthy"][k] for k in ("kinesis", "moto", "postgres", "opensearch")} == {
-        "kinesis": True, "moto": True, "postgres": True, "opensearch": True,
+        "kinesis": True,
+        "moto": True,
+        "postgres": True,
+        "opensearch": True,
     }
     assert status["postgres_dsn"].startswith("postgresql://") and "127.0.0.1" in status["postgres_dsn"]
     for key in ("kinesis_endpoint", "s3_endpoint", "opensearch_url", "dagster_url"):
@@ -45,7 +56,9 @@ def test_platform_stream_and_bucket_exist(settings, kinesis, s3):
 def test_kinesis_put_and_get_round_trip(kinesis, stream):
     put = kinesis.put_record(StreamName=stream, Data=b'{"x": 1}', PartitionKey="u1")
     it = kinesis.get_shard_iterator(
-        StreamName=stream, ShardId=put["ShardId"], ShardIteratorType="AT_SEQUENCE_NUMBER",
+        StreamName=stream,
+        ShardId=put["ShardId"],
+        ShardIteratorType="AT_SEQUENCE_NUMBER",
         StartingSequenceNumber=put["SequenceNumber"],
     )["ShardIterator"]
     records = kinesis.get_records(ShardIterator=it)["Records"]
@@ -66,9 +79,12 @@ def test_cloudwatch_metrics_round_trip(cloudwatch, unique_name):
         MetricData=[{"MetricName": "IncomingRecords", "Value": 42.0, "Unit": "Count", "Timestamp": now}],
     )
     stats = cloudwatch.get_metric_statistics(
-        Namespace=f"ETL/{unique_name}", MetricName="IncomingRecords",
-        StartTime=now - dt.timedelta(minutes=5), EndTime=now + dt.timedelta(minutes=5),
-        Period=60, Statistics=["Sum"],
+        Namespace=f"ETL/{unique_name}",
+        MetricName="IncomingRecords",
+        StartTime=now - dt.timedelta(minutes=5),
+        EndTime=now + dt.timedelta(minutes=5),
+        Period=60,
+        Statistics=["Sum"],
     )
     assert [p["Sum"] for p in stats["Datapoints"]] == [42.0]
 

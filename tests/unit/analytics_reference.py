@@ -9,8 +9,8 @@ The seed's two statements, with ROWTIME = arrival order (``seq``) and STDDEV = S
 One guard is added (``exact_constant=True``, the default): when every baseline value is equal the
 standard deviation is exactly 0 and the mean is exactly that value, so the row is an ANOMALY iff it
 differs from it. DuckDB's floating-point AVG of, say, a hundred 0.1s is not exactly 0.1, and the bare
-SQL would then flag equal values as anomalies; docs/architecture.md ("Stream analytics semantics") asks for the exact semantics. On windows
-that are not constant the guard changes nothing.
+SQL would then flag equal values as anomalies; docs/architecture.md ("Stream analytics semantics")
+asks for the exact semantics. On windows that are not constant the guard changes nothing.
 """
 
 from __future__ import annotations

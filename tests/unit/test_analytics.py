@@ -367,8 +367,13 @@ def test_state_is_bounded_by_keys_not_rows():
 def test_keys_seen_a_few_times_keep_small_rings_until_they_outgrow_them():
     """A key's ring starts at 8 pairs and moves to a full one on its 9th row; snapshots keep only the
     ring floats in use. So sparse keys cost ~200 bytes in memory and ~100 in a snapshot, not ~1.7 kB."""
-    sparse = pl.DataFrame({"user_id": [f"u{i:05d}" for i in range(10_000)], "event_type": ["click"] * 10_000,
-                           "value": [float(i % 97) for i in range(10_000)]})
+    sparse = pl.DataFrame(
+        {
+            "user_id": [f"u{i:05d}" for i in range(10_000)],
+            "event_type": ["click"] * 10_000,
+            "value": [float(i % 97) for i in range(10_000)],
+        }
+    )
     det = RollingAnomalyDetector()
     det.process(sparse)
     assert len(det) == 10_000
@@ -396,8 +401,9 @@ def test_restores_and_cuts_around_the_move_to_a_full_ring(rows_before):
 def test_version_1_snapshots_restore_and_continue_exactly():
     """tests/unit/data/analytics_snapshot_v1.bin was written by the engine before snapshot version 2,
     after the first 2,900 rows of this stream (keys with 1 to ~200 rows: small, full and wrapped rings)."""
-    df = pl.concat([stream(2000, 3, seed=40), stream(300, 40, seed=41), stream(600, 8, seed=42),
-                    stream(1500, 45, seed=43)])
+    df = pl.concat(
+        [stream(2000, 3, seed=40), stream(300, 40, seed=41), stream(600, 8, seed=42), stream(1500, 45, seed=43)]
+    )
     blob = (Path(__file__).parent / "data" / "analytics_snapshot_v1.bin").read_bytes()
     assert struct.unpack_from("<H", blob, 7) == (1,)
     det = RollingAnomalyDetector.restore(blob)
@@ -476,8 +482,11 @@ def test_key_table_does_not_keep_the_batches_that_brought_new_keys(monkeypatch, 
     det = RollingAnomalyDetector(keys=("session",))
     for b in range(20):
         sessions = [f"session-{b:04d}-{'x' * 60}"] + [f"session-{(b + 1):04d}-{i:05d}-{'y' * 60}" for i in range(999)]
-        det.process(pl.DataFrame({"session": pl.Series(sessions[:1] * 1000).cast(dtype), "value": [1.0] * 1000,
-                                  "payload": sessions}))
+        det.process(
+            pl.DataFrame(
+                {"session": pl.Series(sessions[:1] * 1000).cast(dtype), "value": [1.0] * 1000, "payload": sessions}
+            )
+        )
     assert len(det) == 20 and det._hash_collision == collisions
     keys = det.state_keys()
     assert keys.schema["session"] == dtype and keys.height == 20

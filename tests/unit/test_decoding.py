@@ -21,14 +21,19 @@ from etl_platform.stream.decoding import decode_records
 
 SHARD = "shardId-000000000003"
 ARRIVAL = datetime(2024, 5, 1, 8, 0, 0, 250000, tzinfo=UTC)
-ERROR_FIELDS = {"shard_id", "sequence_number", "sub_sequence", "arrival_time", "partition_key", "raw_base64",
-                "reason"}
+ERROR_FIELDS = {"shard_id", "sequence_number", "sub_sequence", "arrival_time", "partition_key", "raw_base64", "reason"}
 
 
 def env(**overrides: object) -> dict:
-    base = {"event_id": "ev-1", "source": "api", "user_id": "user-0001", "event_type": "api_call",
-            "event_time": "2024-05-01T07:59:59.500000Z", "value": 120.5,
-            "attributes": {"endpoint": "/v1/charges", "status_code": 200}}
+    base = {
+        "event_id": "ev-1",
+        "source": "api",
+        "user_id": "user-0001",
+        "event_type": "api_call",
+        "event_time": "2024-05-01T07:59:59.500000Z",
+        "value": 120.5,
+        "attributes": {"endpoint": "/v1/charges", "status_code": 200},
+    }
     base.update(overrides)
     return base
 
@@ -39,8 +44,12 @@ def as_json(obj: object) -> bytes:
 
 def record(data: bytes, seq: int, key: str = "user-0001", arrival: object = ARRIVAL) -> dict:
     """A GetRecords record as boto3 returns it."""
-    return {"Data": data, "SequenceNumber": str(49_000_000_000_000_000_000_000 + seq), "PartitionKey": key,
-            "ApproximateArrivalTimestamp": arrival}
+    return {
+        "Data": data,
+        "SequenceNumber": str(49_000_000_000_000_000_000_000 + seq),
+        "PartitionKey": key,
+        "ApproximateArrivalTimestamp": arrival,
+    }
 
 
 def seq(n: int) -> str:
@@ -64,13 +73,22 @@ def without(obj: dict, key: str) -> dict:
 def test_plain_json_record_becomes_one_event() -> None:
     result = decode_records(SHARD, [record(as_json(env()), 1)])
     assert result.errors == []
-    assert result.events == [{
-        "event_id": "ev-1", "source": "api", "user_id": "user-0001", "event_type": "api_call",
-        "event_time": datetime(2024, 5, 1, 7, 59, 59, 500000, tzinfo=UTC), "value": 120.5,
-        "attributes": '{"endpoint":"/v1/charges","status_code":200}',
-        "shard_id": SHARD, "sequence_number": seq(1), "sub_sequence": 0, "arrival_time": ARRIVAL,
-        "partition_key": "user-0001",
-    }]
+    assert result.events == [
+        {
+            "event_id": "ev-1",
+            "source": "api",
+            "user_id": "user-0001",
+            "event_type": "api_call",
+            "event_time": datetime(2024, 5, 1, 7, 59, 59, 500000, tzinfo=UTC),
+            "value": 120.5,
+            "attributes": '{"endpoint":"/v1/charges","status_code":200}',
+            "shard_id": SHARD,
+            "sequence_number": seq(1),
+            "sub_sequence": 0,
+            "arrival_time": ARRIVAL,
+            "partition_key": "user-0001",
+        }
+    ]
     assert tuple(result.events[0]) == EVENT_FIELDS
     assert events_to_frame(result.events).schema == dict(EVENT_SCHEMA)
 
@@ -91,22 +109,29 @@ def test_gzip_record_decodes_like_plain() -> None:
 
 
 def test_kpl_aggregate_yields_sub_records_with_sub_sequence() -> None:
-    subs = [("user-0001", as_json(env(event_id="a"))),
-            ("user-0002", gzip.compress(as_json(env(event_id="b", user_id="user-0002")))),
-            ("user-0001", as_json(without(env(value=3), "event_id"))),
-            ("user-0003", as_json(env(event_id="d", user_id="user-0003")))]
+    subs = [
+        ("user-0001", as_json(env(event_id="a"))),
+        ("user-0002", gzip.compress(as_json(env(event_id="b", user_id="user-0002")))),
+        ("user-0001", as_json(without(env(value=3), "event_id"))),
+        ("user-0003", as_json(env(event_id="d", user_id="user-0003"))),
+    ]
     data = aggregate(subs)
     assert data[:4] == MAGIC
     result = decode_records(SHARD, [record(data, 5, key="user-0001")])
     assert result.errors == []
     assert [(e["event_id"], e["sub_sequence"], e["partition_key"]) for e in result.events] == [
-        ("a", 0, "user-0001"), ("b", 1, "user-0002"),
-        (derive_event_id(SHARD, seq(5), 2), 2, "user-0001"), ("d", 3, "user-0003")]
+        ("a", 0, "user-0001"),
+        ("b", 1, "user-0002"),
+        (derive_event_id(SHARD, seq(5), 2), 2, "user-0001"),
+        ("d", 3, "user-0003"),
+    ]
     assert {e["sequence_number"] for e in result.events} == {seq(5)}
     # Same split, keys and order as the library's own deaggregator.
     lib = list(iter_deaggregate_records([record(data, 5)], data_format="Boto3"))
-    assert [(u["kinesis"]["subSequenceNumber"], u["kinesis"]["partitionKey"], base64.b64decode(u["kinesis"]["data"]))
-            for u in lib] == [(i, k, d) for i, (k, d) in enumerate(subs)]
+    assert [
+        (u["kinesis"]["subSequenceNumber"], u["kinesis"]["partitionKey"], base64.b64decode(u["kinesis"]["data"]))
+        for u in lib
+    ] == [(i, k, d) for i, (k, d) in enumerate(subs)]
 
 
 # -- poison records ----------------------------------------------------------------------------------
@@ -148,10 +173,14 @@ def test_poison_records_in_the_middle_become_errors_and_lose_nothing() -> None:
 
 
 def test_bad_sub_record_inside_a_good_aggregate() -> None:
-    data = aggregate([("user-0001", as_json(env(event_id="a"))),
-                      ("user-0009", json.dumps(env(event_id="b", value=float("inf"))).encode()),
-                      ("user-0001", b"garbage\xff"),
-                      ("user-0001", as_json(env(event_id="d")))])
+    data = aggregate(
+        [
+            ("user-0001", as_json(env(event_id="a"))),
+            ("user-0009", json.dumps(env(event_id="b", value=float("inf"))).encode()),
+            ("user-0001", b"garbage\xff"),
+            ("user-0001", as_json(env(event_id="d"))),
+        ]
+    )
     result = decode_records(SHARD, [record(data, 4)])
     assert [(e["event_id"], e["sub_sequence"]) for e in result.events] == [("a", 0), ("d", 3)]
     assert [(e["sub_sequence"], e["partition_key"], e["reason"]) for e in result.errors] == [
@@ -197,7 +226,8 @@ def test_sub_record_with_bad_partition_key_index_does_not_drop_the_rest() -> Non
     result = decode_records(SHARD, [record(_with_digest(agg.SerializeToString()), 1)])
     assert [e["event_id"] for e in result.events] == ["s0", "s2"]
     assert [(e["sub_sequence"], e["reason"]) for e in result.errors] == [
-        (1, "kpl: sub-record 1 partition_key_index 5 out of range (1 keys in table)")]
+        (1, "kpl: sub-record 1 partition_key_index 5 out of range (1 keys in table)")
+    ]
 
 
 def test_gzip_limits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +239,9 @@ def test_gzip_limits(monkeypatch: pytest.MonkeyPatch) -> None:
     result = decode_records(SHARD, [record(trailing, 1), record(bomb, 2), record(bytes(corrupt), 3)])
     assert result.events == []
     assert [e["reason"] for e in result.errors][:2] == [
-        "gzip: 4 trailing bytes after the gzip stream", "gzip: decompressed size exceeds 1000 bytes"]
+        "gzip: 4 trailing bytes after the gzip stream",
+        "gzip: decompressed size exceeds 1000 bytes",
+    ]
     assert result.errors[2]["reason"].startswith("gzip: ")
 
 
@@ -232,16 +264,25 @@ def test_broken_stream_metadata_is_an_error_not_an_exception() -> None:
 
 def test_arrival_time_is_normalised_to_utc() -> None:
     east = timezone(timedelta(hours=2))
-    records = [record(as_json(env()), 1, arrival=ARRIVAL.astimezone(east)),
-               record(as_json(env()), 2, arrival=ARRIVAL.replace(tzinfo=None)),
-               record(as_json(env()), 3, arrival=ARRIVAL.timestamp())]
+    records = [
+        record(as_json(env()), 1, arrival=ARRIVAL.astimezone(east)),
+        record(as_json(env()), 2, arrival=ARRIVAL.replace(tzinfo=None)),
+        record(as_json(env()), 3, arrival=ARRIVAL.timestamp()),
+    ]
     times = [e["arrival_time"] for e in decode_records(SHARD, records).events]
     assert times == [ARRIVAL] * 3 and all(t.tzinfo == UTC for t in times)
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.binary(max_size=64) | st.sampled_from([MAGIC, b"\x1f\x8b", b"{}"]).flatmap(
-    lambda head: st.binary(max_size=40).map(lambda tail: head + tail)), max_size=8))
+@given(
+    st.lists(
+        st.binary(max_size=64)
+        | st.sampled_from([MAGIC, b"\x1f\x8b", b"{}"]).flatmap(
+            lambda head: st.binary(max_size=40).map(lambda tail: head + tail)
+        ),
+        max_size=8,
+    )
+)
 def test_arbitrary_bytes_never_raise_and_are_all_accounted_for(payloads: list[bytes]) -> None:
     result = decode_records(SHARD, [record(p, i) for i, p in enumerate(payloads)])
     # Non-aggregates give exactly one row each; a random aggregate cannot pass the MD5 check.

@@ -44,11 +44,18 @@ _DROP = object()
 
 def decoded_event(**overrides: object) -> dict:
     base = {
-        "event_id": "e-1", "source": "web", "user_id": "u", "event_type": "click",
-        "event_time": datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC), "value": 1.5,
-        "attributes": "{}", "shard_id": "shardId-000000000000",
-        "sequence_number": "49590338271490256608559692538361571095921575989136588898", "sub_sequence": 0,
-        "arrival_time": datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC), "partition_key": "u",
+        "event_id": "e-1",
+        "source": "web",
+        "user_id": "u",
+        "event_type": "click",
+        "event_time": datetime(2024, 1, 1, 0, 0, 0, 123456, tzinfo=UTC),
+        "value": 1.5,
+        "attributes": "{}",
+        "shard_id": "shardId-000000000000",
+        "sequence_number": "49590338271490256608559692538361571095921575989136588898",
+        "sub_sequence": 0,
+        "arrival_time": datetime(2024, 1, 1, 0, 0, 1, tzinfo=UTC),
+        "partition_key": "u",
     }
     base.update(overrides)
     return base
@@ -59,8 +66,18 @@ def decoded_event(**overrides: object) -> dict:
 
 def test_schema_has_exact_fields_and_dtypes() -> None:
     assert EVENT_FIELDS == (
-        "event_id", "source", "user_id", "event_type", "event_time", "value", "attributes",
-        "shard_id", "sequence_number", "sub_sequence", "arrival_time", "partition_key",
+        "event_id",
+        "source",
+        "user_id",
+        "event_type",
+        "event_time",
+        "value",
+        "attributes",
+        "shard_id",
+        "sequence_number",
+        "sub_sequence",
+        "arrival_time",
+        "partition_key",
     )
     assert EVENT_SCHEMA["event_time"] == pl.Datetime("us", "UTC")
     assert EVENT_SCHEMA["arrival_time"] == pl.Datetime("us", "UTC")
@@ -111,7 +128,8 @@ def test_optional_fields_and_numeric_forms() -> None:
     assert out["value"] == 3.0 and isinstance(out["value"], float)
     assert out["event_time"] == datetime(2023, 11, 14, 22, 13, 20, 123000, tzinfo=UTC)
     assert validate_envelope(envelope(event_time="2024-01-01T00:00:00Z"))["event_time"] == datetime(
-        2024, 1, 1, tzinfo=UTC)
+        2024, 1, 1, tzinfo=UTC
+    )
     assert parse_event_time(1.5) == datetime(1970, 1, 1, 0, 0, 0, 1500, tzinfo=UTC)
     assert parse_event_time("2024-01-01T00:00:00.123456789+00:00").microsecond == 123456
 
@@ -173,7 +191,7 @@ _json = st.recursive(
             "source": st.sampled_from(sorted(SOURCES)) | _json,
             "user_id": st.text(max_size=70) | _json,
             "event_type": st.text(max_size=40) | _json,
-            "event_time": st.integers(-10**16, 10**16) | st.text(max_size=30) | _json,
+            "event_time": st.integers(-(10**16), 10**16) | st.text(max_size=30) | _json,
             "value": st.floats() | st.integers() | _json,
             "event_id": st.text(max_size=5) | _json,
             "attributes": st.dictionaries(st.text(max_size=3), _json, max_size=3) | _json,
@@ -214,9 +232,15 @@ def test_derived_event_id_is_deterministic_and_position_specific() -> None:
 
 
 def test_sequence_sort_key_orders_numerically_beyond_int64() -> None:
-    seqs = ["9", "10", "9223372036854775807", "9223372036854775808",
-            "49590338271490256608559692538361571095921575989136588898", "100000000000000000000",
-            "9" * 129]
+    seqs = [
+        "9",
+        "10",
+        "9223372036854775807",
+        "9223372036854775808",
+        "49590338271490256608559692538361571095921575989136588898",
+        "100000000000000000000",
+        "9" * 129,
+    ]
     by_key = sorted(seqs, key=sequence_sort_key)
     assert by_key == sorted(seqs, key=int)
     df = pl.DataFrame({"sequence_number": seqs}).sort(sequence_sort_expr())

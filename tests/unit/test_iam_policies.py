@@ -32,8 +32,14 @@ REPO = Path(__file__).resolve().parents[2]
 SCANNED = ("etl_platform", "assets", "sensors", "resources")
 EXCLUDED = ("etl_platform/stack/",)  # the local stack's own processes: loopback only, never deployed
 SERVICES = ("kinesis", "s3", "cloudwatch", "sns", "kms")
-RECEIVER_TOKENS = {"kinesis": "kinesis", "s3": "s3", "cloudwatch": "cloudwatch", "cw": "cloudwatch", "sns": "sns",
-                   "kms": "kms"}
+RECEIVER_TOKENS = {
+    "kinesis": "kinesis",
+    "s3": "s3",
+    "cloudwatch": "cloudwatch",
+    "cw": "cloudwatch",
+    "sns": "sns",
+    "kms": "kms",
+}
 ROLES = ("producer", "consumer", "loader", "indexer", "orchestrator", "bootstrap")
 
 # Which deployed role runs a module's AWS calls (longest matching prefix wins).
@@ -68,33 +74,59 @@ FUNCTION_ROLES: dict[str, set[str]] = {
 }
 
 S3_ACTIONS = {
-    "ListObjectsV2": ["s3:ListBucket"], "ListObjects": ["s3:ListBucket"], "HeadBucket": ["s3:ListBucket"],
-    "GetObject": ["s3:GetObject"], "HeadObject": ["s3:GetObject"], "PutObject": ["s3:PutObject"],
-    "DeleteObject": ["s3:DeleteObject"], "DeleteObjects": ["s3:DeleteObject"],
-    "CopyObject": ["s3:GetObject", "s3:PutObject"], "ListBuckets": ["s3:ListAllMyBuckets"],
-    "CreateBucket": ["s3:CreateBucket"], "DeleteBucket": ["s3:DeleteBucket"],
+    "ListObjectsV2": ["s3:ListBucket"],
+    "ListObjects": ["s3:ListBucket"],
+    "HeadBucket": ["s3:ListBucket"],
+    "GetObject": ["s3:GetObject"],
+    "HeadObject": ["s3:GetObject"],
+    "PutObject": ["s3:PutObject"],
+    "DeleteObject": ["s3:DeleteObject"],
+    "DeleteObjects": ["s3:DeleteObject"],
+    "CopyObject": ["s3:GetObject", "s3:PutObject"],
+    "ListBuckets": ["s3:ListAllMyBuckets"],
+    "CreateBucket": ["s3:CreateBucket"],
+    "DeleteBucket": ["s3:DeleteBucket"],
     "PutPublicAccessBlock": ["s3:PutBucketPublicAccessBlock"],
     "GetPublicAccessBlock": ["s3:GetBucketPublicAccessBlock"],
-    "PutBucketEncryption": ["s3:PutEncryptionConfiguration"], "GetBucketEncryption": ["s3:GetEncryptionConfiguration"],
+    "PutBucketEncryption": ["s3:PutEncryptionConfiguration"],
+    "GetBucketEncryption": ["s3:GetEncryptionConfiguration"],
     "PutBucketLifecycleConfiguration": ["s3:PutLifecycleConfiguration"],
     "GetBucketLifecycleConfiguration": ["s3:GetLifecycleConfiguration"],
-    "PutBucketPolicy": ["s3:PutBucketPolicy"], "GetBucketPolicy": ["s3:GetBucketPolicy"],
+    "PutBucketPolicy": ["s3:PutBucketPolicy"],
+    "GetBucketPolicy": ["s3:GetBucketPolicy"],
     "DeleteBucketPolicy": ["s3:DeleteBucketPolicy"],
-    "upload_file": ["s3:PutObject"], "upload_fileobj": ["s3:PutObject"],
-    "download_file": ["s3:GetObject"], "download_fileobj": ["s3:GetObject"],
+    "upload_file": ["s3:PutObject"],
+    "upload_fileobj": ["s3:PutObject"],
+    "download_file": ["s3:GetObject"],
+    "download_fileobj": ["s3:GetObject"],
 }
 S3_OBJECT_ACTIONS = {"s3:GetObject", "s3:PutObject", "s3:DeleteObject"}
 # Actions AWS does not scope to a resource: "*" is the narrowest grant (conditions narrow further).
 NO_RESOURCE_LEVEL = {
-    "cloudwatch:PutMetricData", "cloudwatch:GetMetricStatistics", "cloudwatch:DescribeAlarms",
-    "s3:ListAllMyBuckets", "kms:CreateKey", "kms:TagResource", "ecs:DescribeTaskDefinition",
-    "ec2:DescribeNetworkInterfaces", "ecr:GetAuthorizationToken",
+    "cloudwatch:PutMetricData",
+    "cloudwatch:GetMetricStatistics",
+    "cloudwatch:DescribeAlarms",
+    "s3:ListAllMyBuckets",
+    "kms:CreateKey",
+    "kms:TagResource",
+    "ecs:DescribeTaskDefinition",
+    "ec2:DescribeNetworkInterfaces",
+    "ecr:GetAuthorizationToken",
 }
 SAMPLE = {
-    "AWS::Region": "us-east-1", "AWS::AccountId": "123456789012", "StreamName": "etl-events",
-    "LakeBucket": "etl-lake", "KmsKeyId": "1234abcd-12ab-34cd-56ef-1234567890ab", "KmsAlias": "alias/etl-platform",
-    "AlertTopicName": "etl-alerts", "OpenSearchDomain": "etl-search", "EcsCluster": "etl", "EcsLogGroup": "/etl/runs",
-    "EcsTaskDefinitionFamily": "etl-run", "EcrRepository": "etl-platform", "SecretPrefix": "etl-platform",
+    "AWS::Region": "us-east-1",
+    "AWS::AccountId": "123456789012",
+    "StreamName": "etl-events",
+    "LakeBucket": "etl-lake",
+    "KmsKeyId": "1234abcd-12ab-34cd-56ef-1234567890ab",
+    "KmsAlias": "alias/etl-platform",
+    "AlertTopicName": "etl-alerts",
+    "OpenSearchDomain": "etl-search",
+    "EcsCluster": "etl",
+    "EcsLogGroup": "/etl/runs",
+    "EcsTaskDefinitionFamily": "etl-run",
+    "EcrRepository": "etl-platform",
+    "SecretPrefix": "etl-platform",
     "RolePrefix": "etl-platform",
 }
 
@@ -108,8 +140,11 @@ def expected_resources(action: str) -> list[str]:
     if service == "kinesis":
         return [f"arn:aws:kinesis:{region}:{account}:stream/{SAMPLE['StreamName']}"]
     if service == "s3":
-        return ([f"arn:aws:s3:::{SAMPLE['LakeBucket']}/<some-object>"] if action in S3_OBJECT_ACTIONS
-                else [f"arn:aws:s3:::{SAMPLE['LakeBucket']}"])
+        return (
+            [f"arn:aws:s3:::{SAMPLE['LakeBucket']}/<some-object>"]
+            if action in S3_OBJECT_ACTIONS
+            else [f"arn:aws:s3:::{SAMPLE['LakeBucket']}"]
+        )
     if service == "cloudwatch":
         return [f"arn:aws:cloudwatch:{region}:{account}:alarm:{SAMPLE['StreamName']}-Consumer-Lag"]
     if service == "sns":
@@ -127,8 +162,9 @@ def method_maps() -> dict[str, dict[str, str]]:
     session = botocore.session.get_session()
     maps = {}
     for service in SERVICES:
-        client = session.create_client(service, region_name="us-east-1", aws_access_key_id="x",
-                                       aws_secret_access_key="x")
+        client = session.create_client(
+            service, region_name="us-east-1", aws_access_key_id="x", aws_secret_access_key="x"
+        )
         maps[service] = dict(client.meta.method_to_api_mapping)
     maps["s3"].update({m: m for m in ("upload_file", "upload_fileobj", "download_file", "download_fileobj")})
     return maps
@@ -312,7 +348,8 @@ def test_policy_grants_nothing_broader_than_needed(path):
                 head = resource.split("*", 1)[0]
                 scoped = any(f"${{{p}}}" in head for p in SAMPLE if not p.startswith("AWS::"))
                 assert scoped or "Condition" in st, (
-                    f"{where}: {resource} is a wildcard not scoped by a named resource or a Condition")
+                    f"{where}: {resource} is a wildcard not scoped by a named resource or a Condition"
+                )
             assert resource.startswith("arn:aws:"), f"{where}: {resource} is not an ARN"
 
 
@@ -330,8 +367,12 @@ def test_placeholders_are_documented_and_roles_exist():
 def test_the_checker_catches_a_missing_grant():
     """A policy without GetRecords must fail the consumer check (the test is not vacuous)."""
     policy = load_policy("consumer")
-    stripped = {"Statement": [{**st, "Action": [a for a in _listed(st["Action"]) if a != "kinesis:GetRecords"]}
-                              for st in policy["Statement"]]}
+    stripped = {
+        "Statement": [
+            {**st, "Action": [a for a in _listed(st["Action"]) if a != "kinesis:GetRecords"]}
+            for st in policy["Statement"]
+        ]
+    }
     stream = expected_resources("kinesis:GetRecords")[0]
     assert allows(policy, "kinesis:GetRecords", stream)
     assert not allows(stripped, "kinesis:GetRecords", stream)

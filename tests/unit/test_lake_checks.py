@@ -11,8 +11,14 @@ from etl_platform.lake.checks import PROCESSED_SCHEMA, null_key_counts, reconcil
 
 def frame(ids: list[str]) -> pl.DataFrame:
     rows = {name: [None] * len(ids) for name in PROCESSED_SCHEMA}
-    rows.update(event_id=ids, user_id=["u"] * len(ids), event_type=["t"] * len(ids), value=[1.0] * len(ids),
-                event_time=[datetime(2026, 1, 1, tzinfo=UTC)] * len(ids), anomaly_status=["NORMAL"] * len(ids))
+    rows.update(
+        event_id=ids,
+        user_id=["u"] * len(ids),
+        event_type=["t"] * len(ids),
+        value=[1.0] * len(ids),
+        event_time=[datetime(2026, 1, 1, tzinfo=UTC)] * len(ids),
+        anomaly_status=["NORMAL"] * len(ids),
+    )
     return pl.DataFrame(rows, schema=PROCESSED_SCHEMA)
 
 
@@ -32,6 +38,7 @@ def test_schema_problems_and_null_keys_are_reported():
     assert schema_problems(good) == []
     assert schema_problems(good.drop("avg_value")) == ["missing column avg_value"]
     assert schema_problems(good.with_columns(pl.col("value").cast(pl.String))) == [
-        "column value is String, expected Float64"]
+        "column value is String, expected Float64"
+    ]
     assert null_key_counts(good)["user_id"] == 0
     assert null_key_counts(good.with_columns(pl.lit(None, pl.String).alias("user_id")))["user_id"] == 1

@@ -39,8 +39,13 @@ class ThrottlingKinesisFake:
     - every call is recorded, and accepted entries are appended to `stored` with a sequence number.
     """
 
-    def __init__(self, partial_failures: int = 0, fail_every: int = 3, throttle_requests: int = 0,
-                 throttle_code: str = "ProvisionedThroughputExceededException") -> None:
+    def __init__(
+        self,
+        partial_failures: int = 0,
+        fail_every: int = 3,
+        throttle_requests: int = 0,
+        throttle_code: str = "ProvisionedThroughputExceededException",
+    ) -> None:
         self.partial_failures = partial_failures
         self.fail_every = fail_every
         self.throttle_requests = throttle_requests
@@ -174,8 +179,9 @@ def test_partial_failures_retry_only_failed_entries() -> None:
     assert stats.sent == 30 and stats.failed == 0
     assert stats.retried == 10 + 4 + 2 == sum(len(f) for f in fake.failed_entries)
     # call 1 fails indices 0,3,..,27 (even -> throughput, odd -> internal); retries fail 0,3,6,9 then 0,3
-    assert stats.error_codes == Counter({"ProvisionedThroughputExceededException": 5 + 2 + 1,
-                                         "InternalFailure": 5 + 2 + 1})
+    assert stats.error_codes == Counter(
+        {"ProvisionedThroughputExceededException": 5 + 2 + 1, "InternalFailure": 5 + 2 + 1}
+    )
     assert stats.requests == 4
 
     # Exponential backoff with jitter: delay k lies in [c/2, c] for c = base * 2**(k-1).
@@ -247,8 +253,7 @@ def test_progress_is_reported_after_each_request() -> None:
 
 
 def test_backoff_is_capped() -> None:
-    p = KinesisProducer(ThrottlingKinesisFake(), "events", base_backoff_s=1.0, max_backoff_s=4.0,
-                        rng=random.Random(1))
+    p = KinesisProducer(ThrottlingKinesisFake(), "events", base_backoff_s=1.0, max_backoff_s=4.0, rng=random.Random(1))
     assert all(2.0 <= p.backoff_s(k) <= 4.0 for k in range(3, 40))
 
 
@@ -256,16 +261,24 @@ def test_backoff_is_capped() -> None:
 
 
 def library_deaggregate(records: list[dict]) -> list[dict]:
-    boto3_shaped = [{"Data": r["Data"], "SequenceNumber": r.get("SequenceNumber", "0"),
-                     "PartitionKey": r["PartitionKey"], "ApproximateArrivalTimestamp": 0} for r in records]
+    boto3_shaped = [
+        {
+            "Data": r["Data"],
+            "SequenceNumber": r.get("SequenceNumber", "0"),
+            "PartitionKey": r["PartitionKey"],
+            "ApproximateArrivalTimestamp": 0,
+        }
+        for r in records
+    ]
     return list(iter_deaggregate_records(boto3_shaped, data_format="Boto3"))
 
 
 def deaggregated(fake: ThrottlingKinesisFake) -> list[dict]:
     """What a KPL-aware consumer sees: the library's own deaggregator over the stored records."""
     users = library_deaggregate(fake.stored)
-    return [{"pk": u["kinesis"]["partitionKey"], "event": json.loads(base64.b64decode(u["kinesis"]["data"]))}
-            for u in users]
+    return [
+        {"pk": u["kinesis"]["partitionKey"], "event": json.loads(base64.b64decode(u["kinesis"]["data"]))} for u in users
+    ]
 
 
 def test_kpl_aggregates_keep_one_key_each_and_key_order() -> None:

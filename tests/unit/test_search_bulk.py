@@ -77,13 +77,13 @@ def test_documents_match_the_mapping_and_the_rows():
     assert json.loads(doc)["event_id"] == "alice-click-00"
     anomalies = lines.filter(lines["_index"].str.contains("anomalies"))
     assert sorted(anomalies["_id"].to_list()) == sorted(
-        frame.filter(frame["anomaly_status"] == "ANOMALY")["event_id"].to_list())
+        frame.filter(frame["anomaly_status"] == "ANOMALY")["event_id"].to_list()
+    )
 
 
 def test_documents_escape_ids_and_ignore_unknown_columns():
     frame = known_processed_frame().head(1)
-    frame = frame.with_columns(frame["event_id"].str.replace("alice", 'al"ice\\')).with_columns(
-        extra_column=1)
+    frame = frame.with_columns(frame["event_id"].str.replace("alice", 'al"ice\\')).with_columns(extra_column=1)
     lines = lines_for(frame)
     action, doc = lines["payload"][0].splitlines()
     assert json.loads(action)["index"]["_id"] == 'al"ice\\-click-00'
@@ -136,8 +136,7 @@ def run(client, lines, **config):
 
 def test_only_rejected_items_are_retried_with_growing_backoff():
     lines = lines_for()
-    client = ScriptedBulkClient({"alice-click-01": 429, "bob-api_call-02": 503},
-                                {"alice-click-01": 429}, {})
+    client = ScriptedBulkClient({"alice-click-01": 429, "bob-api_call-02": 503}, {"alice-click-01": 429}, {})
     stats, failures, sleeps = run(client, lines)
     assert failures == [] and stats.indexed == lines.height and stats.failed == 0
     assert client.calls[1] == ["alice-click-01", "bob-api_call-02"] and client.calls[2] == ["alice-click-01"]
@@ -218,8 +217,10 @@ def test_failed_documents_are_backed_up_with_index_error_and_document():
     assert len(keys) == 1 and keys[0].startswith("search-failed/dt=2026-01-02/hour=03/")
     records = [json.loads(x) for x in gzip.decompress(s3.objects[keys[0]]).splitlines()]
     assert {(r["index"], r["id"]) for r in records} == {
-        ("p-events-2024.03.02", "carol-log_error-00"), ("p-events-2024.03.02", "bob-api_call-01"),
-        ("p-anomalies-2024.03.02", "bob-api_call-01")}
+        ("p-events-2024.03.02", "carol-log_error-00"),
+        ("p-events-2024.03.02", "bob-api_call-01"),
+        ("p-anomalies-2024.03.02", "bob-api_call-01"),
+    }
     record = records[0]
     assert record["status"] == 400 and record["error"] == {"type": "mapper_parsing_exception"}
     assert record["doc"]["event_id"] == record["id"] and record["prefix"] == "p-"
@@ -231,8 +232,14 @@ def test_failed_documents_are_backed_up_with_index_error_and_document():
 
 def test_failures_without_a_backup_location_raise_instead_of_dropping():
     with pytest.raises(IndexingError, match="33 documents failed"):
-        index_processed_frame(ScriptedBulkClient(*["conn"] * 10), known_processed_frame(), None, None, "p-",
-                              IndexerConfig(max_total_wait_s=0, concurrency=1))
+        index_processed_frame(
+            ScriptedBulkClient(*["conn"] * 10),
+            known_processed_frame(),
+            None,
+            None,
+            "p-",
+            IndexerConfig(max_total_wait_s=0, concurrency=1),
+        )
 
 
 def test_config_from_env():

@@ -30,8 +30,11 @@ def test_templates_carry_mapping_settings_and_alias():
     body = indices.template_body("anomalies", "t-x-", indices.IndexSettings(replicas=1, refresh_interval="1s"))
     assert body["index_patterns"] == ["t-x-anomalies-*"]
     assert body["template"]["aliases"] == {"t-x-anomalies": {}}
-    assert body["template"]["settings"]["index"] == {"number_of_shards": 1, "number_of_replicas": 1,
-                                                     "refresh_interval": "1s"}
+    assert body["template"]["settings"]["index"] == {
+        "number_of_shards": 1,
+        "number_of_replicas": 1,
+        "refresh_interval": "1s",
+    }
     props = body["template"]["mappings"]["properties"]
     assert props["event_time"]["type"] == "date" and props["avg_value"]["type"] == "double"
     assert props["anomaly_status"]["type"] == "keyword" and props["attributes"]["type"] == "flat_object"
@@ -40,16 +43,19 @@ def test_templates_carry_mapping_settings_and_alias():
         indices.delete_all(object(), "")
 
 
-@pytest.mark.parametrize("text,expected", [
-    ("now", NOW),
-    ("15m", datetime(2026, 5, 10, 11, 45, tzinfo=UTC)),
-    ("2h", datetime(2026, 5, 10, 10, 0, tzinfo=UTC)),
-    ("7d", datetime(2026, 5, 3, 12, 0, tzinfo=UTC)),
-    ("2024-03-01", datetime(2024, 3, 1, tzinfo=UTC)),
-    ("2024-03-01T10:02:00Z", datetime(2024, 3, 1, 10, 2, tzinfo=UTC)),
-    ("2024-03-01T12:02:00+02:00", datetime(2024, 3, 1, 10, 2, tzinfo=UTC)),
-    ("2024-03-01T10:02:00", datetime(2024, 3, 1, 10, 2, tzinfo=UTC)),
-])
+@pytest.mark.parametrize(
+    "text,expected",
+    [
+        ("now", NOW),
+        ("15m", datetime(2026, 5, 10, 11, 45, tzinfo=UTC)),
+        ("2h", datetime(2026, 5, 10, 10, 0, tzinfo=UTC)),
+        ("7d", datetime(2026, 5, 3, 12, 0, tzinfo=UTC)),
+        ("2024-03-01", datetime(2024, 3, 1, tzinfo=UTC)),
+        ("2024-03-01T10:02:00Z", datetime(2024, 3, 1, 10, 2, tzinfo=UTC)),
+        ("2024-03-01T12:02:00+02:00", datetime(2024, 3, 1, 10, 2, tzinfo=UTC)),
+        ("2024-03-01T10:02:00", datetime(2024, 3, 1, 10, 2, tzinfo=UTC)),
+    ],
+)
 def test_parse_time(text, expected):
     assert parse_time(text, NOW) == expected
 
@@ -60,8 +66,12 @@ def test_parse_time_rejects_nonsense():
 
 
 def test_format_table_aligns_and_right_aligns_numbers():
-    table = format_table([{"user_id": "bob", "anomalies": 3, "max_value": 1001.0},
-                          {"user_id": "alice", "anomalies": 12, "max_value": 2.5}])
+    table = format_table(
+        [
+            {"user_id": "bob", "anomalies": 3, "max_value": 1001.0},
+            {"user_id": "alice", "anomalies": 12, "max_value": 2.5},
+        ]
+    )
     assert table.splitlines() == [
         "user_id  anomalies  max_value",
         "-------  ---------  ---------",
@@ -76,7 +86,13 @@ def test_cli_parser():
     add_search_parser(parser.add_subparsers(dest="command"))
     args = parser.parse_args(["search", "user", "alice", "--from", "1h", "--limit", "5", "--json"])
     assert (args.search_command, args.user_id, args.start, args.end, args.limit, args.json) == (
-        "user", "alice", "1h", "now", 5, True)
+        "user",
+        "alice",
+        "1h",
+        "now",
+        5,
+        True,
+    )
     args = parser.parse_args(["search", "index-day", "2024-03-01", "--prefix", "t-"])
     assert args.day == date(2024, 3, 1) and args.prefix == "t-" and callable(args.func)
     args = parser.parse_args(["search", "top-users"])

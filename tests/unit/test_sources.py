@@ -85,8 +85,11 @@ def test_rare_spikes_stand_out() -> None:
     spikes = [e for e in events if e["attributes"].get("_synthetic_spike")]
     assert 10 <= len(spikes) <= 80
     for spike in spikes:
-        same = [e["value"] for e in events
-                if e["event_type"] == spike["event_type"] and not e["attributes"].get("_synthetic_spike")]
+        same = [
+            e["value"]
+            for e in events
+            if e["event_type"] == spike["event_type"] and not e["attributes"].get("_synthetic_spike")
+        ]
         mean, sd = statistics.fmean(same), statistics.stdev(same)
         assert spike["value"] > mean + 6 * sd
         assert max(same) < mean + 6 * sd  # normal traffic stays in band

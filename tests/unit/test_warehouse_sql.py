@@ -17,13 +17,25 @@ from etl_platform.warehouse.source import LakeObject
 
 ROLE = "arn:aws:iam::123456789012:role/etl-redshift-copy"
 DAY = date(2024, 3, 5)
-PROCESSED_SCHEMA = pa.schema([
-    ("event_id", pa.large_string()), ("source", pa.large_string()), ("user_id", pa.large_string()),
-    ("event_type", pa.large_string()), ("event_time", pa.timestamp("us", "UTC")), ("value", pa.float64()),
-    ("attributes", pa.large_string()), ("shard_id", pa.large_string()), ("sequence_number", pa.large_string()),
-    ("sub_sequence", pa.int64()), ("arrival_time", pa.timestamp("us", "UTC")), ("partition_key", pa.large_string()),
-    ("shard_depth", pa.int32()), ("avg_value", pa.float64()), ("anomaly_status", pa.large_string()),
-])
+PROCESSED_SCHEMA = pa.schema(
+    [
+        ("event_id", pa.large_string()),
+        ("source", pa.large_string()),
+        ("user_id", pa.large_string()),
+        ("event_type", pa.large_string()),
+        ("event_time", pa.timestamp("us", "UTC")),
+        ("value", pa.float64()),
+        ("attributes", pa.large_string()),
+        ("shard_id", pa.large_string()),
+        ("sequence_number", pa.large_string()),
+        ("sub_sequence", pa.int64()),
+        ("arrival_time", pa.timestamp("us", "UTC")),
+        ("partition_key", pa.large_string()),
+        ("shard_depth", pa.int32()),
+        ("avg_value", pa.float64()),
+        ("anomaly_status", pa.large_string()),
+    ]
+)
 OBJECTS = [
     LakeObject("processed/dt=2024-03-05/hour=00/shardId-000000000000-4959-0000.parquet", 1234),
     LakeObject("processed/dt=2024-03-05/hour=01/shardId-000000000001-4960-0000.parquet", 5678),
@@ -60,7 +72,8 @@ def test_table_ddl_distributes_by_user_and_sorts_by_event_time(rs):
 
 def test_drift_column_ddl(rs):
     assert rs.add_column("events", schema.Column("region", "string")) == (
-        'ALTER TABLE "etl"."events" ADD COLUMN "region" VARCHAR(65535)')
+        'ALTER TABLE "etl"."events" ADD COLUMN "region" VARCHAR(65535)'
+    )
     assert rs.add_column("anomalies", schema.Column("score", "float64")).endswith('"score" DOUBLE PRECISION')
 
 
@@ -93,10 +106,12 @@ def test_copy_table_matches_the_parquet_columns_in_file_order(rs):
 
 def test_manifest_lists_every_object_as_mandatory_with_its_length():
     manifest = source.manifest("etl-lake", OBJECTS)
-    assert manifest == {"entries": [
-        {"url": f"s3://etl-lake/{OBJECTS[0].key}", "mandatory": True, "meta": {"content_length": 1234}},
-        {"url": f"s3://etl-lake/{OBJECTS[1].key}", "mandatory": True, "meta": {"content_length": 5678}},
-    ]}
+    assert manifest == {
+        "entries": [
+            {"url": f"s3://etl-lake/{OBJECTS[0].key}", "mandatory": True, "meta": {"content_length": 1234}},
+            {"url": f"s3://etl-lake/{OBJECTS[1].key}", "mandatory": True, "meta": {"content_length": 5678}},
+        ]
+    }
     json.dumps(manifest)  # serialisable as is
     assert source.manifest_key(DAY, 3) == "_manifests/warehouse/processed/dt=2024-03-05/group-03.manifest"
 
@@ -121,15 +136,27 @@ def test_load_is_one_transaction_staging_then_delete_day_then_insert(rs):
     assert sqls[0] == "BEGIN" and sqls[-1] == "COMMIT"
     assert sqls.count("BEGIN") == 1 and sqls.count("COMMIT") == 1
     order = [s.step for s in steps]
-    expected = ["lock", "copy_table", "copy", "stage", "stats", "delete:events", "insert:events",
-                "delete:anomalies", "insert:anomalies", "commit"]
+    expected = [
+        "lock",
+        "copy_table",
+        "copy",
+        "stage",
+        "stats",
+        "delete:events",
+        "insert:events",
+        "delete:anomalies",
+        "insert:anomalies",
+        "commit",
+    ]
     positions = [order.index(step) for step in expected]
     assert positions == sorted(positions), order
     assert 'LOCK "etl"."events", "etl"."anomalies"' in sqls
     assert 'CREATE TEMP TABLE "etl_stage" (LIKE "etl"."events")' in sqls
     delete = sqls[order.index("delete:events")]
-    assert delete == ('DELETE FROM "etl"."events" WHERE event_time >= \'2024-03-05 00:00:00\'::TIMESTAMP '
-                      "AND event_time < '2024-03-06 00:00:00'::TIMESTAMP")
+    assert delete == (
+        'DELETE FROM "etl"."events" WHERE event_time >= \'2024-03-05 00:00:00\'::TIMESTAMP '
+        "AND event_time < '2024-03-06 00:00:00'::TIMESTAMP"
+    )
     insert_events = sqls[order.index("insert:events")]
     assert insert_events.startswith('INSERT INTO "etl"."events" ("event_id", "source"')
     assert insert_events.endswith('"event_date" FROM "etl_stage"')
@@ -141,8 +168,10 @@ def test_load_is_one_transaction_staging_then_delete_day_then_insert(rs):
 def test_staging_keeps_the_first_arrival_of_each_event_and_derives_the_day(rs):
     plan = one_group_plan()
     fill = squash(rs.fill_stage(plan.groups, plan.columns))
-    assert ('ROW_NUMBER() OVER (PARTITION BY "event_id" ORDER BY "shard_depth", LPAD("sequence_number", 129, \'0\'), '
-            '"sub_sequence") AS etl_arrival') in fill
+    assert (
+        'ROW_NUMBER() OVER (PARTITION BY "event_id" ORDER BY "shard_depth", LPAD("sequence_number", 129, \'0\'), '
+        '"sub_sequence") AS etl_arrival'
+    ) in fill
     assert fill.endswith("WHERE etl_arrival = 1")
     assert 'CAST("event_time" AS DATE)' in fill
 
@@ -177,9 +206,17 @@ def test_literals_are_escaped():
 
 
 def test_dsn_parsing():
-    args = parse_dsn("redshift://loader@cluster.abc.eu-west-1.redshift.amazonaws.com:5439/analytics?sslmode=verify-full")
-    assert args == {"host": "cluster.abc.eu-west-1.redshift.amazonaws.com", "port": 5439, "database": "analytics",
-                    "user": "loader", "ssl": True, "sslmode": "verify-full"}
+    args = parse_dsn(
+        "redshift://loader@cluster.abc.eu-west-1.redshift.amazonaws.com:5439/analytics?sslmode=verify-full"
+    )
+    assert args == {
+        "host": "cluster.abc.eu-west-1.redshift.amazonaws.com",
+        "port": 5439,
+        "database": "analytics",
+        "user": "loader",
+        "ssl": True,
+        "sslmode": "verify-full",
+    }
     with pytest.raises(ValueError):
         parse_dsn("mysql://x")
 
@@ -213,8 +250,9 @@ def test_missing_or_retyped_processed_columns_always_fail():
 
 
 def test_widening_is_not_drift():
-    narrower = pa.schema([pa.field("sub_sequence", pa.int32()) if f.name == "sub_sequence" else f
-                          for f in PROCESSED_SCHEMA])
+    narrower = pa.schema(
+        [pa.field("sub_sequence", pa.int32()) if f.name == "sub_sequence" else f for f in PROCESSED_SCHEMA]
+    )
     assert schema.detect_drift(narrower, TABLE).clean
 
 
@@ -231,10 +269,18 @@ def _decode(body: bytes, kinds: list[str]) -> list[list[object]]:
             if length < 0:
                 row.append(None)
                 continue
-            raw = body[pos:pos + length]
+            raw = body[pos : pos + length]
             pos += length
-            fmt = {"int16": ">h", "int32": ">i", "int64": ">q", "float64": ">d", "float32": ">f",
-                   "timestamp": ">q", "date": ">i", "bool": ">?"}.get(kind)
+            fmt = {
+                "int16": ">h",
+                "int32": ">i",
+                "int64": ">q",
+                "float64": ">d",
+                "float32": ">f",
+                "timestamp": ">q",
+                "date": ">i",
+                "bool": ">?",
+            }.get(kind)
             row.append(raw.decode() if kind == "string" else struct.unpack(fmt, raw)[0])
         rows.append(row)
     return rows
@@ -242,13 +288,15 @@ def _decode(body: bytes, kinds: list[str]) -> list[list[object]]:
 
 def test_binary_copy_encoding_is_postgres_wire_format():
     moment = datetime(2024, 3, 5, 12, 30, 0, 123456, tzinfo=UTC)
-    table = pa.table({
-        "s": pa.array(["héllo ✓", None, ""], pa.large_string()),
-        "t": pa.array([moment, moment, None], pa.timestamp("us", "UTC")),
-        "f": pa.array([1.5, None, -0.25]),
-        "i": pa.array([1, 2, 3], pa.int32()),
-        "d": pa.array([DAY, DAY, DAY], pa.date32()),
-    }).slice(0, 3)
+    table = pa.table(
+        {
+            "s": pa.array(["héllo ✓", None, ""], pa.large_string()),
+            "t": pa.array([moment, moment, None], pa.timestamp("us", "UTC")),
+            "f": pa.array([1.5, None, -0.25]),
+            "i": pa.array([1, 2, 3], pa.int32()),
+            "d": pa.array([DAY, DAY, DAY], pa.date32()),
+        }
+    ).slice(0, 3)
     kinds = ["string", "timestamp", "float64", "int64", "date"]  # int32 data into a BIGINT column
     body = bytes(pgcopy.encode_rows(table, kinds))
     micros_since_2000 = int((moment - datetime(2000, 1, 1, tzinfo=UTC)).total_seconds()) * 1_000_000 + 123456

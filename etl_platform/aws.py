@@ -14,6 +14,7 @@ _ENDPOINT_ATTR = {
     "s3": "s3_endpoint",
     "cloudwatch": "cloudwatch_endpoint",
     "sns": "sns_endpoint",
+    "dynamodb": "dynamodb_endpoint",
     "kms": "s3_endpoint",  # the local moto server serves KMS too
 }
 

@@ -44,6 +44,8 @@ class Settings:
     s3_endpoint: str | None = None
     cloudwatch_endpoint: str | None = None
     sns_endpoint: str | None = None
+    dynamodb_endpoint: str | None = None
+    lease_table: str = "etl-platform-leases"  # the consumers' lease table (DynamoDB)
     redshift_iam_role: str | None = None
     alert_webhook_url: str | None = None
     sns_topic_arn: str | None = None
@@ -117,6 +119,8 @@ def _local(env: Mapping[str, str]) -> Settings:
         s3_endpoint=moto,
         cloudwatch_endpoint=moto,
         sns_endpoint=moto,
+        dynamodb_endpoint=moto,
+        lease_table=env.get("ETL_LEASE_TABLE", "etl-platform-leases"),
         alert_webhook_url=env.get("ETL_ALERT_WEBHOOK_URL") or None,
         sns_topic_arn=None,
         tls=False,
@@ -168,5 +172,6 @@ def _aws(env: Mapping[str, str]) -> Settings:
         redshift_iam_role=role,
         alert_webhook_url=webhook,
         sns_topic_arn=env.get("ETL_ALERT_SNS_TOPIC_ARN") or None,
+        lease_table=env.get("ETL_LEASE_TABLE", "etl-platform-leases"),
         tls=True,
     )

@@ -14,7 +14,7 @@ from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
 from etl_platform.analytics import AnalyticsConfig
-from etl_platform.config import Settings, load_settings
+from etl_platform.config import Settings, env_number, load_settings
 from etl_platform.ops.alarms import DEFAULT_PATH as DEFAULT_ALARMS_FILE
 from etl_platform.ops.scaling import ScalingPolicy
 from etl_platform.search.indexer import IndexerConfig, prefix_from_env
@@ -27,6 +27,7 @@ from resources.platform import (
     CloudWatchResource,
     KinesisResource,
     LakeResource,
+    LeaseTableResource,
     OpenSearchResource,
     ScalingResource,
     SNSResource,
@@ -40,6 +41,7 @@ __all__ = [
     "CloudWatchResource",
     "KinesisResource",
     "LakeResource",
+    "LeaseTableResource",
     "OpenSearchResource",
     "SNSResource",
     "ScalingResource",
@@ -87,10 +89,14 @@ def build_resources(settings: Settings | None = None, env: Mapping[str, str] | N
             stream_name=settings.stream_name,
             endpoint_url=settings.kinesis_endpoint,
             analytics=analytics,
-            **_fields(consumer, "max_records", "buffer_bytes", "buffer_interval_s"),
+            **_fields(
+                consumer, "max_records", "buffer_bytes", "buffer_interval_s", "lease_duration_s", "poll_interval_s"
+            ),
+            worker_budget_s=env_number(env, "ETL_WORKER_BUDGET_S", 600.0, float, 1),
             **aws,
         ),
         "analytics": analytics,
+        "leases": LeaseTableResource(endpoint_url=settings.dynamodb_endpoint, table_name=settings.lease_table, **aws),
         "s3": s3,
         "lake": LakeResource(bucket=settings.lake_bucket, s3=s3),
         "warehouse": warehouse,

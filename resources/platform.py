@@ -25,6 +25,7 @@ from etl_platform.search.bulk import IndexerConfig, IndexStats
 from etl_platform.search.indexer import search_sink
 from etl_platform.search.indices import check_prefix
 from etl_platform.stream.consumer import FIREHOSE_BUFFER_BYTES, FIREHOSE_BUFFER_INTERVAL_S, ConsumerConfig
+from etl_platform.stream.leases import LeaseTable
 from etl_platform.warehouse import DEFAULT_SCHEMA, Warehouse, connect
 from etl_platform.warehouse.schema import DEFAULT_DRIFT_POLICY, check_policy, validate_identifier
 
@@ -80,6 +81,17 @@ class KinesisResource(Boto3ClientResource):
         "launched at most this often unless its buffer is full (ETL_BUFFER_INTERVAL_S)",
     )
     analytics: AnalyticsResource
+    lease_duration_s: float = Field(
+        default=10.0, description="a dead worker's shard is taken over within this long (ETL_LEASE_DURATION_S)"
+    )
+    poll_interval_s: float = Field(
+        default=1.0, description="a caught-up worker reads its shard this often (ETL_POLL_INTERVAL_S)"
+    )
+    worker_budget_s: float = Field(
+        default=600.0,
+        description="a shard worker run hands its shard over after "
+        "this long; the sensor starts the next (ETL_WORKER_BUDGET_S)",
+    )
 
     def client(self) -> Any:
         return self._client("kinesis")
@@ -90,7 +102,18 @@ class KinesisResource(Boto3ClientResource):
             buffer_bytes=self.buffer_bytes,
             buffer_interval_s=self.buffer_interval_s,
             analytics=self.analytics.config(),
+            lease_duration_s=self.lease_duration_s,
+            poll_interval_s=self.poll_interval_s,
         )
+
+
+class LeaseTableResource(Boto3ClientResource):
+    """The consumers' lease table (DynamoDB): one owner per shard, fenced commits, checkpoints."""
+
+    table_name: str = Field(description="the lease table (ETL_LEASE_TABLE)")
+
+    def table(self, stream_name: str) -> LeaseTable:
+        return LeaseTable(self._client("dynamodb"), self.table_name, stream_name)
 
 
 class CloudWatchResource(Boto3ClientResource):

@@ -1,12 +1,16 @@
-"""The Kinesis micro-batch sensor and the job it launches: one run = one bounded batch of one shard.
+"""Shard workers and their supervisor: a run owns a shard's lease and consumes it continuously.
 
-Each tick the sensor reads the shards, the checkpoints and each unfinished shard's latest run, and
-asks `etl_platform.stream.scheduling.due_batches` which shards are due: readable ones (children only
-after their parents are fully consumed) with no run still queued or running (at most one in flight
-per shard; the run queue also limits the `etl/shard` tag to one) whose buffer is due: the last batch
-stopped at its size cap, or the buffer interval has passed and new records are waiting
-(Firehose's size-or-interval buffering), or a closed parent must be finished. It turns the answer
-into run requests.
+`kinesis_microbatch_job` is a shard worker: it takes the shard's lease (`etl_platform.stream.leases`)
+and loops micro-batches (read -> decode -> analytics -> search each read; lake flush + commit by size
+or interval) until its time budget ends, the shard is closed and finished, or the lease is lost;
+terminating it from the UI abandons the uncommitted flush and releases the lease. Each committed flush
+reports the lake partitions it wrote and publishes its metrics.
+
+`kinesis_microbatch_sensor` supervises (`etl_platform.stream.scheduling.supervise`): each tick every
+readable shard (children only after their parents finished) gets a worker unless its lease is held or
+a run of it is on its way; a started run whose lease expired (its process died) is marked failed so
+its run-queue slot frees, and the shard gets a new worker. Every 30 s it records each shard's owner,
+checkpoint, lag and last commit as an observation of the `kinesis_stream` asset.
 """
 
 import json
@@ -16,41 +20,48 @@ from datetime import UTC, datetime
 from dagster import (
     AssetKey,
     AssetMaterialization,
-    Backoff,
+    AssetObservation,
     Config,
     DagsterRunStatus,
     DefaultSensorStatus,
+    MetadataValue,
     OpExecutionContext,
-    RetryPolicy,
     RunRequest,
     RunsFilter,
     SensorEvaluationContext,
+    SensorResult,
     SkipReason,
     in_process_executor,
     job,
     op,
     sensor,
 )
+from pydantic import Field
 
 from assets.ingestion import PROCESSED_COLUMN_METADATA, RAW_COLUMN_METADATA
-from etl_platform.stream.consumer import BatchResult, StreamConsumer
-from etl_platform.stream.scheduling import LatestRun, due_batches
-from resources import CloudWatchResource, KinesisResource, LakeResource, OpenSearchResource
+from etl_platform.stream.consumer import BatchResult, StreamConsumer, WorkBudget
+from etl_platform.stream.leases import Lease
+from etl_platform.stream.scheduling import WorkerRun, supervise
+from resources import CloudWatchResource, KinesisResource, LakeResource, LeaseTableResource, OpenSearchResource
 from sensors.alarms import delivery_failure_metrics, publish_batch_metrics
 
 SHARD_TAG = "etl/shard"
-POSITION_TAG = "etl/position"
-IN_FLIGHT = [
-    DagsterRunStatus.QUEUED,
-    DagsterRunStatus.NOT_STARTED,
-    DagsterRunStatus.STARTING,
-    DagsterRunStatus.STARTED,
-    DagsterRunStatus.CANCELING,
-]
+IN_FLIGHT = {
+    DagsterRunStatus.QUEUED: "queued",
+    DagsterRunStatus.NOT_STARTED: "queued",
+    DagsterRunStatus.STARTING: "starting",
+    DagsterRunStatus.STARTED: "started",
+    DagsterRunStatus.CANCELING: "starting",  # ending: it releases the lease on its way out
+}
+STATUS_EVERY_S = 30.0
 
 
 def consumer_for(
-    kinesis: KinesisResource, lake: LakeResource, opensearch: OpenSearchResource | None = None
+    kinesis: KinesisResource,
+    lake: LakeResource,
+    leases: LeaseTableResource,
+    opensearch: OpenSearchResource | None = None,
+    owner: str | None = None,
 ) -> StreamConsumer:
     s3 = lake.client()
     return StreamConsumer(
@@ -58,13 +69,20 @@ def consumer_for(
         s3,
         lake.bucket,
         kinesis.stream_name,
+        leases.table(kinesis.stream_name),
         kinesis.consumer_config(),
         search_sink=opensearch.search_sink(s3, lake.bucket) if opensearch else None,
+        owner=owner,
     )
 
 
-class ShardBatchConfig(Config):
+class ShardWorkerConfig(Config):
     shard_id: str
+    budget_s: float | None = Field(
+        default=None,
+        description="hand the shard over after this long (default: the kinesis resource's worker_budget_s)",
+    )
+    until_caught_up: bool = Field(default=False, description="stop once the shard is caught up (tests, scripts)")
 
 
 def log_materializations(context: OpExecutionContext, result: BatchResult) -> None:
@@ -98,92 +116,117 @@ def log_materializations(context: OpExecutionContext, result: BatchResult) -> No
         )
 
 
-@op(retry_policy=RetryPolicy(max_retries=3, delay=2, backoff=Backoff.EXPONENTIAL))
-def consume_shard_batch(
+@op(description="Own one shard's lease and consume it until the budget ends (see sensors/kinesis.py).")
+def consume_shard(
     context: OpExecutionContext,
-    config: ShardBatchConfig,
+    config: ShardWorkerConfig,
     kinesis: KinesisResource,
     lake: LakeResource,
+    leases: LeaseTableResource,
     opensearch: OpenSearchResource,
     cloudwatch: CloudWatchResource,
 ) -> None:
-    result = consumer_for(kinesis, lake, opensearch).process_shard(config.shard_id)
-    context.log.info(
-        f"shard {result.shard_id}: {result.records} records -> {result.events} events, {result.errors} errors, "
-        f"{result.anomalies} anomalies, {result.search_indexed} indexed ({result.search_failed} backed up); "
-        f"ended={result.ended} cut={result.cut} "
-        f"behind={result.millis_behind_latest}ms timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
+    consumer = consumer_for(kinesis, lake, leases, opensearch, owner=f"run:{context.run_id}")
+    budget_s = config.budget_s if config.budget_s is not None else kinesis.worker_budget_s
+
+    def on_batch(result: BatchResult) -> None:
+        context.log.info(
+            f"shard {result.shard_id}: {result.records} records -> {result.events} events, {result.errors} errors, "
+            f"{result.anomalies} anomalies, {result.search_indexed} indexed ({result.search_failed} backed up); "
+            f"ended={result.ended} behind={result.millis_behind_latest}ms "
+            f"timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
+        )
+        log_materializations(context, result)
+        publish_batch_metrics(cloudwatch, kinesis.stream_name, result, context.log)
+
+    outcome = consumer.work(
+        config.shard_id, WorkBudget(seconds=budget_s, until_caught_up=config.until_caught_up), on_batch=on_batch
     )
-    log_materializations(context, result)
-    publish_batch_metrics(cloudwatch, kinesis.stream_name, result, context.log)
+    context.log.info(
+        f"shard {config.shard_id}: {len(outcome.batches)} batches in {outcome.reads} reads; "
+        f"stopped: {outcome.stop_reason}" + (f" ({outcome.held_by})" if outcome.held_by else "")
+    )
 
 
 @job(
-    # One op: in-process execution saves a Python start per micro-batch.
+    # One op: in-process execution saves a Python start.
     executor_def=in_process_executor,
     hooks={delivery_failure_metrics},
-    description="One micro-batch of one shard: read, decode, deliver raw, analyse, deliver processed, commit.",
+    description="A shard worker: owns one shard's lease and loops micro-batches until its budget ends.",
 )
 def kinesis_microbatch_job() -> None:
-    consume_shard_batch()
+    consume_shard()
 
 
-def _latest_run(context: SensorEvaluationContext, shard_id: str) -> LatestRun | None:
-    runs = context.instance.get_runs(filters=RunsFilter(tags={SHARD_TAG: shard_id}), limit=1)
-    if not runs:
-        return None
-    run = runs[0]
-    return LatestRun(
-        in_flight=run.status in IN_FLIGHT,
-        failed=run.status == DagsterRunStatus.FAILURE,
-        position=run.tags.get(POSITION_TAG),
-    )
+def _worker_runs(context: SensorEvaluationContext, shard_ids: list[str]) -> dict[str, list[WorkerRun]]:
+    runs: dict[str, list[WorkerRun]] = {}
+    for sid in shard_ids:
+        records = context.instance.get_run_records(
+            filters=RunsFilter(tags={SHARD_TAG: sid}, statuses=list(IN_FLIGHT)), limit=10
+        )
+        runs[sid] = [
+            WorkerRun(record.dagster_run.run_id, IN_FLIGHT[record.dagster_run.status], record.start_time)
+            for record in records
+        ]
+    return runs
 
 
-def _has_new_records(consumer: StreamConsumer, shard_id: str, after: str | None) -> bool:
-    kwargs = {"StreamName": consumer.stream_name, "ShardId": shard_id}
-    if after is None:
-        kwargs["ShardIteratorType"] = "TRIM_HORIZON"
-    else:
-        kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
-    iterator = consumer.kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
-    return bool(consumer.kinesis.get_records(ShardIterator=iterator, Limit=1)["Records"])
+def _status_table(leases: dict[str, Lease], now: float) -> str:
+    rows = ["| shard | owner | checkpoint | behind (ms) | last commit | state |", "|---|---|---|---|---|---|"]
+    for lease in sorted(leases.values(), key=lambda item: (item.depth, item.shard_id)):
+        owner = lease.owner if lease.held(now) else "-"
+        committed = (
+            datetime.fromtimestamp(lease.committed_at, UTC).isoformat(timespec="seconds") if lease.committed_at else "-"
+        )
+        state = "finished" if lease.finished else ("working" if lease.held(now) else "free")
+        checkpoint = lease.checkpoint or "-"
+        rows.append(
+            f"| {lease.shard_id} | {owner} | {checkpoint} | {lease.millis_behind_latest} | {committed} | {state} |"
+        )
+    return "\n".join(rows)
 
 
 @sensor(
     job=kinesis_microbatch_job,
     minimum_interval_seconds=5,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Launches micro-batch runs per Kinesis shard (lineage-ordered, one in flight per shard).",
+    description="Keeps a live shard worker per readable Kinesis shard (lineage-ordered, one owner per shard).",
 )
-def kinesis_microbatch_sensor(context: SensorEvaluationContext, kinesis: KinesisResource, lake: LakeResource):
-    consumer = consumer_for(kinesis, lake)
-    cursor: dict[str, dict] = json.loads(context.cursor) if context.cursor else {}
+def kinesis_microbatch_sensor(
+    context: SensorEvaluationContext, kinesis: KinesisResource, lake: LakeResource, leases: LeaseTableResource
+) -> SensorResult | SkipReason:
+    consumer = consumer_for(kinesis, lake, leases)
     now = time.time()
-    shards = consumer.shards()
-    checkpoints = consumer.checkpoints.load_all()
-    finished = {sid for sid, cp in checkpoints.items() if cp.finished}  # a finished shard is never scheduled again
-    latest_runs = {s.shard_id: _latest_run(context, s.shard_id) for s in shards if s.shard_id not in finished}
-    plan = due_batches(
-        shards,
-        checkpoints,
-        latest_runs,
-        cursor,
-        now,
-        kinesis.buffer_interval_s,
-        has_new_records=lambda sid, after: _has_new_records(consumer, sid, after),
-    )
-    context.update_cursor(json.dumps(plan.cursor))
-    if not plan.requests:
-        return SkipReason(
-            f"{len(shards)} shards, {len(finished)} finished: nothing due at "
-            f"{datetime.now(UTC).isoformat(timespec='seconds')}"
+    table = consumer.sync_leases()
+    plan = supervise(table, _worker_runs(context, [lease.shard_id for lease in consumer.readable(table)]), now)
+    for run_id, why in plan.dead_runs.items():
+        run = context.instance.get_run_by_id(run_id)
+        if run is not None and not run.is_finished:
+            context.instance.report_run_failed(run, message=f"shard worker presumed dead: {why}")
+            context.log.warning(f"marked run {run_id} failed: {why}")
+    cursor = json.loads(context.cursor) if context.cursor else {}
+    events = []
+    if now - cursor.get("status_at", 0.0) >= STATUS_EVERY_S:
+        cursor["status_at"] = now
+        events.append(
+            AssetObservation(
+                asset_key=AssetKey("kinesis_stream"),
+                metadata={
+                    "shards": MetadataValue.md(_status_table(table, now)),
+                    "open_shards": sum(1 for lease in table.values() if not lease.finished),
+                    "max_behind_ms": max((lease.millis_behind_latest for lease in table.values()), default=0),
+                },
+            )
         )
-    return [
+    context.update_cursor(json.dumps(cursor))
+    requests = [
         RunRequest(
-            run_key=batch.run_key,
-            run_config={"ops": {"consume_shard_batch": {"config": {"shard_id": batch.shard_id}}}},
-            tags={SHARD_TAG: batch.shard_id, POSITION_TAG: batch.position},
+            run_config={"ops": {"consume_shard": {"config": {"shard_id": sid}}}},
+            tags={SHARD_TAG: sid},
         )
-        for batch in plan.requests
+        for sid in plan.launch
     ]
+    if requests or events:
+        return SensorResult(run_requests=requests, asset_events=events)
+    summary = ", ".join(f"{sid}: {why}" for sid, why in plan.waiting.items())
+    return SkipReason(f"{len(table)} shards, every readable one has a worker" + (f" ({summary})" if summary else ""))

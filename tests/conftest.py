@@ -9,6 +9,7 @@ import pytest
 from etl_platform import aws
 from etl_platform.config import Settings, load_settings
 from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
+from etl_platform.stream.leases import LeaseTable, ensure_table
 
 
 def _require_stack(settings: Settings) -> None:
@@ -43,6 +44,24 @@ def s3(settings):
 @pytest.fixture(scope="session")
 def cloudwatch(settings):
     return aws.client("cloudwatch", settings)
+
+
+@pytest.fixture(scope="session")
+def dynamodb(settings):
+    return aws.client("dynamodb", settings)
+
+
+@pytest.fixture(scope="session")
+def lease_table(dynamodb, settings) -> str:
+    """The stack's lease table (`stack up` creates it); tests use fresh stream names, so they never share items."""
+    ensure_table(dynamodb, settings.lease_table)
+    return settings.lease_table
+
+
+@pytest.fixture
+def leases(dynamodb, lease_table, stream) -> LeaseTable:
+    """The lease items of the test's stream."""
+    return LeaseTable(dynamodb, lease_table, stream)
 
 
 @pytest.fixture

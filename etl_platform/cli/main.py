@@ -24,12 +24,17 @@ def bootstrap(settings: Settings, log=print) -> None:
     from etl_platform.ops.alarms import apply_alarms, load_alarms
     from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
     from etl_platform.ops.security import secure_platform
+    from etl_platform.stream.leases import ensure_table
 
     ensure_stream(aws.client("kinesis", settings), settings.stream_name)
+    ensure_table(aws.client("dynamodb", settings), settings.lease_table)
     ensure_bucket(aws.client("s3", settings), settings.lake_bucket, settings.aws_region)
     secure_platform(settings, log=log)
     alarms = apply_alarms(aws.client("cloudwatch", settings), load_alarms(), settings.stream_name)
-    log(f"stream {settings.stream_name} and bucket {settings.lake_bucket} ready; {len(alarms)} alarms applied")
+    log(
+        f"stream {settings.stream_name}, bucket {settings.lake_bucket} and lease table {settings.lease_table} ready; "
+        f"{len(alarms)} alarms applied"
+    )
 
 
 def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
@@ -165,6 +170,7 @@ def make_consumer(settings: Settings, on_stage=None, index: bool = True):
     from etl_platform.search.client import make_client
     from etl_platform.search.indexer import prefix_from_env, search_sink
     from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
+    from etl_platform.stream.leases import LeaseTable
 
     s3 = aws.client("s3", settings)
     return StreamConsumer(
@@ -172,6 +178,7 @@ def make_consumer(settings: Settings, on_stage=None, index: bool = True):
         s3,
         settings.lake_bucket,
         settings.stream_name,
+        LeaseTable(aws.client("dynamodb", settings), settings.lease_table, settings.stream_name),
         ConsumerConfig.from_env(profile=settings.profile),
         on_stage=on_stage,
         search_sink=search_sink(
@@ -221,16 +228,36 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
             f"errors={totals['errors']} anomalies={totals['anomalies']} shard={result.shard_id}"
         )
 
-    consumer.drain(progress=report)
+    extra: dict = {}
+    if args.shard:
+        import signal
+
+        from etl_platform.stream.consumer import WorkBudget
+
+        stop = []  # SIGTERM/SIGINT: flush what is buffered, commit, release the lease, exit
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, lambda *_: stop.append(True))
+        outcome = consumer.work(
+            args.shard, WorkBudget(seconds=args.seconds), should_stop=lambda: bool(stop), on_batch=report
+        )
+        extra = {"stopped": outcome.stop_reason, "reads": outcome.reads}
+    else:
+        consumer.drain(progress=report)
     progress.done()
     elapsed = time.monotonic() - started
+    now = time.time()
+    busy = {lease.shard_id: lease.owner for lease in consumer.readable() if lease.held(now)}
+    for shard_id, owner in sorted(busy.items()):
+        print(f"consume: shard {shard_id} is leased by {owner}; left to it", file=sys.stderr)
     print(
         json.dumps(
             {
                 **totals,
                 "shards": sorted(shards_seen),
+                "leased_elsewhere": sorted(busy),
                 "seconds": round(elapsed, 3),
                 "events_per_s": round(totals["events"] / elapsed, 1) if elapsed else None,
+                **extra,
             }
         )
     )
@@ -260,13 +287,17 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--quiet", action="store_true", help="no progress line")
     produce.set_defaults(func=cmd_produce)
 
-    consume = sub.add_parser("consume", help="drain the stream in-process with the sensor's micro-batch code path")
-    consume.add_argument(
+    consume = sub.add_parser(
+        "consume", help="consume the stream in-process with the shard workers' code (taking their leases)"
+    )
+    mode = consume.add_mutually_exclusive_group(required=True)
+    mode.add_argument(
         "--until-caught-up",
         action="store_true",
-        required=True,
-        help="process batches until every shard is caught up, then exit",
+        help="micro-batches on every shard not leased by a running worker until all are caught up, then exit",
     )
+    mode.add_argument("--shard", help="be this shard's worker (as a Dagster worker run is) until --seconds pass")
+    consume.add_argument("--seconds", type=float, default=600.0, help="the --shard worker's budget (default 600)")
     consume.add_argument("--quiet", action="store_true", help="no progress line")
     consume.add_argument("--no-index", action="store_true", help="skip near-real-time OpenSearch indexing")
     consume.set_defaults(func=cmd_consume)

@@ -1,8 +1,10 @@
-"""Firehose-style delivery of one micro-batch into the lake: raw JSON lines, errors, processed Parquet.
+"""Firehose-style delivery of one flush of a shard into the lake: raw JSON lines, errors, processed Parquet.
 
-Object names derive from the batch's first stream position (`layout.object_key`), so a retried batch
-overwrites its own objects. Raw objects are split per event-time hour and by size; each processed
-object holds exactly the events of the raw object it mirrors (`layout.processed_key_for`).
+A flush is planned before anything is written (`plan_flush`), so its object names can be recorded as
+pending in the shard's lease first: an attempt that dies after writing some of them leaves names the
+next attempt knows, and removes when it does not overwrite them. Object names derive from the flush's
+first stream position (`layout.object_key`); raw objects are split per event-time hour and by size;
+each processed object holds exactly the events of the raw object it mirrors (`layout.processed_key_for`).
 """
 
 from __future__ import annotations
@@ -17,12 +19,34 @@ from etl_platform.lake import layout
 
 
 @dataclass
-class RawDelivery:
-    """What a raw delivery wrote: the objects, which batch rows each holds, and rows per event-time day."""
+class RawObject:
+    key: str
+    lines: list[str]  # the events as JSON lines
+    rows: pl.Series  # their row numbers in the flush's frame
+    day: str  # event-time day (YYYY-MM-DD)
 
-    objects: list[str] = field(default_factory=list)
-    rows_per_object: list[pl.Series] = field(default_factory=list)  # batch row numbers, per object
-    rows_by_day: dict[str, int] = field(default_factory=dict)
+
+@dataclass
+class FlushPlan:
+    """Every lake object one flush writes, by name, before any is written."""
+
+    raw: list[RawObject] = field(default_factory=list)
+    errors: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # key -> rejected records
+
+    @property
+    def processed_keys(self) -> list[str]:
+        return [layout.processed_key_for(obj.key) for obj in self.raw]
+
+    @property
+    def keys(self) -> list[str]:
+        return [*(obj.key for obj in self.raw), *self.processed_keys, *self.errors]
+
+    @property
+    def rows_by_day(self) -> dict[str, int]:
+        days: dict[str, int] = {}
+        for obj in self.raw:
+            days[obj.day] = days.get(obj.day, 0) + len(obj.lines)
+        return days
 
 
 def split_by_bytes(lines: list[str], max_bytes: int) -> list[tuple[int, int]]:
@@ -38,51 +62,47 @@ def split_by_bytes(lines: list[str], max_bytes: int) -> list[tuple[int, int]]:
     return ranges
 
 
-def deliver_raw(
-    s3: Any, bucket: str, frame: pl.DataFrame, shard_id: str, first_sequence: str, max_object_bytes: int
-) -> RawDelivery:
-    """Raw objects (gzip JSON lines) per event-time hour, each at most `max_object_bytes` uncompressed."""
-    delivery = RawDelivery()
-    if frame.height == 0:
-        return delivery
-    indexed = frame.with_row_index("_row").with_columns(pl.col("event_time").dt.truncate("1h").alias("_hour"))
-    for (moment,), group in indexed.group_by("_hour", maintain_order=True):
-        partition = layout.HourPartition.of(moment)
-        rows = group.drop("_hour")
-        lines = rows.drop("_row").write_ndjson().splitlines()
-        for part, (start, end) in enumerate(split_by_bytes(lines, max_object_bytes)):
-            key = layout.object_key(layout.RAW, partition, shard_id, first_sequence, part)
-            layout.put(s3, bucket, key, layout.gzip_lines(lines[start:end]))
-            delivery.objects.append(key)
-            delivery.rows_per_object.append(rows["_row"].slice(start, end - start))
-            day = partition.day.isoformat()
-            delivery.rows_by_day[day] = delivery.rows_by_day.get(day, 0) + (end - start)
-    return delivery
-
-
-def deliver_errors(
-    s3: Any, bucket: str, errors: list[dict[str, Any]], stream_name: str, shard_id: str, first_sequence: str
-) -> list[str]:
-    """Rejected records (raw bytes, reason, position) under errors/, per arrival hour; returns the keys."""
-    by_partition: dict[layout.HourPartition, list[dict[str, Any]]] = {}
+def plan_flush(
+    frame: pl.DataFrame,
+    errors: list[dict[str, Any]],
+    stream_name: str,
+    shard_id: str,
+    first_sequence: str,
+    max_object_bytes: int,
+) -> FlushPlan:
+    """The objects for a flush's events (raw per event-time hour, each at most `max_object_bytes`
+    uncompressed) and its rejected records (errors/ per arrival hour, with the stream's name)."""
+    plan = FlushPlan()
+    if frame.height:
+        indexed = frame.with_row_index("_row").with_columns(pl.col("event_time").dt.truncate("1h").alias("_hour"))
+        for (moment,), group in indexed.group_by("_hour", maintain_order=True):
+            partition = layout.HourPartition.of(moment)  # type: ignore[arg-type]
+            rows = group.drop("_hour")
+            lines = rows.drop("_row").write_ndjson().splitlines()
+            for part, (start, end) in enumerate(split_by_bytes(lines, max_object_bytes)):
+                key = layout.object_key(layout.RAW, partition, shard_id, first_sequence, part)
+                plan.raw.append(
+                    RawObject(key, lines[start:end], rows["_row"].slice(start, end - start), partition.day.isoformat())
+                )
     for err in errors:
         arrival = err.get("arrival_time") or datetime.now(UTC)
-        by_partition.setdefault(layout.HourPartition.of(arrival), []).append({**err, "stream_name": stream_name})
-    keys = []
-    for partition, rows in by_partition.items():
-        key = layout.object_key(layout.ERRORS, partition, shard_id, first_sequence, 0)
+        key = layout.object_key(layout.ERRORS, layout.HourPartition.of(arrival), shard_id, first_sequence, 0)
+        plan.errors.setdefault(key, []).append({**err, "stream_name": stream_name})
+    return plan
+
+
+def write_raw(s3: Any, bucket: str, plan: FlushPlan) -> None:
+    """The raw objects (gzip JSON lines) and the error objects of a planned flush."""
+    for obj in plan.raw:
+        layout.put(s3, bucket, obj.key, layout.gzip_lines(obj.lines))
+    for key, rows in plan.errors.items():
         layout.put(s3, bucket, key, layout.jsonl_gz(rows))
-        keys.append(key)
-    return keys
 
 
-def deliver_processed(s3: Any, bucket: str, processed: pl.DataFrame, raw: RawDelivery) -> list[str]:
-    """One Parquet object per raw object, holding exactly the same events; returns the keys."""
+def write_processed(s3: Any, bucket: str, processed: pl.DataFrame, plan: FlushPlan) -> None:
+    """One Parquet object per raw object, holding exactly the same events (`processed` is row-aligned
+    with the frame the plan was made from)."""
     indexed = processed.with_row_index("_row")
-    keys = []
-    for raw_key, rows in zip(raw.objects, raw.rows_per_object, strict=True):
-        key = layout.processed_key_for(raw_key)
-        part = indexed.join(rows.to_frame("_row"), on="_row", how="semi").drop("_row")
+    for obj, key in zip(plan.raw, plan.processed_keys, strict=True):
+        part = indexed.join(obj.rows.to_frame("_row"), on="_row", how="semi").drop("_row")
         layout.put(s3, bucket, key, layout.parquet_bytes(part))
-        keys.append(key)
-    return keys

@@ -384,6 +384,7 @@ PLACEHOLDERS = {
     "EcrRepository": "ECR repository of the code location image",
     "SecretPrefix": "Secrets Manager name prefix of the platform's secrets",
     "RolePrefix": "name prefix of the platform's IAM roles (e.g. etl-platform)",
+    "LeaseTable": "the consumers' DynamoDB lease table (ETL_LEASE_TABLE)",
 }
 
 

@@ -1,73 +1,65 @@
-"""Per-shard consumer checkpoints, committed together with the analytics state.
+"""The analytics state behind each checkpoint, kept in the lake; and the checkpoints of older versions.
 
-The commit is two S3 writes: the state snapshot to a key named by the checkpoint's sequence number,
-then the checkpoint JSON that points at it. A single-object PUT is atomic, so the checkpoint JSON is
-the commit point: a crash before it leaves the previous checkpoint (and its state) in force, and the
-retried batch re-reads from there. Checkpoints hold sequence numbers, never shard iterators (those
-expire after five minutes).
+A commit writes the detector's snapshot to `_state/<stream>/<shard>/<sequence>.bin` first, then the
+lease item's checkpoint points at it (`stream.leases`): the lease write is the commit point, so a
+crash between the two leaves the previous checkpoint and its state in force. The superseded snapshot
+is deleted after the commit.
+
+Before the lease table, checkpoints were JSON objects under `_checkpoints/<stream>/`; `legacy_checkpoints`
+reads them so that a stream consumed by an older version migrates into the lease table unchanged.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 
 from etl_platform.lake import layout
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    shard_id: str
-    sequence_number: str | None = None  # last record consumed; None = nothing yet (TRIM_HORIZON)
-    finished: bool = False  # a closed shard read to its end: its children may start
-    state_key: str | None = None  # lake key of the analytics snapshot taken at this checkpoint
-    records: int = 0  # records consumed from this shard so far (valid + rejected)
-    more_available: bool = False  # the last batch stopped at its size cap: launch the next one now
-    millis_behind_latest: int = 0
-    committed_at: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
+class StateStore:
+    """Analytics snapshots of one stream's shards in the lake."""
 
-
-class CheckpointStore:
     def __init__(self, s3: Any, bucket: str, stream_name: str) -> None:
         self.s3, self.bucket, self.stream_name = s3, bucket, stream_name
-        self.prefix = f"_checkpoints/{stream_name}/"
 
-    def _key(self, shard_id: str) -> str:
-        return f"{self.prefix}{shard_id}.json"
+    def key(self, shard_id: str, sequence_number: str | None) -> str:
+        return f"_state/{self.stream_name}/{shard_id}/{sequence_number or 'start'}.bin"
 
-    def load(self, shard_id: str) -> Checkpoint | None:
-        try:
-            body = layout.get(self.s3, self.bucket, self._key(shard_id))
-        except self.s3.exceptions.NoSuchKey:
-            return None
-        return Checkpoint(**json.loads(body))
+    def save(self, shard_id: str, sequence_number: str | None, state: bytes) -> str:
+        key = self.key(shard_id, sequence_number)
+        layout.put(self.s3, self.bucket, key, state)
+        return key
 
-    def load_all(self) -> dict[str, Checkpoint]:
-        found = {}
-        for key in layout.list_keys(self.s3, self.bucket, self.prefix):
-            cp = Checkpoint(**json.loads(layout.get(self.s3, self.bucket, key)))
-            found[cp.shard_id] = cp
-        return found
+    def load(self, key: str | None) -> bytes | None:
+        return None if key is None else layout.get(self.s3, self.bucket, key)
 
-    def load_state(self, checkpoint: Checkpoint | None) -> bytes | None:
-        if checkpoint is None or checkpoint.state_key is None:
-            return None
-        return layout.get(self.s3, self.bucket, checkpoint.state_key)
-
-    def commit(self, checkpoint: Checkpoint, state: bytes, previous: Checkpoint | None = None) -> Checkpoint:
-        """Write the state, then the checkpoint (the commit point); then drop the superseded state."""
-        state_key = f"_state/{self.stream_name}/{checkpoint.shard_id}/{checkpoint.sequence_number or 'start'}.bin"
-        layout.put(self.s3, self.bucket, state_key, state)
-        committed = Checkpoint(**{**asdict(checkpoint), "state_key": state_key})
-        layout.put(self.s3, self.bucket, self._key(checkpoint.shard_id), json.dumps(asdict(committed)).encode())
-        if previous is not None and previous.state_key and previous.state_key != state_key:
-            self.s3.delete_object(Bucket=self.bucket, Key=previous.state_key)
-        return committed
+    def discard(self, key: str | None, keep: str | None) -> None:
+        """Delete a superseded snapshot (never the one in force)."""
+        if key and key != keep:
+            self.s3.delete_object(Bucket=self.bucket, Key=key)
 
     def reset(self) -> None:
-        """Forget every checkpoint and state of this stream (tests, and replays from scratch)."""
-        for prefix in (self.prefix, f"_state/{self.stream_name}/"):
+        """Forget every snapshot of this stream (tests, and replays from scratch)."""
+        for prefix in (f"_state/{self.stream_name}/", legacy_prefix(self.stream_name)):
             for key in layout.list_keys(self.s3, self.bucket, prefix):
                 self.s3.delete_object(Bucket=self.bucket, Key=key)
+
+
+def legacy_prefix(stream_name: str) -> str:
+    return f"_checkpoints/{stream_name}/"
+
+
+def legacy_checkpoints(s3: Any, bucket: str, stream_name: str) -> dict[str, dict[str, Any]]:
+    """The lake checkpoints older versions committed, by shard id, as lease fields (`LeaseTable.sync`)."""
+    found: dict[str, dict[str, Any]] = {}
+    for key in layout.list_keys(s3, bucket, legacy_prefix(stream_name)):
+        old = json.loads(layout.get(s3, bucket, key))
+        found[old["shard_id"]] = {
+            "checkpoint": old.get("sequence_number"),
+            "state_key": old.get("state_key"),
+            "finished": bool(old.get("finished", False)),
+            "records": int(old.get("records", 0)),
+            "millis_behind_latest": int(old.get("millis_behind_latest", 0)),
+        }
+    return found

@@ -1,19 +1,31 @@
-"""The micro-batch consumer: one bounded read of one shard, delivered and committed exactly once.
+"""The shard consumer: a lease-owning loop that reads, analyses, indexes and delivers a shard exactly once.
 
-A batch: read records after the committed checkpoint -> decode -> raw delivery (Firehose-style
-JSON lines, gzip) and error delivery -> stream analytics -> processed delivery (Parquet) -> commit the
-checkpoint and the analytics state together. Outputs are written before the commit and their object
-names derive from the batch's first stream position, so a crash anywhere followed by a retry
-overwrites the same objects: at-least-once reading plus idempotent sinks gives exactly-once effect.
+`StreamConsumer.work` takes a shard's lease (`stream.leases`) and loops until its budget ends, the
+shard is closed and finished, it is told to stop, or the lease is lost:
 
-The Dagster sensor launches one run per readable shard with `process_shard`; `drain` runs the same
-code in-process until every shard is caught up (the CLI's `consume --until-caught-up`).
+    read (stream.reader) -> decode -> analytics -> search indexing   every read, about once a second
+    lake flush: raw + errors -> processed -> commit                   by size or interval (Firehose)
+
+Search gets each read's events at once; the lake gets them when the buffer is due (`buffer_bytes` or
+`buffer_interval_s`, like Firehose's buffering hints per destination). The commit (checkpoint, the
+analytics state, the lease's pending objects cleared) is one conditional write in the lease table,
+after every output is durable; a worker that lost its lease can neither write (it checks its local
+deadline before each write) nor commit (the write is conditional on its fencing token). A crash
+anywhere re-reads from the last commit: the same analytics state gives the same rows, search
+documents overwrite themselves (`_id` = `event_id`), and lake objects are named by the flush's first
+stream position, with the names of an unfinished flush recorded in the lease first so that the next
+attempt removes those it does not overwrite. So every event is in each sink exactly once.
+
+`drain` runs the same loop in-process, shard by shard in lineage order, until every shard it can
+lease is caught up (the CLI's `consume --until-caught-up`); `process_shard` commits one batch.
 """
 
 from __future__ import annotations
 
 import os
+import socket
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -26,25 +38,30 @@ from etl_platform.analytics import AnalyticsConfig, RollingAnomalyDetector
 from etl_platform.config import env_number
 from etl_platform.events import events_to_frame, with_depth
 from etl_platform.lake import writers
-from etl_platform.stream.checkpoints import Checkpoint, CheckpointStore
+from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints
 from etl_platform.stream.decoding import decode_records
-from etl_platform.stream.shards import Shard, list_shards, readable_shards, shard_depths
+from etl_platform.stream.leases import Lease, LeaseHolder, LeaseLost, LeaseTable, readable
+from etl_platform.stream.reader import ReadResult, ShardReader, record_size
+from etl_platform.stream.shards import Shard, list_shards
 
-# Firehose's S3 defaults are 5 MiB / 300 s; the interval is the sensor's launch cadence per shard.
+# Firehose's S3 defaults are 5 MiB / 300 s.
 FIREHOSE_BUFFER_BYTES = 5 * 1024 * 1024
 FIREHOSE_BUFFER_INTERVAL_S = 300
 
 
 @dataclass(frozen=True)
 class ConsumerConfig:
-    max_records: int = 10_000  # per batch; GetRecords returns at most 10,000 per call
-    buffer_bytes: int = FIREHOSE_BUFFER_BYTES  # per batch read and per delivered object
-    buffer_interval_s: float = FIREHOSE_BUFFER_INTERVAL_S
+    max_records: int = 10_000  # per read; GetRecords returns at most 10,000 per call
+    buffer_bytes: int = FIREHOSE_BUFFER_BYTES  # per read, per lake flush and per delivered object
+    buffer_interval_s: float = FIREHOSE_BUFFER_INTERVAL_S  # a lake flush at least this often
     analytics: AnalyticsConfig = field(default_factory=AnalyticsConfig)
+    lease_duration_s: float = 10.0  # a dead worker's shard is taken over within this long
+    poll_interval_s: float = 1.0  # a caught-up worker reads its shard this often (as the KCL)
+    read_budget_s: float = 5.0  # how long one read may page through empty pages while behind
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, profile: str = "local") -> ConsumerConfig:
-        """Settings from ETL_* variables; the local profile flushes every 10 s so the demo is lively."""
+        """Settings from ETL_* variables; the local profile flushes the lake every 10 s so the demo is lively."""
         env = os.environ if env is None else env
         defaults = cls(buffer_interval_s=10.0) if profile == "local" else cls()
         return cls(
@@ -52,61 +69,25 @@ class ConsumerConfig:
             buffer_bytes=env_number(env, "ETL_BUFFER_BYTES", defaults.buffer_bytes, int, 1024),
             buffer_interval_s=env_number(env, "ETL_BUFFER_INTERVAL_S", defaults.buffer_interval_s, float, 0),
             analytics=AnalyticsConfig.from_env(env),
+            lease_duration_s=env_number(env, "ETL_LEASE_DURATION_S", defaults.lease_duration_s, float, 1),
+            poll_interval_s=env_number(env, "ETL_POLL_INTERVAL_S", defaults.poll_interval_s, float, 0.2),
         )
 
 
-@dataclass
-class ReadResult:
-    records: list[dict[str, Any]]
-    ended: bool  # a closed shard read to its end
-    cut: bool  # stopped at max_records/max_bytes: more is waiting
-    millis_behind_latest: int
+@dataclass(frozen=True)
+class WorkBudget:
+    """When a worker gives its shard back."""
 
-
-def read_range(
-    kinesis: Any, stream_name: str, shard_id: str, after: str | None, max_records: int, max_bytes: int
-) -> ReadResult:
-    """Records after sequence number `after` (from the start if None), a deterministic prefix.
-
-    The batch is cut by a rule on the records themselves (count and bytes), never by how GetRecords
-    happened to page them, so a retry from the same checkpoint reads the same records or, if the
-    first try caught up with the shard, a superset of them.
-    """
-    kwargs: dict[str, Any] = {"StreamName": stream_name, "ShardId": shard_id}
-    if after is None:
-        kwargs["ShardIteratorType"] = "TRIM_HORIZON"
-    else:
-        kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=after)
-    iterator = kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
-    records: list[dict[str, Any]] = []
-    size, ended, cut, behind, empty_polls = 0, False, False, 0, 0
-    while not cut:
-        resp = kinesis.get_records(ShardIterator=iterator, Limit=min(10_000, max_records - len(records)))
-        behind = int(resp.get("MillisBehindLatest", 0))
-        for record in resp["Records"]:
-            record_size = len(record["Data"]) + len(record["PartitionKey"])
-            if records and (len(records) >= max_records or size + record_size > max_bytes):
-                cut = True
-                break
-            records.append(record)
-            size += record_size
-        if not cut and len(records) >= max_records:
-            cut = True
-        iterator = resp.get("NextShardIterator")
-        if iterator is None:
-            ended = not cut
-            break
-        if not resp["Records"]:
-            empty_polls += 1
-            if behind == 0 or empty_polls >= 5:
-                break
-        else:
-            empty_polls = 0
-    return ReadResult(records=records, ended=ended, cut=cut, millis_behind_latest=behind)
+    seconds: float | None = None  # wall time
+    batches: int | None = None  # committed lake flushes
+    until_caught_up: bool = False  # once a read finds nothing behind it
+    flush_each_read: bool = False  # every read is a lake flush and a commit (micro-batches)
 
 
 @dataclass
 class BatchResult:
+    """One committed lake flush of one shard (a micro-batch)."""
+
     shard_id: str
     first_sequence: str | None = None
     last_sequence: str | None = None
@@ -128,14 +109,69 @@ class BatchResult:
     timings: dict[str, float] = field(default_factory=dict)
 
 
+@dataclass
+class WorkResult:
+    """What one `work` call did with its shard."""
+
+    shard_id: str
+    owner: str
+    batches: list[BatchResult] = field(default_factory=list)
+    held_by: str | None = None  # the lease was held by this other owner: nothing done
+    finished: bool = False  # the shard is closed and fully consumed
+    lease_lost: bool = False
+    reads: int = 0
+    stop_reason: str = ""
+
+
 @contextmanager
 def stage(result: BatchResult, name: str) -> Iterator[None]:
-    """Time one stage of a batch into `result.timings[name]` (seconds)."""
+    """Time one stage of a batch into `result.timings[name]` (seconds, added up over its reads)."""
     started = time.monotonic()
     try:
         yield
     finally:
-        result.timings[name] = time.monotonic() - started
+        result.timings[name] = result.timings.get(name, 0.0) + time.monotonic() - started
+
+
+def default_owner() -> str:
+    """A worker identity unique across processes and hosts."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+@dataclass
+class _Buffer:
+    """Reads analysed and indexed but not yet in the lake."""
+
+    result: BatchResult
+    frames: list[pl.DataFrame] = field(default_factory=list)
+    processed: list[pl.DataFrame] = field(default_factory=list)
+    errors: list[dict[str, Any]] = field(default_factory=list)
+    bytes: int = 0
+    opened: float = 0.0  # time.monotonic() of its first read
+
+    def add(self, read: ReadResult, frame: pl.DataFrame, processed: pl.DataFrame, errors: list[dict]) -> None:
+        if not self.result.records:
+            self.opened = time.monotonic()
+            self.result.first_sequence = read.records[0]["SequenceNumber"]
+        self.result.last_sequence = read.records[-1]["SequenceNumber"]
+        self.result.records += len(read.records)
+        self.result.events += frame.height
+        self.result.errors += len(errors)
+        self.result.anomalies += int((processed["anomaly_status"] == "ANOMALY").sum())
+        self.bytes += sum(record_size(r) for r in read.records)
+        self.frames.append(frame)
+        self.processed.append(processed)
+        self.errors += errors
+
+    def due(self, config: ConsumerConfig, budget: WorkBudget, now: float) -> bool:
+        if not self.result.records:
+            return False
+        return (
+            budget.flush_each_read
+            or self.bytes >= config.buffer_bytes
+            or self.result.records >= config.max_records
+            or now - self.opened >= config.buffer_interval_s
+        )
 
 
 class StreamConsumer:
@@ -145,16 +181,20 @@ class StreamConsumer:
         s3: Any,
         bucket: str,
         stream_name: str,
+        leases: LeaseTable,
         config: ConsumerConfig | None = None,
         on_stage: Callable[[str, BatchResult], None] | None = None,
         search_sink: Callable[[pl.DataFrame], Any] | None = None,
+        owner: str | None = None,
     ) -> None:
         self.kinesis, self.s3, self.bucket, self.stream_name = kinesis, s3, bucket, stream_name
-        # Near-real-time indexing of each processed batch (before the commit, so a retry re-indexes the
-        # same _ids); it must not raise for documents it could not index, only back them up.
+        self.leases = leases
+        # Near-real-time indexing of each read (before the lake commit, so a retry re-indexes the same
+        # _ids); it must not raise for documents it could not index, only back them up.
         self.search_sink = search_sink
         self.config = config or ConsumerConfig()
-        self.checkpoints = CheckpointStore(s3, bucket, stream_name)
+        self.states = StateStore(s3, bucket, stream_name)
+        self.owner = owner or default_owner()
         # Called after each durable stage ("raw", "processed", "committed"); fault-injection tests use it.
         self.on_stage = on_stage or (lambda stage, result: None)
 
@@ -162,128 +202,222 @@ class StreamConsumer:
     def shards(self) -> list[Shard]:
         return list_shards(self.kinesis, self.stream_name)
 
-    def readable(self, shards: list[Shard] | None = None) -> list[Shard]:
+    def sync_leases(self, shards: list[Shard] | None = None) -> dict[str, Lease]:
+        """Every shard's lease, creating those of new shards (migrating older versions' checkpoints)."""
         shards = self.shards() if shards is None else shards
-        finished = {cp.shard_id for cp in self.checkpoints.load_all().values() if cp.finished}
-        return readable_shards(shards, finished)
+        leases = self.leases.all()
+        if any(s.shard_id not in leases for s in shards):
+            leases = self.leases.sync(shards, migrate=legacy_checkpoints(self.s3, self.bucket, self.stream_name))
+        return leases
 
-    # --- one batch --------------------------------------------------------------------------------
-    def _initial_detector(self, shard: Shard) -> RollingAnomalyDetector:
-        """A child starts from its parents' final state: keys move with their hash range."""
-        states = []
-        for parent in shard.parents:
-            blob = self.checkpoints.load_state(self.checkpoints.load(parent))
-            if blob is not None:
-                states.append(RollingAnomalyDetector.restore(blob))
-        if not states:
-            return self.config.analytics.new_detector()
-        return RollingAnomalyDetector.merge(states)
+    def readable(self, leases: Mapping[str, Lease] | None = None) -> list[Lease]:
+        """Unfinished shards whose parents are finished, in lineage order (`leases.readable`)."""
+        return readable(self.sync_leases() if leases is None else leases)
 
-    def _initial_state(self, shard: Shard, checkpoint: Checkpoint | None) -> RollingAnomalyDetector:
-        """The detector as last committed for this shard, else as its parents left it."""
-        blob = self.checkpoints.load_state(checkpoint)
-        return RollingAnomalyDetector.restore(blob) if blob is not None else self._initial_detector(shard)
+    # --- the worker loop ----------------------------------------------------------------------------
+    def _initial_detector(self, lease: Lease, leases: Mapping[str, Lease]) -> RollingAnomalyDetector:
+        """The state as last committed; for a shard never committed, its parents' final state merged
+        (keys move with their hash range); else an empty detector."""
+        blob = self.states.load(lease.state_key)
+        if blob is not None:
+            return RollingAnomalyDetector.restore(blob)
+        states = [
+            RollingAnomalyDetector.restore(blob)
+            for parent in lease.parents
+            if parent in leases and (blob := self.states.load(leases[parent].state_key)) is not None
+        ]
+        return RollingAnomalyDetector.merge(states) if states else self.config.analytics.new_detector()
 
-    def process_shard(self, shard_id: str) -> BatchResult:
-        """One batch of one shard: read -> decode -> raw + errors -> analytics -> processed -> index -> commit."""
-        started = time.monotonic()
-        shards = self.shards()
-        shard = next((s for s in shards if s.shard_id == shard_id), None)
-        if shard is None:
+    def work(
+        self,
+        shard_id: str,
+        budget: WorkBudget,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> WorkResult:
+        """Own the shard's lease and consume it until the budget ends (see the module docstring)."""
+        leases = self.sync_leases()
+        if shard_id not in leases:
             raise ValueError(f"shard {shard_id} is not in stream {self.stream_name}")
-        checkpoint = self.checkpoints.load(shard_id)
-        result = BatchResult(shard_id=shard_id)
-        if checkpoint is not None and checkpoint.finished:
-            return result
-        if shard not in self.readable(shards):
+        lease = leases[shard_id]
+        outcome = WorkResult(shard_id=shard_id, owner=self.owner)
+        if lease.finished:
+            outcome.finished, outcome.stop_reason = True, "finished"
+            return outcome
+        if lease not in self.readable(leases):
             raise RuntimeError(f"shard {shard_id} is not readable yet: a parent is not fully consumed")
-        detector = self._initial_state(shard, checkpoint)
+        holder = self.leases.take(shard_id, self.owner, self.config.lease_duration_s)
+        if holder is None:
+            current = self.leases.get(shard_id)
+            outcome.held_by, outcome.stop_reason = (current.owner if current else None), "held by another worker"
+            return outcome
+        try:
+            self._loop(holder, leases, budget, should_stop, on_batch, outcome)
+        except LeaseLost as exc:
+            outcome.lease_lost, outcome.stop_reason = True, str(exc)
+        finally:
+            if not outcome.lease_lost:
+                self.leases.release(holder)
+        return outcome
 
-        with stage(result, "read"):
-            read = read_range(
-                self.kinesis,
-                self.stream_name,
-                shard_id,
-                checkpoint.sequence_number if checkpoint else None,
-                self.config.max_records,
-                self.config.buffer_bytes,
-            )
-        result.ended, result.cut, result.millis_behind_latest = read.ended, read.cut, read.millis_behind_latest
-        result.records = len(read.records)
-        if not read.records and not read.ended:
-            return result  # nothing new: no objects, no commit
-        if read.records:
-            self._deliver(read.records, shard_depths(shards)[shard_id], detector, result)
-
-        with stage(result, "commit"):
-            self.checkpoints.commit(
-                Checkpoint(
-                    shard_id=shard_id,
-                    sequence_number=result.last_sequence or (checkpoint.sequence_number if checkpoint else None),
-                    finished=read.ended,
-                    records=(checkpoint.records if checkpoint else 0) + result.records,
-                    more_available=read.cut,
-                    millis_behind_latest=read.millis_behind_latest,
-                ),
-                detector.snapshot(),
-                previous=checkpoint,
-            )
-        result.committed = True
-        result.timings["total"] = time.monotonic() - started
-        self.on_stage("committed", result)
-        return result
-
-    def _deliver(
-        self, records: list[dict[str, Any]], depth: int, detector: RollingAnomalyDetector, result: BatchResult
+    def _loop(
+        self,
+        holder: LeaseHolder,
+        leases: Mapping[str, Lease],
+        budget: WorkBudget,
+        should_stop: Callable[[], bool],
+        on_batch: Callable[[BatchResult], None] | None,
+        outcome: WorkResult,
     ) -> None:
-        """Every output of a non-empty batch, durable before the commit; `detector` advances over it."""
-        result.first_sequence = first = records[0]["SequenceNumber"]
-        result.last_sequence = records[-1]["SequenceNumber"]
+        lease, config = holder.lease, self.config
+        detector = self._initial_detector(lease, leases)
+        reader = ShardReader(self.kinesis, self.stream_name, lease.shard_id, lease.checkpoint)
+        buffer = _Buffer(BatchResult(shard_id=lease.shard_id))
+        started = time.monotonic()
+
+        def out_of_budget() -> str:
+            if should_stop():
+                return "stopped"
+            if budget.seconds is not None and time.monotonic() - started >= budget.seconds:
+                return "time budget"
+            if budget.batches is not None and len(outcome.batches) >= budget.batches:
+                return "batch budget"
+            return ""
+
+        while not (reason := out_of_budget()):
+            if holder.needs_renewal():
+                self.leases.renew(holder)
+            result = buffer.result
+            with stage(result, "read"):
+                read = reader.read(config.max_records, config.buffer_bytes, config.read_budget_s)
+            outcome.reads += 1
+            if not read.records and not result.records:
+                result.timings.pop("read")  # an idle poll is no part of the next batch
+            result.ended, result.cut, result.millis_behind_latest = read.ended, read.cut, read.millis_behind_latest
+            if read.records:
+                self._analyse_and_index(read, lease.depth, detector, holder, buffer)
+            if buffer.due(config, budget, time.monotonic()) or read.ended:
+                outcome.batches.append(self._flush(holder, detector, buffer))
+                if on_batch is not None:
+                    on_batch(outcome.batches[-1])
+                buffer = _Buffer(BatchResult(shard_id=lease.shard_id))
+            if read.ended:
+                outcome.finished, reason = True, "finished"
+                break
+            caught_up = not read.cut and read.millis_behind_latest == 0
+            if budget.until_caught_up and caught_up and not buffer.result.records:
+                reason = "caught up"
+                break
+            if not read.records:
+                self._idle(config.poll_interval_s, should_stop)
+        outcome.stop_reason = reason
+        if buffer.result.records:  # hand over with the lake up to date
+            outcome.batches.append(self._flush(holder, detector, buffer))
+            if on_batch is not None:
+                on_batch(outcome.batches[-1])
+
+    @staticmethod
+    def _idle(seconds: float, should_stop: Callable[[], bool]) -> None:
+        deadline = time.monotonic() + seconds
+        while not should_stop() and (left := deadline - time.monotonic()) > 0:
+            time.sleep(min(left, 0.2))
+
+    def _analyse_and_index(
+        self,
+        read: ReadResult,
+        depth: int,
+        detector: RollingAnomalyDetector,
+        holder: LeaseHolder,
+        buffer: _Buffer,
+    ) -> None:
+        result = buffer.result
         with stage(result, "decode"):
-            decoded = decode_records(result.shard_id, records)
+            decoded = decode_records(result.shard_id, read.records)
             frame = with_depth(events_to_frame(decoded.events), depth)
-            result.events, result.errors = frame.height, len(decoded.errors)
-
-        with stage(result, "raw_delivery"):
-            raw = writers.deliver_raw(self.s3, self.bucket, frame, result.shard_id, first, self.config.buffer_bytes)
-            result.raw_objects, result.rows_by_day = raw.objects, raw.rows_by_day
-            if decoded.errors:
-                result.error_objects = writers.deliver_errors(
-                    self.s3, self.bucket, decoded.errors, self.stream_name, result.shard_id, first
-                )
-        self.on_stage("raw", result)
-
         with stage(result, "analytics"):
             processed = detector.process(frame)
-            result.anomalies = int((processed["anomaly_status"] == "ANOMALY").sum())
+        buffer.add(read, frame, processed, decoded.errors)
+        if self.search_sink is not None and processed.height:
+            holder.check()
+            with stage(result, "search_indexing"):
+                stats = self.search_sink(processed)
+                result.search_indexed += stats.indexed
+                result.search_failed += stats.failed
 
+    def _flush(self, holder: LeaseHolder, detector: RollingAnomalyDetector, buffer: _Buffer) -> BatchResult:
+        """Deliver the buffer to the lake and commit it with the detector's state (which is at its end)."""
+        result, lease = buffer.result, holder.lease
+        frame = pl.concat(buffer.frames) if buffer.frames else pl.DataFrame()
+        processed = pl.concat(buffer.processed) if buffer.processed else pl.DataFrame()
+        plan = writers.plan_flush(
+            frame,
+            buffer.errors,
+            self.stream_name,
+            result.shard_id,
+            result.first_sequence or "",
+            self.config.buffer_bytes,
+        )
+        stale = set(lease.pending_objects) - set(plan.keys)  # written by an attempt that did not commit
+        if plan.keys or stale:
+            self.leases.set_pending(holder, [*plan.keys, *stale])
+        with stage(result, "raw_delivery"):
+            holder.check()
+            writers.write_raw(self.s3, self.bucket, plan)
+        result.raw_objects = [obj.key for obj in plan.raw]
+        result.error_objects = list(plan.errors)
+        result.rows_by_day = plan.rows_by_day
+        self.on_stage("raw", result)
         with stage(result, "processed_delivery"):
-            result.processed_objects = writers.deliver_processed(self.s3, self.bucket, processed, raw)
+            holder.check()
+            writers.write_processed(self.s3, self.bucket, processed, plan)
+        result.processed_objects = plan.processed_keys
         if frame.height:
             oldest = frame["arrival_time"].min()
             result.max_latency_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds())  # type: ignore[operator]
         self.on_stage("processed", result)
+        with stage(result, "commit"):
+            for key in sorted(stale):
+                self.s3.delete_object(Bucket=self.bucket, Key=key)
+            checkpoint = result.last_sequence or lease.checkpoint
+            holder.check()
+            state_key = self.states.save(result.shard_id, checkpoint, detector.snapshot())
+            self.leases.commit(
+                holder,
+                checkpoint=checkpoint,
+                state_key=state_key,
+                finished=result.ended,
+                records=lease.records + result.records,
+                millis_behind_latest=result.millis_behind_latest,
+            )
+            self.states.discard(lease.state_key, keep=state_key)
+        result.committed = True
+        result.timings["total"] = sum(v for k, v in result.timings.items() if k != "total")
+        self.on_stage("committed", result)
+        return result
 
-        if self.search_sink is not None and processed.height:
-            with stage(result, "search_indexing"):
-                stats = self.search_sink(processed)
-                result.search_indexed, result.search_failed = stats.indexed, stats.failed
+    # --- entry points -----------------------------------------------------------------------------
+    def process_shard(self, shard_id: str) -> BatchResult:
+        """One micro-batch of one shard: read, deliver everywhere, commit (an empty result if there was
+        nothing new or the shard is leased by another worker)."""
+        outcome = self.work(shard_id, WorkBudget(batches=1, until_caught_up=True, flush_each_read=True))
+        if outcome.held_by is not None:
+            raise RuntimeError(f"shard {shard_id} is leased by {outcome.held_by}")
+        return outcome.batches[0] if outcome.batches else BatchResult(shard_id=shard_id)
 
-    # --- draining ---------------------------------------------------------------------------------
     def drain(
-        self, progress: Callable[[BatchResult], None] | None = None, max_batches: int = 100_000
+        self, progress: Callable[[BatchResult], None] | None = None, max_rounds: int = 100_000
     ) -> list[BatchResult]:
-        """Process batches for every readable shard until all are caught up (children after parents)."""
+        """Micro-batches for every readable shard until all are caught up (children after parents).
+        Shards leased by another worker (a running Dagster worker) are left to it."""
         results: list[BatchResult] = []
-        for _ in range(max_batches):
+        for _ in range(max_rounds):
             did_work = False
-            for shard in self.readable():
-                result = self.process_shard(shard.shard_id)
-                if result.committed:
-                    results.append(result)
-                    did_work = True
-                    if progress:
-                        progress(result)
+            for lease in self.readable(self.sync_leases()):
+                outcome = self.work(
+                    lease.shard_id, WorkBudget(until_caught_up=True, flush_each_read=True), on_batch=progress
+                )
+                results += outcome.batches
+                did_work = did_work or bool(outcome.batches)
             if not did_work:
                 return results
-        raise RuntimeError(f"stream {self.stream_name} not drained after {max_batches} batches")
+        raise RuntimeError(f"stream {self.stream_name} not drained after {max_rounds} rounds")

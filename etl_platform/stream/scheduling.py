@@ -1,97 +1,82 @@
-"""Which shards get a micro-batch now: the Kinesis sensor's decision, without Dagster and without I/O.
+"""Supervising shard workers: which shards need a worker now, without Dagster and without I/O.
 
-Each tick the caller gathers the inputs (the stream's shards, the committed checkpoints, each shard's
-latest run and the sensor's cursor) and asks `due_batches`. A readable shard (children only after
-their parents are finished) with no run in flight gets a batch when its buffer is due: the last batch
-stopped at its size cap, the shard is closed and must be finished, or the buffer interval has passed
-since the last launch, and, for an open shard, new records are waiting (Firehose's size-or-interval
-buffering). A shard whose latest run failed at the position it would start from again is retried at
-most every `retry_after_s`, with a new attempt number so the retry gets a new run key.
+Each tick the caller gathers the stream's leases and, per shard, the runs that may be its worker, and
+asks `supervise`. Every readable shard (a child only after its parents finished) must have a live
+worker:
 
-The cursor is JSON-shaped, `{shard_id: {"launched_at": epoch_s, "attempt": n}}`; the input is not
-modified, the updated copy is part of the result.
+- a lease held and not expired: its worker is alive; nothing to do;
+- a run of the shard queued or starting (it has not taken the lease yet), or started within
+  `start_grace_s`: wait for it;
+- a started run that released the lease within `finish_grace_s` is ending: wait for it;
+- a started run whose lease expired (its process died: kill -9, a lost task) holds the shard's
+  run-queue slot forever: it is reported as dead, so the caller can mark it failed, and a new worker
+  is launched;
+- otherwise (a released lease, a lease expired with no run, a run that ended for whatever reason):
+  launch a worker.
+
+Nothing is keyed on a run key or a position, so no cancelled run, failed run or run without progress
+can keep a shard from getting a worker again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
-from etl_platform.stream.checkpoints import Checkpoint
-from etl_platform.stream.shards import Shard, readable_shards
+from etl_platform.stream.leases import Lease, readable
 
-FAILED_RETRY_AFTER_S = 60.0  # after a run exhausts its retries, try the shard again this much later
-START = "start"  # the position of a shard with nothing consumed yet
+START_GRACE_S = 120.0  # a started run takes the lease within this long (process start + code location load)
+FINISH_GRACE_S = 60.0  # a run that released its lease ends within this long
 
 
 @dataclass(frozen=True)
-class LatestRun:
-    """A shard's most recent run, as far as scheduling cares."""
+class WorkerRun:
+    """A run of a shard's worker job, as far as supervision cares."""
 
-    in_flight: bool  # queued, starting, running or being cancelled
-    failed: bool
-    position: str | None  # the position (checkpoint sequence number or START) it started from
-
-
-@dataclass(frozen=True)
-class BatchRequest:
-    shard_id: str
-    position: str  # where the batch starts: the checkpoint's sequence number, or START
-    attempt: int  # bumped on each retry of a failed batch at the same position
-
-    @property
-    def run_key(self) -> str:
-        return f"{self.shard_id}:{self.position}:{self.attempt}"
+    run_id: str
+    status: str  # "queued" | "starting" | "started"
+    started_at: float | None = None  # epoch seconds, when the run started
 
 
 @dataclass(frozen=True)
-class BatchPlan:
-    requests: list[BatchRequest]
-    cursor: dict[str, dict[str, Any]]
-    finished: frozenset[str]  # shards read to their end (their children may start)
+class Plan:
+    launch: list[str] = field(default_factory=list)  # shard ids that get a new worker, in lineage order
+    dead_runs: dict[str, str] = field(default_factory=dict)  # run id -> why it is presumed dead
+    waiting: dict[str, str] = field(default_factory=dict)  # shard id -> what it waits for
 
 
-def position_of(checkpoint: Checkpoint | None) -> str:
-    """Where a shard's next batch starts, as run keys and tags name it."""
-    return checkpoint.sequence_number if checkpoint and checkpoint.sequence_number else START
+def owner_run_id(owner: str | None) -> str | None:
+    """The Dagster run id of a lease owner named `run:<run id>` (the worker job's owners)."""
+    return owner.removeprefix("run:") if owner and owner.startswith("run:") else None
 
 
-def due_batches(
-    shards: Sequence[Shard],
-    checkpoints: Mapping[str, Checkpoint],
-    latest_runs: Mapping[str, LatestRun | None],
-    cursor: Mapping[str, Mapping[str, Any]],
+def supervise(
+    leases: Mapping[str, Lease],
+    runs: Mapping[str, Sequence[WorkerRun]],
     now: float,
-    buffer_interval_s: float,
-    has_new_records: Callable[[str, str | None], bool],
-    retry_after_s: float = FAILED_RETRY_AFTER_S,
-) -> BatchPlan:
-    """The batches to launch now, in lineage order, and the updated cursor.
-
-    `latest_runs` maps a shard id to its latest run (missing or None: never run). `has_new_records(shard_id,
-    after_sequence_number)` is asked only for an open shard that is otherwise due (it costs a Kinesis read).
-    """
-    state_by_shard: dict[str, dict[str, Any]] = {sid: dict(state) for sid, state in cursor.items()}
-    finished = frozenset(sid for sid, cp in checkpoints.items() if cp.finished)
-    requests: list[BatchRequest] = []
-    for shard in readable_shards(shards, set(finished)):
-        sid = shard.shard_id
-        state = state_by_shard.setdefault(sid, {"launched_at": 0.0, "attempt": 0})
-        latest = latest_runs.get(sid)
-        if latest is not None and latest.in_flight:
-            continue  # at most one batch in flight per shard
-        cp = checkpoints.get(sid)
-        position = position_of(cp)
-        if latest is not None and latest.failed and latest.position == position:
-            if now - state["launched_at"] < retry_after_s:
-                continue
-            state["attempt"] += 1  # kept as the sensor always did: bumped even if the shard turns out not due
-        due = (cp is not None and cp.more_available) or shard.closed or now - state["launched_at"] >= buffer_interval_s
-        if not due:
+    start_grace_s: float = START_GRACE_S,
+    finish_grace_s: float = FINISH_GRACE_S,
+) -> Plan:
+    """The workers to launch now and the runs to declare dead (`runs`: the in-flight runs per shard)."""
+    plan = Plan()
+    for lease in readable(leases):
+        sid = lease.shard_id
+        if lease.held(now):
             continue
-        if not shard.closed and not has_new_records(sid, cp.sequence_number if cp else None):
-            continue
-        state["launched_at"] = now
-        requests.append(BatchRequest(sid, position, state["attempt"]))
-    return BatchPlan(requests=requests, cursor=state_by_shard, finished=finished)
+        alive = []
+        for run in runs.get(sid, ()):
+            if run.status != "started":
+                alive.append(f"run {run.run_id} is {run.status}")
+            elif owner_run_id(lease.owner) == run.run_id:
+                plan.dead_runs[run.run_id] = f"its lease on {sid} expired at {lease.expires_at:.0f} without renewal"
+            elif owner_run_id(lease.released_by) == run.run_id and now - lease.expires_at < finish_grace_s:
+                alive.append(f"run {run.run_id} released the lease {now - lease.expires_at:.0f}s ago and is ending")
+            elif run.started_at is not None and now - run.started_at < start_grace_s:
+                alive.append(f"run {run.run_id} started {now - run.started_at:.0f}s ago")
+            else:
+                plan.dead_runs[run.run_id] = f"started over {start_grace_s:.0f}s ago and never took the lease on {sid}"
+        if alive:
+            plan.waiting[sid] = "; ".join(alive)
+        else:
+            plan.launch.append(sid)
+    return plan

@@ -173,6 +173,9 @@ def dagster_ui(stream, bucket, demo_events, tmp_path) -> Iterator[DagsterUI]:
         ETL_STREAM_NAME=stream,
         ETL_LAKE_BUCKET=bucket,
         ETL_BUFFER_INTERVAL_S="1",
+        # Shard workers hand their shard over after a few seconds, so the tour sees them succeed (and the
+        # supervisor start the next ones).
+        ETL_WORKER_BUDGET_S="8",
         ETL_DAGSTER_PORT=str(port),
         PYTHONUNBUFFERED="1",
     )

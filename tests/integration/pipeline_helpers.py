@@ -16,8 +16,9 @@ import polars as pl
 from etl_platform.events import arrival_order, events_to_frame, with_depth
 from etl_platform.lake import layout
 from etl_platform.lake.readers import read_processed, read_raw
-from etl_platform.stream.consumer import ConsumerConfig, read_range
+from etl_platform.stream.consumer import ConsumerConfig
 from etl_platform.stream.decoding import decode_records
+from etl_platform.stream.reader import ShardReader
 from etl_platform.stream.shards import lineage_order, list_shards, shard_depths
 
 REPO = Path(__file__).resolve().parents[2]
@@ -29,13 +30,12 @@ def one_pass(kinesis, stream: str, config: ConsumerConfig | None = None) -> pl.D
     depths = shard_depths(shards)
     frames = []
     for shard in lineage_order(shards):
-        records, after = [], None
+        records, reader = [], ShardReader(kinesis, stream, shard.shard_id, None)
         while True:
-            read = read_range(kinesis, stream, shard.shard_id, after, 10_000, 50 * 1024 * 1024)
+            read = reader.read(10_000, 50 * 1024 * 1024, time_budget_s=5)
             records += read.records
-            if not read.records:
+            if not read.records and not read.cut:
                 break
-            after = read.records[-1]["SequenceNumber"]
         frames.append(
             with_depth(events_to_frame(decode_records(shard.shard_id, records).events), depths[shard.shard_id])
         )

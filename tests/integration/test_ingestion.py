@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import gzip
 import json
+import time
 from datetime import UTC, datetime
 
 import pytest
@@ -25,18 +26,18 @@ def events(n: int, seed: int, users: int = 12):
     return list(demo_mix(n, seed=seed, start=START, users=users, spike_rate=0.02))
 
 
-def consumer(kinesis, s3, bucket, stream, **config) -> StreamConsumer:
-    return StreamConsumer(kinesis, s3, bucket, stream, ConsumerConfig(**{"max_records": 120, **config}))
+def consumer(kinesis, s3, bucket, stream, leases, **config) -> StreamConsumer:
+    return StreamConsumer(kinesis, s3, bucket, stream, leases, ConsumerConfig(**{"max_records": 120, **config}))
 
 
-def test_end_to_end_file_gzip_and_kpl_across_shards(kinesis, s3, bucket, stream, tmp_path):
+def test_end_to_end_file_gzip_and_kpl_across_shards(kinesis, s3, bucket, stream, leases, tmp_path):
     batch = events(900, seed=1)
     env = {"ETL_STREAM_NAME": stream}
     cli("produce", "--file", str(write_jsonl(tmp_path / "a.jsonl", batch[:300])), "--quiet", env=env)
     cli("produce", "--file", str(write_jsonl(tmp_path / "b.jsonl", batch[300:600])), "--gzip", "--quiet", env=env)
     cli("produce", "--file", str(write_jsonl(tmp_path / "c.jsonl", batch[600:])), "--kpl", "--gzip", "--quiet", env=env)
 
-    results = consumer(kinesis, s3, bucket, stream).drain()
+    results = consumer(kinesis, s3, bucket, stream, leases).drain()
 
     assert {r.shard_id for r in results} == {s["ShardId"] for s in kinesis.list_shards(StreamName=stream)["Shards"]}
     assert sum(r.events for r in results) == 900 and sum(r.errors for r in results) == 0
@@ -53,30 +54,39 @@ def test_end_to_end_file_gzip_and_kpl_across_shards(kinesis, s3, bucket, stream,
     assert len({k.split("/")[1] for k in raw["_object"].to_list()}) == 2  # two days
 
 
-def test_retried_batches_overwrite_their_objects(kinesis, s3, bucket, stream):
+def test_retried_batches_overwrite_their_objects(kinesis, s3, bucket, stream, leases):
     KinesisProducer(kinesis, stream).send(events(200, seed=2))
-    first = consumer(kinesis, s3, bucket, stream).drain()
+    first = consumer(kinesis, s3, bucket, stream, leases).drain()
     keys_before = layout.list_keys(s3, bucket, "raw/") + layout.list_keys(s3, bucket, "processed/")
     # Forget the commits, as if every batch had crashed just before its checkpoint: the replay must
     # write exactly the same object names and contents.
-    consumer(kinesis, s3, bucket, stream).checkpoints.reset()
-    again = consumer(kinesis, s3, bucket, stream).drain()
+    leases.delete_all()
+    again = consumer(kinesis, s3, bucket, stream, leases).drain()
     assert [r.raw_objects for r in first] == [r.raw_objects for r in again]
     assert layout.list_keys(s3, bucket, "raw/") + layout.list_keys(s3, bucket, "processed/") == keys_before
     assert_same_results(lake_rows(s3, bucket, layout.PROCESSED), one_pass(kinesis, stream))
 
 
 @pytest.mark.parametrize("stage", ["raw", "processed"])
-def test_crash_before_commit_then_retry_leaves_no_duplicate_and_no_gap(kinesis, s3, bucket, stream, stage):
+def test_crash_before_commit_then_retry_leaves_no_duplicate_and_no_gap(kinesis, s3, bucket, stream, leases, stage):
     KinesisProducer(kinesis, stream, compress=True).send(events(500, seed=3))
-    env = {"ETL_STREAM_NAME": stream, "ETL_LAKE_BUCKET": bucket, "ETL_BATCH_MAX_RECORDS": "100"}
+    env = {
+        "ETL_STREAM_NAME": stream,
+        "ETL_LAKE_BUCKET": bucket,
+        "ETL_BATCH_MAX_RECORDS": "100",
+        "ETL_LEASE_DURATION_S": "2",
+    }
     # A real crash: the consumer process SIGKILLs itself right after the stage is durable.
     crashed = cli(
         "consume", "--until-caught-up", "--quiet", "--no-index", env={**env, "ETL_FAULT_KILL_AFTER": stage}, check=False
     )
     assert crashed.returncode == -9
     assert layout.list_keys(s3, bucket, f"{stage}/")  # it did deliver before dying
-    assert not layout.list_keys(s3, bucket, "_checkpoints/")  # ... and committed nothing
+    assert not any(lease.checkpoint for lease in leases.all().values())  # ... and committed nothing
+    # The dead process still holds its shard's lease: another consumer takes the shard once it expires.
+    held = [lease for lease in leases.all().values() if lease.held(time.time())]
+    assert len(held) == 1 and held[0].pending_objects  # what it wrote is recorded as pending
+    time.sleep(max(0.0, held[0].expires_at - time.time()) + 0.1)
     done = cli("consume", "--until-caught-up", "--quiet", "--no-index", env=env)
     summary = json.loads(done.stdout)
     assert summary["events"] == 500
@@ -85,7 +95,7 @@ def test_crash_before_commit_then_retry_leaves_no_duplicate_and_no_gap(kinesis, 
     assert raw.height == 500 and raw["event_id"].n_unique() == 500
 
 
-def test_poison_records_go_to_errors_and_the_rest_flows_on(kinesis, s3, bucket, stream):
+def test_poison_records_go_to_errors_and_the_rest_flows_on(kinesis, s3, bucket, stream, leases):
     good = events(60, seed=4)
     producer = KinesisProducer(kinesis, stream)
     producer.send(good[:30])
@@ -102,7 +112,7 @@ def test_poison_records_go_to_errors_and_the_rest_flows_on(kinesis, s3, bucket, 
     )
     producer.send(good[30:])
 
-    results = consumer(kinesis, s3, bucket, stream).drain()
+    results = consumer(kinesis, s3, bucket, stream, leases).drain()
 
     assert sum(r.errors for r in results) == 3 and sum(r.events for r in results) == 60
     error_rows = [
@@ -120,8 +130,8 @@ def test_poison_records_go_to_errors_and_the_rest_flows_on(kinesis, s3, bucket, 
     assert_same_results(lake_rows(s3, bucket, layout.PROCESSED), one_pass(kinesis, stream))
 
 
-def test_resharding_2_to_4_to_2_while_consuming_is_exact(kinesis, s3, bucket, stream):
-    run = consumer(kinesis, s3, bucket, stream, max_records=80)
+def test_resharding_2_to_4_to_2_while_consuming_is_exact(kinesis, s3, bucket, stream, leases):
+    run = consumer(kinesis, s3, bucket, stream, leases, max_records=80)
     producer = KinesisProducer(kinesis, stream)
     producer.send(events(300, seed=5))
     run.process_shard(run.readable()[0].shard_id)  # one shard part-consumed when the split happens
@@ -138,9 +148,7 @@ def test_resharding_2_to_4_to_2_while_consuming_is_exact(kinesis, s3, bucket, st
     shards = run.shards()
     assert sum(1 for s in shards if not s.closed) == 2 and len(shards) > 4
     assert all(
-        cp.finished
-        for sid, cp in run.checkpoints.load_all().items()
-        if next(s for s in shards if s.shard_id == sid).closed
+        cp.finished for sid, cp in run.leases.all().items() if next(s for s in shards if s.shard_id == sid).closed
     )
     expected = one_pass(kinesis, stream)
     assert expected.height == 900

@@ -123,10 +123,10 @@ def test_cli_dry_run_json(kinesis, cloudwatch, settings, stream, bucket):
     assert open_shard_count(kinesis, stream)[0] == 2
 
 
-def test_consumer_stays_exact_across_scale_out_and_in(kinesis, s3, cloudwatch, stream, bucket):
+def test_consumer_stays_exact_across_scale_out_and_in(kinesis, s3, cloudwatch, stream, bucket, leases):
     """2 -> 4 -> 2 shards by the scaler while events flow; the lake equals one pass over the stream."""
     producer = KinesisProducer(kinesis, stream)
-    consumer = StreamConsumer(kinesis, s3, bucket, stream, ConsumerConfig(max_records=150))
+    consumer = StreamConsumer(kinesis, s3, bucket, stream, leases, ConsumerConfig(max_records=150))
     history = ScalingHistory(s3, bucket, stream)
     start = datetime(2026, 4, 2, 10, 0, tzinfo=UTC)
     policy = ScalingPolicy(min_shards=1)

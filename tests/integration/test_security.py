@@ -92,9 +92,9 @@ def test_tls_only_policy_refuses_plain_http(s3, kms, bucket, unique_name, config
     s3.put_object(Bucket=bucket, Key="raw/plain-http.txt", Body=b"x")  # without the policy it works again
 
 
-def test_pipeline_runs_on_the_encrypted_stream_and_bucket(kinesis, s3, settings, stream, bucket, config):
+def test_pipeline_runs_on_the_encrypted_stream_and_bucket(kinesis, s3, settings, stream, bucket, config, leases):
     secure_platform(settings, config, stream=stream, bucket=bucket, log=lambda _: None)
     start = datetime(2026, 4, 2, 9, 0, tzinfo=UTC)
     KinesisProducer(kinesis, stream).send(demo_mix(200, seed=5, start=start, users=5))
-    StreamConsumer(kinesis, s3, bucket, stream).drain()
+    StreamConsumer(kinesis, s3, bucket, stream, leases).drain()
     assert_same_results(lake_rows(s3, bucket, "processed"), one_pass(kinesis, stream))

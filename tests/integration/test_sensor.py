@@ -7,7 +7,7 @@ import dataclasses
 from datetime import UTC, datetime
 
 import pytest
-from dagster import DagsterInstance, build_sensor_context, materialize
+from dagster import DagsterInstance, SensorResult, build_sensor_context, materialize
 
 from assets.ingestion import processed_events
 from assets.lake_checks import processed_matches_raw, processed_schema_and_keys
@@ -24,40 +24,45 @@ pytestmark = pytest.mark.stack
 @pytest.fixture
 def resources(settings, stream, bucket):
     resources = build_resources(dataclasses.replace(settings, stream_name=stream, lake_bucket=bucket))
-    # No buffer interval: a shard with new records is due on every tick, so a few ticks drain the stream.
+    # No buffer interval: every read is a lake flush, so a worker's batches are small and many.
     resources["kinesis"] = KinesisResource(
         stream_name=stream,
         region_name=settings.aws_region,
         endpoint_url=settings.kinesis_endpoint,
         analytics=resources["analytics"],
         buffer_interval_s=0,
+        max_records=150,
         **settings.local_credentials,
     )
     return resources
 
 
-def run_sensor_until_idle(instance, resources, max_ticks: int = 20) -> list:
-    """Evaluate the sensor and execute each requested run in-process, until it requests nothing."""
+def run_sensor_until_idle(instance, resources, max_ticks: int = 10) -> list:
+    """Evaluate the supervisor and execute each worker it launches in-process (until its shard is caught up),
+    until a tick's workers commit nothing more."""
     cursor, runs = None, []
     for _ in range(max_ticks):
         with build_sensor_context(instance=instance, cursor=cursor, resources=resources) as ctx:
             result = kinesis_microbatch_sensor(ctx)
             cursor = ctx.cursor
-        requests = result if isinstance(result, list) else []
-        if not requests:
-            return runs
-        # At most one run per shard per tick.
+        requests = result.run_requests if isinstance(result, SensorResult) else []
+        # One worker per readable shard.
         assert len({r.tags[SHARD_TAG] for r in requests}) == len(requests)
+        committed = 0
         for request in requests:
+            config = request.run_config["ops"]["consume_shard"]["config"]
             outcome = kinesis_microbatch_job.execute_in_process(
-                run_config=request.run_config,
+                run_config={"ops": {"consume_shard": {"config": {**config, "until_caught_up": True}}}},
                 resources=resources,
                 instance=instance,
                 tags=request.tags,
             )
             assert outcome.success
             runs.append(outcome)
-    raise AssertionError("sensor kept requesting runs")
+            committed += len(outcome.get_asset_materialization_events())
+        if requests and not committed:
+            return runs
+    raise AssertionError("workers kept committing")
 
 
 def test_sensor_launches_shard_runs_that_materialize_partitions(kinesis, s3, stream, bucket, resources):

@@ -45,7 +45,7 @@ def index_prefix(settings):
 
 
 def test_stream_positions_flow_into_the_warehouse_and_the_index(
-    settings, kinesis, s3, stream, bucket, schema, index_prefix
+    settings, kinesis, s3, stream, bucket, schema, index_prefix, leases
 ):
     client, prefix = index_prefix
     events = list(demo_mix(400, seed=21, start=datetime(2026, 7, 1, 12, tzinfo=UTC), users=9, spike_rate=0.03))
@@ -57,6 +57,7 @@ def test_stream_positions_flow_into_the_warehouse_and_the_index(
         s3,
         bucket,
         stream,
+        leases,
         ConsumerConfig(max_records=150),
         search_sink=search_sink(client, s3, bucket, prefix),
     )

@@ -31,9 +31,10 @@ from etl_platform.ops.security import IAM_DIR, PLACEHOLDERS
 REPO = Path(__file__).resolve().parents[2]
 SCANNED = ("etl_platform", "assets", "sensors", "resources")
 EXCLUDED = ("etl_platform/stack/",)  # the local stack's own processes: loopback only, never deployed
-SERVICES = ("kinesis", "s3", "cloudwatch", "sns", "kms")
+SERVICES = ("kinesis", "s3", "cloudwatch", "sns", "kms", "dynamodb")
 RECEIVER_TOKENS = {
     "kinesis": "kinesis",
+    "dynamodb": "dynamodb",
     "s3": "s3",
     "cloudwatch": "cloudwatch",
     "cw": "cloudwatch",
@@ -45,8 +46,10 @@ ROLES = ("producer", "consumer", "loader", "indexer", "orchestrator", "bootstrap
 # Which deployed role runs a module's AWS calls (longest matching prefix wins).
 MODULE_ROLES: dict[str, set[str]] = {
     "etl_platform/stream/producer.py": {"producer"},
-    "etl_platform/stream/consumer.py": {"consumer"},  # read_range + delivery, in micro-batch runs
-    "etl_platform/stream/checkpoints.py": {"consumer"},  # commits (the sensor only reads via lake/layout.py)
+    "etl_platform/stream/consumer.py": {"consumer"},  # delivery, in shard worker runs
+    "etl_platform/stream/reader.py": {"consumer"},  # GetRecords, in shard worker runs
+    "etl_platform/stream/leases.py": {"consumer", "orchestrator"},  # workers own leases; the sensor reads them
+    "etl_platform/stream/checkpoints.py": {"consumer"},  # analytics state (the sensor migrates via lake/layout.py)
     "etl_platform/lake/replay.py": {"consumer"},  # processed_events backfills run as consumer
     "etl_platform/stream/shards.py": {"consumer", "orchestrator"},  # runs and the sensor list shards
     "etl_platform/lake/layout.py": {"consumer", "loader", "indexer", "orchestrator"},  # shared lake I/O
@@ -59,7 +62,6 @@ MODULE_ROLES: dict[str, set[str]] = {
     "etl_platform/cli/scale.py": {"orchestrator"},
     "etl_platform/ops/provisioning.py": {"bootstrap"},
     "etl_platform/ops/security.py": {"bootstrap"},
-    "sensors/kinesis.py": {"orchestrator"},  # its direct calls are the sensor's peek at new records
     "sensors/": {"orchestrator"},
     "assets/ingestion.py": {"consumer"},
     "assets/warehouse.py": {"loader"},
@@ -68,6 +70,8 @@ MODULE_ROLES: dict[str, set[str]] = {
 }
 # Functions whose calls only one role makes (reading metrics is the scaler's and the alarms' job).
 FUNCTION_ROLES: dict[str, set[str]] = {
+    "etl_platform/stream/leases.py:ensure_table": {"bootstrap"},  # `stack up` / the deploy pipeline
+    "etl_platform/stream/leases.py:delete_all": {"bootstrap"},  # tests and replays from scratch only
     "etl_platform/ops/metrics.py:statistic": {"orchestrator"},
     "etl_platform/ops/metrics.py:period_values": {"orchestrator"},
     "etl_platform/search/indexer.py:replay_failed": {"indexer"},  # re-indexing parked documents
@@ -128,6 +132,7 @@ SAMPLE = {
     "EcrRepository": "etl-platform",
     "SecretPrefix": "etl-platform",
     "RolePrefix": "etl-platform",
+    "LeaseTable": "etl-platform-leases",
 }
 
 
@@ -149,6 +154,8 @@ def expected_resources(action: str) -> list[str]:
         return [f"arn:aws:cloudwatch:{region}:{account}:alarm:{SAMPLE['StreamName']}-Consumer-Lag"]
     if service == "sns":
         return [f"arn:aws:sns:{region}:{account}:{SAMPLE['AlertTopicName']}"]
+    if service == "dynamodb":
+        return [f"arn:aws:dynamodb:{region}:{account}:table/{SAMPLE['LeaseTable']}"]
     if service == "kms":
         key = f"arn:aws:kms:{region}:{account}:key/{SAMPLE['KmsKeyId']}"
         return [key, f"arn:aws:kms:{region}:{account}:{SAMPLE['KmsAlias']}"] if name == "CreateAlias" else [key]
@@ -289,7 +296,8 @@ def test_the_scan_finds_the_platforms_calls():
     actions = {(module, action) for module, found in calls.items() for _, action, _ in found}
     for expected in [
         ("etl_platform/stream/producer.py", "kinesis:PutRecords"),  # receiver `self.client`
-        ("etl_platform/stream/consumer.py", "kinesis:GetRecords"),
+        ("etl_platform/stream/reader.py", "kinesis:GetRecords"),
+        ("etl_platform/stream/leases.py", "dynamodb:UpdateItem"),
         ("etl_platform/stream/shards.py", "kinesis:ListShards"),
         ("etl_platform/lake/layout.py", "s3:ListBucket"),  # via get_paginator("list_objects_v2")
         ("etl_platform/lake/layout.py", "s3:PutObject"),
@@ -299,7 +307,6 @@ def test_the_scan_finds_the_platforms_calls():
         ("etl_platform/ops/security.py", "kinesis:StartStreamEncryption"),
         ("etl_platform/ops/security.py", "s3:PutEncryptionConfiguration"),
         ("etl_platform/ops/security.py", "kms:CreateKey"),
-        ("sensors/kinesis.py", "kinesis:GetShardIterator"),  # receiver `consumer.kinesis`
     ]:
         assert expected in actions, f"scanner missed {expected}"
     # Our own functions that share a name with an API are not AWS calls (metrics.publish vs sns.publish).

@@ -181,6 +181,7 @@ def test_render_policy_fills_every_placeholder():
         "LakeBucket": "etl-lake",
         "KmsKeyId": "k-1",
         "OpenSearchDomain": "etl-search",
+        "LeaseTable": "etl-platform-leases",
     }
     policy = render_policy("consumer", values)
     assert "arn:aws:kinesis:us-east-1:123456789012:stream/etl-events" in str(policy)

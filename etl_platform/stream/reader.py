@@ -1,0 +1,107 @@
+"""Reading one shard in order from a checkpoint, as the KCL does: one iterator kept across reads.
+
+`ShardReader.read` returns the next records, cut by a count and a byte size. It does not stop at an
+empty GetRecords page while the shard reports `MillisBehindLatest > 0` (on Kinesis a shard can
+answer empty pages with records behind them), within a time budget and at most 5 calls a second
+(Kinesis' per-shard read limit). Records fetched past a cut are kept for the next read, and an
+expired iterator is re-opened after the last record fetched, so no record is skipped or repeated.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+MAX_RECORDS_PER_CALL = 10_000  # GetRecords' own limit
+CALL_INTERVAL_S = 0.2  # Kinesis allows 5 GetRecords a second per shard
+
+
+@dataclass
+class ReadResult:
+    records: list[dict[str, Any]]
+    ended: bool  # a closed shard read to its end: nothing will ever follow
+    cut: bool  # stopped at the count or byte cap: more is waiting now
+    millis_behind_latest: int
+
+
+def record_size(record: dict[str, Any]) -> int:
+    return len(record["Data"]) + len(record["PartitionKey"])
+
+
+class ShardReader:
+    """Sequential reads of one shard after sequence number `after` (from the start when None)."""
+
+    def __init__(
+        self,
+        kinesis: Any,
+        stream_name: str,
+        shard_id: str,
+        after: str | None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kinesis, self.stream_name, self.shard_id = kinesis, stream_name, shard_id
+        self.fetched_through = after  # the last record GetRecords returned (where a new iterator starts)
+        self.sleep, self.clock = sleep, clock
+        self.iterator: str | None = None
+        self.carry: list[dict[str, Any]] = []  # fetched past a cut, handed out by the next read
+        self.closed = False  # GetRecords answered NextShardIterator=None: the shard has no more records
+        self.behind = 0
+
+    def _open(self) -> str:
+        kwargs: dict[str, Any] = {"StreamName": self.stream_name, "ShardId": self.shard_id}
+        if self.fetched_through is None:
+            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
+        else:
+            kwargs.update(ShardIteratorType="AFTER_SEQUENCE_NUMBER", StartingSequenceNumber=self.fetched_through)
+        return self.kinesis.get_shard_iterator(**kwargs)["ShardIterator"]
+
+    def read(self, max_records: int, max_bytes: int, time_budget_s: float) -> ReadResult:
+        """The next records (at least one if any is there to read, at most `max_records` and, beyond the
+        first, `max_bytes`), paging past empty pages while the shard is behind, for up to `time_budget_s`."""
+        records: list[dict[str, Any]] = []
+        size, cut = 0, False
+
+        def take(batch: list[dict[str, Any]]) -> None:
+            nonlocal size, cut
+            for position, record in enumerate(batch):
+                if records and (len(records) >= max_records or size + record_size(record) > max_bytes):
+                    cut = True
+                    self.carry = batch[position:] + self.carry
+                    return
+                records.append(record)
+                size += record_size(record)
+
+        pending, self.carry = self.carry, []
+        take(pending)
+        deadline = self.clock() + time_budget_s
+        while not cut and not self.closed and len(records) < max_records:
+            if self.iterator is None:
+                self.iterator = self._open()
+            try:
+                page = self.kinesis.get_records(
+                    ShardIterator=self.iterator, Limit=min(MAX_RECORDS_PER_CALL, max_records - len(records))
+                )
+            except self.kinesis.exceptions.ExpiredIteratorException:
+                self.iterator = None  # iterators live five minutes: reopen after what was fetched
+                continue
+            self.behind = int(page.get("MillisBehindLatest", 0))
+            if page["Records"]:
+                self.fetched_through = page["Records"][-1]["SequenceNumber"]
+            self.iterator = page.get("NextShardIterator")
+            take(page["Records"])
+            if self.iterator is None:
+                self.closed = True
+            elif self.behind == 0 or self.clock() >= deadline:
+                break
+            elif not page["Records"]:
+                self.sleep(CALL_INTERVAL_S)
+        cut = cut or len(records) >= max_records and bool(self.carry or self.behind)
+        return ReadResult(
+            records=records,
+            ended=self.closed and not self.carry,
+            cut=cut or bool(self.carry),
+            millis_behind_latest=self.behind,
+        )

@@ -19,8 +19,10 @@ from datetime import UTC, datetime
 from etl_platform import aws
 from etl_platform.config import load_settings
 from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
-from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer, read_range
+from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
+from etl_platform.stream.leases import LeaseTable, ensure_table
 from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.reader import ShardReader
 from etl_platform.stream.shards import list_shards
 from etl_platform.stream.sources import demo_mix
 
@@ -63,13 +65,12 @@ def main() -> None:
     t0 = time.perf_counter()
     read_count = 0
     for shard in list_shards(kinesis, ref_name):
-        after = None
+        reader = ShardReader(kinesis, ref_name, shard.shard_id, None)
         while True:
-            got = read_range(kinesis, ref_name, shard.shard_id, after, 10_000, 64 << 20).records
-            if not got:
+            read = reader.read(10_000, 64 << 20, time_budget_s=5)
+            read_count += len(read.records)
+            if not read.records and not read.cut:
                 break
-            read_count += len(got)
-            after = got[-1]["SequenceNumber"]
     bare_read = time.perf_counter() - t0
     _cleanup(kinesis, s3, ref_name)
 
@@ -77,7 +78,10 @@ def main() -> None:
     t_start = time.perf_counter()
     KinesisProducer(kinesis, name).send(events)
     produced = time.perf_counter() - t_start
-    consumer = StreamConsumer(kinesis, s3, name, name, ConsumerConfig())
+    dynamodb = aws.client("dynamodb", settings)
+    ensure_table(dynamodb, settings.lease_table)
+    leases = LeaseTable(dynamodb, settings.lease_table, name)
+    consumer = StreamConsumer(kinesis, s3, name, name, leases, ConsumerConfig())
     t0 = time.perf_counter()
     results = consumer.drain()
     consumed = time.perf_counter() - t0
@@ -86,6 +90,7 @@ def main() -> None:
     for r in results:
         stages.update(r.timings)
     assert sum(r.events for r in results) == len(events) == read_count
+    leases.delete_all()
     _cleanup(kinesis, s3, name)
 
     n = len(events)
@@ -107,7 +112,7 @@ def main() -> None:
     total = sum(v for k, v in stages.items() if k != "total")
     print("\n| consumer stage | seconds | share |")
     print("|---|---:|---:|")
-    for stage in ("read", "decode", "raw_delivery", "analytics", "processed_delivery", "commit"):
+    for stage in ("read", "decode", "analytics", "lease", "raw_delivery", "processed_delivery", "commit"):
         print(f"| {stage} | {stages[stage]:.2f} | {stages[stage] / total:.0%} |")
 
 

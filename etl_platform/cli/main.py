@@ -210,11 +210,15 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     import os
     import time
 
+    if not (args.shard or args.until_caught_up):
+        print("consume: give --until-caught-up, or --shard ID to be one shard's worker", file=sys.stderr)
+        return 2
     progress = Progress(args.quiet)
     consumer = make_consumer(
         settings, on_stage=_fault_injector(os.environ.get("ETL_FAULT_KILL_AFTER")), index=not args.no_index
     )
     totals = {"batches": 0, "records": 0, "events": 0, "errors": 0, "anomalies": 0}
+    stage_seconds: dict[str, float] = {}
     shards_seen: set[str] = set()
     started = time.monotonic()
 
@@ -223,6 +227,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         for name in ("records", "events", "errors", "anomalies"):
             totals[name] += getattr(result, name)
         shards_seen.add(result.shard_id)
+        for stage, seconds in result.timings.items():
+            stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
         progress(
             f"consume: batches={totals['batches']} records={totals['records']} events={totals['events']} "
             f"errors={totals['errors']} anomalies={totals['anomalies']} shard={result.shard_id}"
@@ -237,9 +243,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         stop = []  # SIGTERM/SIGINT: flush what is buffered, commit, release the lease, exit
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: stop.append(True))
-        outcome = consumer.work(
-            args.shard, WorkBudget(seconds=args.seconds), should_stop=lambda: bool(stop), on_batch=report
-        )
+        budget = WorkBudget(seconds=args.seconds, until_caught_up=args.until_caught_up)
+        outcome = consumer.work(args.shard, budget, should_stop=lambda: bool(stop), on_batch=report)
         extra = {"stopped": outcome.stop_reason, "reads": outcome.reads}
     else:
         consumer.drain(progress=report)
@@ -257,6 +262,7 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
                 "leased_elsewhere": sorted(busy),
                 "seconds": round(elapsed, 3),
                 "events_per_s": round(totals["events"] / elapsed, 1) if elapsed else None,
+                "stage_seconds": {k: round(v, 3) for k, v in sorted(stage_seconds.items())},
                 **extra,
             }
         )
@@ -290,13 +296,13 @@ def build_parser() -> argparse.ArgumentParser:
     consume = sub.add_parser(
         "consume", help="consume the stream in-process with the shard workers' code (taking their leases)"
     )
-    mode = consume.add_mutually_exclusive_group(required=True)
-    mode.add_argument(
+    consume.add_argument(
         "--until-caught-up",
         action="store_true",
-        help="micro-batches on every shard not leased by a running worker until all are caught up, then exit",
+        help="micro-batches on every shard not leased by a running worker until all are caught up, then exit "
+        "(with --shard: that shard's worker stops once it is caught up)",
     )
-    mode.add_argument("--shard", help="be this shard's worker (as a Dagster worker run is) until --seconds pass")
+    consume.add_argument("--shard", help="be this shard's worker (as a Dagster worker run is) until --seconds pass")
     consume.add_argument("--seconds", type=float, default=600.0, help="the --shard worker's budget (default 600)")
     consume.add_argument("--quiet", action="store_true", help="no progress line")
     consume.add_argument("--no-index", action="store_true", help="skip near-real-time OpenSearch indexing")

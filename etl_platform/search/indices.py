@@ -58,7 +58,7 @@ class IndexSettings:
 
     shards: int = 1
     replicas: int = 0
-    refresh_interval: str = "5s"  # near-real-time dashboards without a segment per micro-batch
+    refresh_interval: str = "1s"  # a read is searchable about a second after it is indexed (as Firehose's target)
 
     def as_settings(self) -> dict[str, Any]:
         return {
@@ -154,8 +154,10 @@ def ensure_templates(client: Any, prefix: str = "", settings: IndexSettings | No
     """Create or update both families' templates; returns the names written (none when already current).
 
     Idempotent and cheap when nothing changed (one GET per family), so every indexing path may call it.
-    Existing daily indices keep their mapping; a changed template applies from the next new index.
+    Existing daily indices keep their mapping (a changed mapping applies from the next new index) but take
+    a changed refresh interval and replica count at once: both are dynamic settings.
     """
+    settings = settings or IndexSettings()
     written = []
     for family in FAMILIES:
         name = template_name(family, prefix)
@@ -175,6 +177,10 @@ def ensure_templates(client: Any, prefix: str = "", settings: IndexSettings | No
             if have == _normalized(body):
                 continue
         client.indices.put_index_template(name=name, body=body)
+        dynamic = {k: v for k, v in settings.as_settings()["index"].items() if k != "number_of_shards"}
+        client.indices.put_settings(
+            index=index_pattern(family, prefix), body={"index": dynamic}, allow_no_indices=True, ignore_unavailable=True
+        )
         written.append(name)
     return written
 

@@ -285,9 +285,8 @@ class StreamConsumer:
             return ""
 
         while not (reason := out_of_budget()):
-            if holder.needs_renewal():
-                self.leases.renew(holder)
             result = buffer.result
+            self.leases.keep(holder)
             with stage(result, "read"):
                 read = reader.read(config.max_records, config.buffer_bytes, config.read_budget_s)
             outcome.reads += 1
@@ -304,9 +303,8 @@ class StreamConsumer:
             if read.ended:
                 outcome.finished, reason = True, "finished"
                 break
-            caught_up = not read.cut and read.millis_behind_latest == 0
-            if budget.until_caught_up and caught_up and not buffer.result.records:
-                reason = "caught up"
+            if budget.until_caught_up and not read.cut and read.millis_behind_latest == 0:
+                reason = "caught up"  # what the buffer holds is flushed on the way out
                 break
             if not read.records:
                 self._idle(config.poll_interval_s, should_stop)
@@ -338,7 +336,7 @@ class StreamConsumer:
             processed = detector.process(frame)
         buffer.add(read, frame, processed, decoded.errors)
         if self.search_sink is not None and processed.height:
-            holder.check()
+            self.leases.keep(holder)
             with stage(result, "search_indexing"):
                 stats = self.search_sink(processed)
                 result.search_indexed += stats.indexed
@@ -359,28 +357,31 @@ class StreamConsumer:
         )
         stale = set(lease.pending_objects) - set(plan.keys)  # written by an attempt that did not commit
         if plan.keys or stale:
-            self.leases.set_pending(holder, [*plan.keys, *stale])
+            with stage(result, "lease"):
+                self.leases.set_pending(holder, [*plan.keys, *stale])
         with stage(result, "raw_delivery"):
-            holder.check()
+            self.leases.keep(holder)
             writers.write_raw(self.s3, self.bucket, plan)
         result.raw_objects = [obj.key for obj in plan.raw]
         result.error_objects = list(plan.errors)
         result.rows_by_day = plan.rows_by_day
         self.on_stage("raw", result)
         with stage(result, "processed_delivery"):
-            holder.check()
+            self.leases.keep(holder)
             writers.write_processed(self.s3, self.bucket, processed, plan)
         result.processed_objects = plan.processed_keys
         if frame.height:
             oldest = frame["arrival_time"].min()
             result.max_latency_s = max(0.0, (datetime.now(UTC) - oldest).total_seconds())  # type: ignore[operator]
         self.on_stage("processed", result)
-        with stage(result, "commit"):
-            for key in sorted(stale):
+        with stage(result, "processed_delivery"):
+            for key in sorted(stale):  # an attempt that did not commit wrote these and this one did not
                 self.s3.delete_object(Bucket=self.bucket, Key=key)
-            checkpoint = result.last_sequence or lease.checkpoint
-            holder.check()
+        checkpoint = result.last_sequence or lease.checkpoint
+        with stage(result, "state"):
+            self.leases.keep(holder)
             state_key = self.states.save(result.shard_id, checkpoint, detector.snapshot())
+        with stage(result, "commit"):
             self.leases.commit(
                 holder,
                 checkpoint=checkpoint,
@@ -389,6 +390,7 @@ class StreamConsumer:
                 records=lease.records + result.records,
                 millis_behind_latest=result.millis_behind_latest,
             )
+        with stage(result, "state"):
             self.states.discard(lease.state_key, keep=state_key)
         result.committed = True
         result.timings["total"] = sum(v for k, v in result.timings.items() if k != "total")

@@ -263,6 +263,13 @@ class LeaseTable:
         holder.lease = _from_item({k: _DESERIALIZE(v) for k, v in item["Attributes"].items()})
         return holder.lease
 
+    def keep(self, holder: LeaseHolder) -> None:
+        """Before a write: renew the lease once half of it has run (a conditional write, so success also
+        proves nobody took it meanwhile); LeaseLost if it was taken or the renewal came too late."""
+        if holder.needs_renewal():
+            self.renew(holder)
+        holder.check()
+
     def renew(self, holder: LeaseHolder) -> Lease:
         """Extend the lease by its duration; LeaseLost if it was taken meanwhile."""
         asked = time.monotonic()

@@ -77,16 +77,17 @@ class ShardReader:
         pending, self.carry = self.carry, []
         take(pending)
         deadline = self.clock() + time_budget_s
+        full_page = False  # the last page was as long as asked: more may follow whatever MillisBehindLatest says
         while not cut and not self.closed and len(records) < max_records:
             if self.iterator is None:
                 self.iterator = self._open()
+            limit = min(MAX_RECORDS_PER_CALL, max_records - len(records))
             try:
-                page = self.kinesis.get_records(
-                    ShardIterator=self.iterator, Limit=min(MAX_RECORDS_PER_CALL, max_records - len(records))
-                )
+                page = self.kinesis.get_records(ShardIterator=self.iterator, Limit=limit)
             except self.kinesis.exceptions.ExpiredIteratorException:
                 self.iterator = None  # iterators live five minutes: reopen after what was fetched
                 continue
+            full_page = len(page["Records"]) >= limit
             self.behind = int(page.get("MillisBehindLatest", 0))
             if page["Records"]:
                 self.fetched_through = page["Records"][-1]["SequenceNumber"]
@@ -98,7 +99,7 @@ class ShardReader:
                 break
             elif not page["Records"]:
                 self.sleep(CALL_INTERVAL_S)
-        cut = cut or len(records) >= max_records and bool(self.carry or self.behind)
+        cut = cut or len(records) >= max_records and bool(self.carry or self.behind or full_page)
         return ReadResult(
             records=records,
             ended=self.closed and not self.carry,

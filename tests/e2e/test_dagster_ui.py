@@ -2,7 +2,9 @@
 
 (a) the global asset lineage shows every asset of the code location;
 (b) `kinesis_microbatch_sensor` is running and its runs of `kinesis_microbatch_job` succeed;
-(c) a partition backfill of `processed_events`, launched from the asset page, succeeds.
+(c) a partition backfill of `processed_events`, launched from the asset page, succeeds;
+(d) terminating a running shard worker (as the UI's Terminate does) hands its shard to a new worker:
+    nothing lost, nothing duplicated, the analytics exact.
 
 GraphQL (`/graphql`) is used only to wait for the daemon; every assertion about what users see is
 made on the page. Screenshots go to .stack/screenshots/ (ETL_E2E_SCREENSHOTS=docs/screenshots refreshes
@@ -15,11 +17,16 @@ import os
 import re
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import NoReturn
 
 import pytest
 
+from etl_platform.lake import layout
+from etl_platform.stream.producer import KinesisProducer
+from etl_platform.stream.sources import demo_mix
 from tests.e2e.conftest import BACKFILL_DAYS, REPO, DagsterUI
+from tests.integration.pipeline_helpers import assert_same_results, lake_rows, one_pass
 
 pytestmark = [pytest.mark.e2e, pytest.mark.stack, pytest.mark.timeout(600)]
 
@@ -350,7 +357,51 @@ def check_backfill_succeeded(page, ui: DagsterUI, backfill_id: str) -> None:
     _shot(page, "backfill.png")
 
 
-def test_dagster_ui_graph_sensor_and_backfill(page, dagster_ui, kinesis, stream):
+_TERMINATE = """
+mutation($id: String!) { terminateRun(runId: $id, terminatePolicy: SAFE_TERMINATE) { __typename
+  ... on TerminateRunSuccess { run { runId } } ... on TerminateRunFailure { message }
+  ... on PythonError { message } } }
+"""
+_RUN_STATUS = """query($id: ID!) { runOrError(runId: $id) { __typename ... on Run { status } } }"""
+
+
+def check_terminated_worker_hands_over(page, ui: DagsterUI, kinesis, s3, stream: str, bucket: str) -> None:
+    """Terminate a STARTED worker run, keep producing, and check the lake ends up exact."""
+    deadline = time.monotonic() + SENSOR_RUNS_TIMEOUT_S
+    victim = None
+    while victim is None and time.monotonic() < deadline:
+        runs = ui.graphql(_RUNS_QUERY, {"job": JOB})["runsOrError"]["results"]
+        victim = next((r for r in runs if r["status"] == "STARTED"), None)
+        time.sleep(0.5)
+    if victim is None:
+        _fail(page, ui, f"no STARTED {JOB} run to terminate", log=True)
+    shard = next(t["value"] for t in victim["tags"] if t["key"] == SHARD_TAG)
+    answer = ui.graphql(_TERMINATE, {"id": victim["runId"]})["terminateRun"]
+    assert answer["__typename"] == "TerminateRunSuccess", answer
+    extra = list(demo_mix(120, seed=99, start=datetime(2026, 6, 2, 12, tzinfo=UTC), users=6))
+    KinesisProducer(kinesis, stream).send(extra)
+    expected = one_pass(kinesis, stream)
+    deadline = time.monotonic() + SENSOR_RUNS_TIMEOUT_S
+    while time.monotonic() < deadline:
+        status = ui.graphql(_RUN_STATUS, {"id": victim["runId"]})["runOrError"].get("status")
+        processed = lake_rows(s3, bucket, layout.PROCESSED)
+        if status == "CANCELED" and processed.height >= expected.height:
+            break
+        time.sleep(2)
+    else:
+        _fail(page, ui, f"after terminating {victim['runId']} ({shard}) the lake did not catch up", log=True)
+    raw = lake_rows(s3, bucket, layout.RAW)
+    assert raw.height == expected.height == raw["event_id"].n_unique()  # nothing lost, nothing twice
+    assert_same_results(processed, expected)
+    later = [
+        r
+        for r in ui.graphql(_RUNS_QUERY, {"job": JOB})["runsOrError"]["results"]
+        if r["runId"] != victim["runId"] and {"key": SHARD_TAG, "value": shard} in r["tags"]
+    ]
+    assert later, f"no worker took {shard} over after {victim['runId']} was terminated"
+
+
+def test_dagster_ui_graph_sensor_and_backfill(page, dagster_ui, kinesis, s3, stream):
     shards = [s["ShardId"] for s in kinesis.list_shards(StreamName=stream)["Shards"]]
     started = time.monotonic()
 
@@ -370,3 +421,5 @@ def test_dagster_ui_graph_sensor_and_backfill(page, dagster_ui, kinesis, stream)
     progress("backfill succeeded")
     check_runs_page(page, dagster_ui, runs)
     progress("runs page checked")
+    check_terminated_worker_hands_over(page, dagster_ui, kinesis, s3, stream, dagster_ui.bucket)  # (d)
+    progress("a terminated worker's shard was taken over")

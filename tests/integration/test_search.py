@@ -78,7 +78,7 @@ def test_index_frame_gives_one_document_per_event_and_anomalies_only_in_anomalie
     assert mapping["properties"]["value"] == {"type": "double"}
     assert mapping["properties"]["user_id"] == {"type": "keyword"}
     settings = client.indices.get_settings(index=index)[index]["settings"]["index"]
-    assert (settings["refresh_interval"], settings["number_of_replicas"]) == ("5s", "0")
+    assert (settings["refresh_interval"], settings["number_of_replicas"]) == ("1s", "0")
     assert client.indices.get_alias(index=index)[index]["aliases"] == {indices.alias_name("events", prefix): {}}
 
     # The document is the row: times in UTC, attributes searchable by dotted path.

@@ -4,10 +4,11 @@ a UI-style backfill of `processed_events` replays a day from raw and reproduces 
 from __future__ import annotations
 
 import dataclasses
+import time
 from datetime import UTC, datetime
 
 import pytest
-from dagster import DagsterInstance, SensorResult, build_sensor_context, materialize
+from dagster import DagsterInstance, DagsterRunStatus, SensorResult, build_sensor_context, materialize
 
 from assets.ingestion import processed_events
 from assets.lake_checks import processed_matches_raw, processed_schema_and_keys
@@ -109,3 +110,31 @@ def test_sensor_launches_shard_runs_that_materialize_partitions(kinesis, s3, str
         ("processed_matches_raw", True),
         ("processed_schema_and_keys", True),
     }
+
+
+def test_the_supervisor_replaces_a_dead_worker_and_frees_its_queue_slot(stream, resources):
+    """A worker whose process died (kill -9, a lost task) stays STARTED in Dagster and keeps the shard's
+    run-queue slot: once its lease expires the supervisor marks it failed and launches a new worker."""
+    instance = DagsterInstance.ephemeral()
+    leases = resources["leases"].table(stream)
+
+    def tick():
+        with build_sensor_context(instance=instance, resources=resources) as ctx:
+            result = kinesis_microbatch_sensor(ctx)
+        return {r.tags[SHARD_TAG] for r in result.run_requests} if isinstance(result, SensorResult) else set()
+
+    shards = tick()  # a fresh stream: every shard gets a worker
+    assert len(shards) == 2
+    shard = sorted(shards)[0]
+    run = instance.create_run_for_job(
+        kinesis_microbatch_job,
+        run_config={"ops": {"consume_shard": {"config": {"shard_id": shard}}}},
+        tags={SHARD_TAG: shard},
+        status=DagsterRunStatus.STARTED,
+    )
+    holder = leases.take(shard, f"run:{run.run_id}", duration_s=1.0)
+    assert holder is not None
+    assert shard not in tick()  # alive: its lease is held
+    time.sleep(1.2)  # the process "died": no renewal
+    assert shard in tick()
+    assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE

@@ -5,8 +5,9 @@
 Two fresh streams get the same events. The reference drains one with `etl-platform consume
 --until-caught-up` (one process, shard after shard, a micro-batch per read). The other is drained
 by shard workers as the sensor launches them: one `dagster job execute` of `kinesis_microbatch_job`
-per shard, all at once (each loads the code location, takes its shard's lease and consumes it until
-caught up, flushing the lake by size or interval). Both index into OpenSearch (a throwaway index
+per group of `--shards-per-worker` shards (the local default, ETL_SHARDS_PER_WORKER=2), all at once
+(each loads the code location, takes its shards' leases and consumes them until caught up, flushing
+the lake by size or interval). Both index into OpenSearch (a throwaway index
 prefix). Reported: seconds and events/s of each, their ratio (workers / reference; the issue's goal
 is >= 0.8), and the reference's lease and commit cost per batch in ms.
 """
@@ -73,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--shards", type=int, default=4)
+    parser.add_argument("--shards-per-worker", type=int, default=2)
     args = parser.parse_args()
     settings = load_settings({})
     ensure_table(aws.client("dynamodb", settings), settings.lease_table)
@@ -95,12 +97,15 @@ def main() -> None:
             summary = json.loads(done.stdout)
 
             shard_ids = [s.shard_id for s in list_shards(aws.client("kinesis", settings), workers)]
+            size = args.shards_per_worker
+            groups = [shard_ids[i : i + size] for i in range(0, len(shard_ids), size)]
             t0 = time.perf_counter()
             procs = []
-            for shard_id in shard_ids:
+            for group in groups:
+                shard_id = group[0]
                 config = Path(home) / f"{shard_id}.json"  # JSON is YAML
                 config.write_text(
-                    json.dumps({"ops": {"consume_shard": {"config": {"shard_id": shard_id, "until_caught_up": True}}}})
+                    json.dumps({"ops": {"consume_shard": {"config": {"shard_ids": group, "until_caught_up": True}}}})
                 )
                 procs.append(
                     subprocess.Popen(
@@ -141,7 +146,8 @@ def main() -> None:
     print("|---|---:|---:|")
     label = f"reference: `consume --until-caught-up` (1 process, {batches} batches)"
     print(f"| {label} | {reference_s:.1f} | {n / reference_s:,.0f} |")
-    print(f"| shard workers: {len(shard_ids)} x `kinesis_microbatch_job` | {workers_s:.1f} | {n / workers_s:,.0f} |")
+    label = f"shard workers: {len(groups)} x `kinesis_microbatch_job`, {args.shards_per_worker} shards each"
+    print(f"| {label} | {workers_s:.1f} | {n / workers_s:,.0f} |")
     print(f"\nratio workers / reference: **{reference_s / workers_s:.2f}**")
     lease_ms = 1000 * stages.get("lease", 0.0) / batches
     commit_ms = 1000 * stages.get("commit", 0.0) / batches

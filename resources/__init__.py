@@ -93,6 +93,7 @@ def build_resources(settings: Settings | None = None, env: Mapping[str, str] | N
                 consumer, "max_records", "buffer_bytes", "buffer_interval_s", "lease_duration_s", "poll_interval_s"
             ),
             worker_budget_s=env_number(env, "ETL_WORKER_BUDGET_S", 600.0, float, 1),
+            shards_per_worker=env_number(env, "ETL_SHARDS_PER_WORKER", 2 if settings.profile == "local" else 1, int, 1),
             **aws,
         ),
         "analytics": analytics,

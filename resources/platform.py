@@ -87,6 +87,11 @@ class KinesisResource(Boto3ClientResource):
     poll_interval_s: float = Field(
         default=1.0, description="a caught-up worker reads its shard this often (ETL_POLL_INTERVAL_S)"
     )
+    shards_per_worker: int = Field(
+        default=1,
+        description="shards one worker run owns (ETL_SHARDS_PER_WORKER; "
+        "local default 2: one process serves a 2-shard stream)",
+    )
     worker_budget_s: float = Field(
         default=600.0,
         description="a shard worker run hands its shard over after "

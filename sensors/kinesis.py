@@ -45,7 +45,14 @@ from etl_platform.stream.scheduling import WorkerRun, supervise
 from resources import CloudWatchResource, KinesisResource, LakeResource, LeaseTableResource, OpenSearchResource
 from sensors.alarms import delivery_failure_metrics, publish_batch_metrics
 
-SHARD_TAG = "etl/shard"
+SHARD_TAG = "etl/shard"  # the worker's shards joined by "+" (the run queue allows one run per value)
+
+
+def shard_tag(shard_id: str) -> str:
+    """A tag each worker run carries per shard it owns, to find a shard's runs."""
+    return f"etl/shard.{shard_id}"
+
+
 IN_FLIGHT = {
     DagsterRunStatus.QUEUED: "queued",
     DagsterRunStatus.NOT_STARTED: "queued",
@@ -77,7 +84,7 @@ def consumer_for(
 
 
 class ShardWorkerConfig(Config):
-    shard_id: str
+    shard_ids: list[str] = Field(description="the shards this worker owns (taken in turn, a read each per round)")
     budget_s: float | None = Field(
         default=None,
         description="hand the shard over after this long (default: the kinesis resource's worker_budget_s)",
@@ -139,13 +146,12 @@ def consume_shard(
         log_materializations(context, result)
         publish_batch_metrics(cloudwatch, kinesis.stream_name, result, context.log)
 
-    outcome = consumer.work(
-        config.shard_id, WorkBudget(seconds=budget_s, until_caught_up=config.until_caught_up), on_batch=on_batch
-    )
-    context.log.info(
-        f"shard {config.shard_id}: {len(outcome.batches)} batches in {outcome.reads} reads; "
-        f"stopped: {outcome.stop_reason}" + (f" ({outcome.held_by})" if outcome.held_by else "")
-    )
+    budget = WorkBudget(seconds=budget_s, until_caught_up=config.until_caught_up)
+    for outcome in consumer.work_many(config.shard_ids, budget, on_batch=on_batch):
+        context.log.info(
+            f"shard {outcome.shard_id}: {len(outcome.batches)} batches in {outcome.reads} reads; "
+            f"stopped: {outcome.stop_reason}" + (f" ({outcome.held_by})" if outcome.held_by else "")
+        )
 
 
 @job(
@@ -162,7 +168,7 @@ def _worker_runs(context: SensorEvaluationContext, shard_ids: list[str]) -> dict
     runs: dict[str, list[WorkerRun]] = {}
     for sid in shard_ids:
         records = context.instance.get_run_records(
-            filters=RunsFilter(tags={SHARD_TAG: sid}, statuses=list(IN_FLIGHT)), limit=10
+            filters=RunsFilter(tags={shard_tag(sid): "owner"}, statuses=list(IN_FLIGHT)), limit=10
         )
         runs[sid] = [
             WorkerRun(record.dagster_run.run_id, IN_FLIGHT[record.dagster_run.status], record.start_time)
@@ -219,12 +225,14 @@ def kinesis_microbatch_sensor(
             )
         )
     context.update_cursor(json.dumps(cursor))
+    size = kinesis.shards_per_worker
+    groups = [plan.launch[i : i + size] for i in range(0, len(plan.launch), size)]
     requests = [
         RunRequest(
-            run_config={"ops": {"consume_shard": {"config": {"shard_id": sid}}}},
-            tags={SHARD_TAG: sid},
+            run_config={"ops": {"consume_shard": {"config": {"shard_ids": group}}}},
+            tags={SHARD_TAG: "+".join(group), **{shard_tag(sid): "owner" for sid in group}},
         )
-        for sid in plan.launch
+        for group in groups
     ]
     if requests or events:
         return SensorResult(run_requests=requests, asset_events=events)

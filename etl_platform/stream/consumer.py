@@ -26,7 +26,7 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -174,6 +174,17 @@ class _Buffer:
         )
 
 
+@dataclass
+class _Shard:
+    """One shard a worker holds: its lease, analytics state, reader and unflushed buffer."""
+
+    holder: LeaseHolder
+    detector: RollingAnomalyDetector
+    reader: ShardReader
+    buffer: _Buffer
+    outcome: WorkResult
+
+
 class StreamConsumer:
     def __init__(
         self,
@@ -235,84 +246,131 @@ class StreamConsumer:
         should_stop: Callable[[], bool] = lambda: False,
         on_batch: Callable[[BatchResult], None] | None = None,
     ) -> WorkResult:
-        """Own the shard's lease and consume it until the budget ends (see the module docstring)."""
-        leases = self.sync_leases()
-        if shard_id not in leases:
-            raise ValueError(f"shard {shard_id} is not in stream {self.stream_name}")
-        lease = leases[shard_id]
-        outcome = WorkResult(shard_id=shard_id, owner=self.owner)
-        if lease.finished:
-            outcome.finished, outcome.stop_reason = True, "finished"
-            return outcome
-        if lease not in self.readable(leases):
-            raise RuntimeError(f"shard {shard_id} is not readable yet: a parent is not fully consumed")
-        holder = self.leases.take(shard_id, self.owner, self.config.lease_duration_s)
-        if holder is None:
-            current = self.leases.get(shard_id)
-            outcome.held_by, outcome.stop_reason = (current.owner if current else None), "held by another worker"
-            return outcome
-        try:
-            self._loop(holder, leases, budget, should_stop, on_batch, outcome)
-        except LeaseLost as exc:
-            outcome.lease_lost, outcome.stop_reason = True, str(exc)
-        finally:
-            if not outcome.lease_lost:
-                self.leases.release(holder)
-        return outcome
+        """Own one shard's lease and consume it until the budget ends (see the module docstring)."""
+        return self.work_many([shard_id], budget, should_stop, on_batch)[0]
 
-    def _loop(
+    def work_many(
         self,
-        holder: LeaseHolder,
-        leases: Mapping[str, Lease],
+        shard_ids: Sequence[str],
+        budget: WorkBudget,
+        should_stop: Callable[[], bool] = lambda: False,
+        on_batch: Callable[[BatchResult], None] | None = None,
+    ) -> list[WorkResult]:
+        """Own the leases of these shards (those free) and consume them in turn, a read each per round,
+        until the budget ends; one process then serves several shards (as a KCL worker does)."""
+        leases = self.sync_leases()
+        ready = {lease.shard_id for lease in readable(leases)}
+        outcomes: list[WorkResult] = []
+        shards: list[_Shard] = []
+        try:
+            for shard_id in shard_ids:
+                if shard_id not in leases:
+                    raise ValueError(f"shard {shard_id} is not in stream {self.stream_name}")
+                outcome = WorkResult(shard_id=shard_id, owner=self.owner)
+                outcomes.append(outcome)
+                if leases[shard_id].finished:
+                    outcome.finished, outcome.stop_reason = True, "finished"
+                    continue
+                if shard_id not in ready:
+                    raise RuntimeError(f"shard {shard_id} is not readable yet: a parent is not fully consumed")
+                holder = self.leases.take(shard_id, self.owner, self.config.lease_duration_s)
+                if holder is None:
+                    current = self.leases.get(shard_id)
+                    outcome.held_by = current.owner if current else None
+                    outcome.stop_reason = "held by another worker"
+                    continue
+                shards.append(self._open(holder, leases, outcome))
+            self._rounds(shards, budget, should_stop, on_batch)
+        finally:
+            for shard in shards:
+                if not shard.outcome.lease_lost:
+                    self.leases.release(shard.holder)
+        return outcomes
+
+    def _open(self, holder: LeaseHolder, leases: Mapping[str, Lease], outcome: WorkResult) -> _Shard:
+        lease = holder.lease
+        return _Shard(
+            holder=holder,
+            detector=self._initial_detector(lease, leases),
+            reader=ShardReader(self.kinesis, self.stream_name, lease.shard_id, lease.checkpoint),
+            buffer=_Buffer(BatchResult(shard_id=lease.shard_id)),
+            outcome=outcome,
+        )
+
+    def _rounds(
+        self,
+        shards: list[_Shard],
         budget: WorkBudget,
         should_stop: Callable[[], bool],
         on_batch: Callable[[BatchResult], None] | None,
-        outcome: WorkResult,
     ) -> None:
-        lease, config = holder.lease, self.config
-        detector = self._initial_detector(lease, leases)
-        reader = ShardReader(self.kinesis, self.stream_name, lease.shard_id, lease.checkpoint)
-        buffer = _Buffer(BatchResult(shard_id=lease.shard_id))
         started = time.monotonic()
+        active = list(shards)
 
         def out_of_budget() -> str:
             if should_stop():
                 return "stopped"
             if budget.seconds is not None and time.monotonic() - started >= budget.seconds:
                 return "time budget"
-            if budget.batches is not None and len(outcome.batches) >= budget.batches:
+            if budget.batches is not None and sum(len(s.outcome.batches) for s in shards) >= budget.batches:
                 return "batch budget"
             return ""
 
-        while not (reason := out_of_budget()):
-            result = buffer.result
-            self.leases.keep(holder)
-            with stage(result, "read"):
-                read = reader.read(config.max_records, config.buffer_bytes, config.read_budget_s)
-            outcome.reads += 1
-            if not read.records and not result.records:
-                result.timings.pop("read")  # an idle poll is no part of the next batch
-            result.ended, result.cut, result.millis_behind_latest = read.ended, read.cut, read.millis_behind_latest
-            if read.records:
-                self._analyse_and_index(read, lease.depth, detector, holder, buffer)
-            if buffer.due(config, budget, time.monotonic()) or read.ended:
-                outcome.batches.append(self._flush(holder, detector, buffer))
-                if on_batch is not None:
-                    on_batch(outcome.batches[-1])
-                buffer = _Buffer(BatchResult(shard_id=lease.shard_id))
-            if read.ended:
-                outcome.finished, reason = True, "finished"
-                break
-            if budget.until_caught_up and not read.cut and read.millis_behind_latest == 0:
-                reason = "caught up"  # what the buffer holds is flushed on the way out
-                break
-            if not read.records:
-                self._idle(config.poll_interval_s, should_stop)
-        outcome.stop_reason = reason
-        if buffer.result.records:  # hand over with the lake up to date
-            outcome.batches.append(self._flush(holder, detector, buffer))
-            if on_batch is not None:
-                on_batch(outcome.batches[-1])
+        while active and not (reason := out_of_budget()):
+            got_records = False
+            for shard in list(active):
+                try:
+                    read = self._step(shard, budget, on_batch)
+                except LeaseLost as exc:
+                    shard.outcome.lease_lost, shard.outcome.stop_reason = True, str(exc)
+                    active.remove(shard)
+                    continue
+                got_records = got_records or bool(read.records)
+                if read.ended:
+                    shard.outcome.finished, shard.outcome.stop_reason = True, "finished"
+                elif budget.until_caught_up and not read.cut and read.millis_behind_latest == 0:
+                    shard.outcome.stop_reason = "caught up"  # what the buffer holds is flushed below
+                else:
+                    continue
+                self._hand_over(shard, on_batch)
+                active.remove(shard)
+            if active and not got_records:
+                self._idle(self.config.poll_interval_s, should_stop)
+        for shard in active:
+            shard.outcome.stop_reason = reason
+            self._hand_over(shard, on_batch)
+
+    def _step(self, shard: _Shard, budget: WorkBudget, on_batch: Callable[[BatchResult], None] | None) -> ReadResult:
+        """One read of one shard: analysed and indexed at once, flushed to the lake when the buffer is due."""
+        config, holder = self.config, shard.holder
+        result = shard.buffer.result
+        self.leases.keep(holder)
+        with stage(result, "read"):
+            read = shard.reader.read(config.max_records, config.buffer_bytes, config.read_budget_s)
+        shard.outcome.reads += 1
+        if not read.records and not result.records:
+            result.timings.pop("read")  # an idle poll is no part of the next batch
+        result.ended, result.cut, result.millis_behind_latest = read.ended, read.cut, read.millis_behind_latest
+        if read.records:
+            self._analyse_and_index(read, holder.lease.depth, shard.detector, holder, shard.buffer)
+        if shard.buffer.due(config, budget, time.monotonic()) or read.ended:
+            self._commit_batch(shard, on_batch)
+        return read
+
+    def _commit_batch(self, shard: _Shard, on_batch: Callable[[BatchResult], None] | None) -> None:
+        shard.outcome.batches.append(self._flush(shard.holder, shard.detector, shard.buffer))
+        if on_batch is not None:
+            on_batch(shard.outcome.batches[-1])
+        shard.buffer = _Buffer(BatchResult(shard_id=shard.holder.lease.shard_id))
+
+    def _hand_over(self, shard: _Shard, on_batch: Callable[[BatchResult], None] | None) -> None:
+        """Flush what is buffered, so the next owner starts with the lake up to date (the lease is
+        released by `work_many`)."""
+        if shard.buffer.result.records:
+            try:
+                self._commit_batch(shard, on_batch)
+            except LeaseLost as exc:
+                shard.outcome.lease_lost, shard.outcome.stop_reason = True, str(exc)
 
     @staticmethod
     def _idle(seconds: float, should_stop: Callable[[], bool]) -> None:

@@ -128,7 +128,14 @@ def _wait_for_sensor_runs(page, ui: DagsterUI, shards: list[str]) -> list[dict]:
         failed = [r for r in runs if r["status"] in RUN_FAILED]
         if failed:
             _fail(page, ui, f"{JOB} runs failed: {failed}", log=True)
-        done = {t["value"] for r in runs if r["status"] == "SUCCESS" for t in r["tags"] if t["key"] == SHARD_TAG}
+        done = {
+            sid
+            for r in runs
+            if r["status"] == "SUCCESS"
+            for t in r["tags"]
+            if t["key"] == SHARD_TAG
+            for sid in t["value"].split("+")
+        }
         if done >= set(shards):
             return [r for r in runs if r["status"] == "SUCCESS"]
         time.sleep(2)
@@ -375,7 +382,7 @@ def check_terminated_worker_hands_over(page, ui: DagsterUI, kinesis, s3, stream:
         time.sleep(0.5)
     if victim is None:
         _fail(page, ui, f"no STARTED {JOB} run to terminate", log=True)
-    shard = next(t["value"] for t in victim["tags"] if t["key"] == SHARD_TAG)
+    shard = next(t["value"] for t in victim["tags"] if t["key"] == SHARD_TAG).split("+")[0]
     answer = ui.graphql(_TERMINATE, {"id": victim["runId"]})["terminateRun"]
     assert answer["__typename"] == "TerminateRunSuccess", answer
     extra = list(demo_mix(120, seed=99, start=datetime(2026, 6, 2, 12, tzinfo=UTC), users=6))
@@ -396,7 +403,8 @@ def check_terminated_worker_hands_over(page, ui: DagsterUI, kinesis, s3, stream:
     later = [
         r
         for r in ui.graphql(_RUNS_QUERY, {"job": JOB})["runsOrError"]["results"]
-        if r["runId"] != victim["runId"] and {"key": SHARD_TAG, "value": shard} in r["tags"]
+        if r["runId"] != victim["runId"]
+        and any(t["key"] == SHARD_TAG and shard in t["value"].split("+") for t in r["tags"])
     ]
     assert later, f"no worker took {shard} over after {victim['runId']} was terminated"
 

@@ -16,7 +16,7 @@ from etl_platform.lake import layout
 from etl_platform.stream.producer import KinesisProducer
 from etl_platform.stream.sources import demo_mix
 from resources import KinesisResource, build_resources
-from sensors.kinesis import SHARD_TAG, kinesis_microbatch_job, kinesis_microbatch_sensor
+from sensors.kinesis import SHARD_TAG, kinesis_microbatch_job, kinesis_microbatch_sensor, shard_tag
 from tests.integration.pipeline_helpers import assert_same_results, lake_rows, one_pass
 
 pytestmark = pytest.mark.stack
@@ -47,8 +47,9 @@ def run_sensor_until_idle(instance, resources, max_ticks: int = 10) -> list:
             result = kinesis_microbatch_sensor(ctx)
             cursor = ctx.cursor
         requests = result.run_requests if isinstance(result, SensorResult) else []
-        # One worker per readable shard.
-        assert len({r.tags[SHARD_TAG] for r in requests}) == len(requests)
+        # Each readable shard in exactly one worker.
+        owned = [sid for r in requests for sid in r.tags[SHARD_TAG].split("+")]
+        assert len(owned) == len(set(owned))
         committed = 0
         for request in requests:
             config = request.run_config["ops"]["consume_shard"]["config"]
@@ -73,7 +74,8 @@ def test_sensor_launches_shard_runs_that_materialize_partitions(kinesis, s3, str
 
     runs = run_sensor_until_idle(instance, resources)
 
-    assert len({run.dagster_run.tags[SHARD_TAG] for run in runs}) == 2  # both shards got runs
+    owned = {sid for run in runs for sid in run.dagster_run.tags[SHARD_TAG].split("+")}
+    assert len(owned) == 2  # both shards got a worker
     materialized = set()
     for run in runs:
         for event in run.get_asset_materialization_events():
@@ -121,15 +123,16 @@ def test_the_supervisor_replaces_a_dead_worker_and_frees_its_queue_slot(stream, 
     def tick():
         with build_sensor_context(instance=instance, resources=resources) as ctx:
             result = kinesis_microbatch_sensor(ctx)
-        return {r.tags[SHARD_TAG] for r in result.run_requests} if isinstance(result, SensorResult) else set()
+        requests = result.run_requests if isinstance(result, SensorResult) else []
+        return {sid for r in requests for sid in r.tags[SHARD_TAG].split("+")}
 
     shards = tick()  # a fresh stream: every shard gets a worker
     assert len(shards) == 2
     shard = sorted(shards)[0]
     run = instance.create_run_for_job(
         kinesis_microbatch_job,
-        run_config={"ops": {"consume_shard": {"config": {"shard_id": shard}}}},
-        tags={SHARD_TAG: shard},
+        run_config={"ops": {"consume_shard": {"config": {"shard_ids": [shard]}}}},
+        tags={SHARD_TAG: shard, shard_tag(shard): "owner"},
         status=DagsterRunStatus.STARTED,
     )
     holder = leases.take(shard, f"run:{run.run_id}", duration_s=1.0)

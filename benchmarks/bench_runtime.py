@@ -99,6 +99,14 @@ def main() -> None:
             shard_ids = [s.shard_id for s in list_shards(aws.client("kinesis", settings), workers)]
             size = args.shards_per_worker
             groups = [shard_ids[i : i + size] for i in range(0, len(shard_ids), size)]
+            homes = {group[0]: _mkdir(Path(home) / group[0]) for group in groups}
+            for group_home in homes.values():  # a Dagster instance as `make dev` has one: storage made beforehand
+                subprocess.run(
+                    [sys.executable, "-c", "from dagster import DagsterInstance; DagsterInstance.get()"],
+                    env=_env(workers, prefix, group_home),
+                    check=True,
+                    capture_output=True,
+                )
             t0 = time.perf_counter()
             procs = []
             for group in groups:
@@ -121,7 +129,7 @@ def main() -> None:
                             str(config),
                         ],
                         # A Dagster home each: SQLite storages initialised at once by several processes race.
-                        env=_env(workers, prefix, _mkdir(Path(home) / shard_id)),
+                        env=_env(workers, prefix, homes[shard_id]),
                         cwd=REPO,
                         stdout=subprocess.DEVNULL,
                         stderr=subprocess.PIPE,

@@ -220,3 +220,34 @@ def test_reads_go_on_past_empty_pages_while_the_shard_is_behind(kinesis, s3, buc
     results = StreamConsumer(flaky, s3, bucket, stream, leases, ConsumerConfig(max_records=60)).drain()
     assert flaky.empty_pages >= 14 and sum(r.events for r in results) == 150
     assert_exactly_once(kinesis, s3, bucket, stream, 150)
+
+
+def test_resharding_2_to_4_to_2_while_workers_run_is_exact(kinesis, s3, bucket, stream, leases):
+    """Workers own the shards while the stream splits and merges: each finishes its closed shard, the
+    children start from their parents' state, and the lake equals one pass over the stream."""
+    producer = KinesisProducer(kinesis, stream)
+    config = ConsumerConfig(max_records=60, buffer_interval_s=0.3, lease_duration_s=3, poll_interval_s=0.2)
+    consumer = StreamConsumer(kinesis, s3, bucket, stream, leases, config, owner="worker")
+
+    def run_until_finished(shard_ids: list[str], reshard_to: int, more: int, seed: int) -> None:
+        outcomes: list = []
+        thread = threading.Thread(target=lambda: outcomes.extend(consumer.work_many(shard_ids, WorkBudget(seconds=90))))
+        thread.start()
+        deadline = time.monotonic() + 30
+        while not all((lease := leases.get(sid)) and lease.records for sid in shard_ids):
+            assert time.monotonic() < deadline, "the workers committed nothing"
+            time.sleep(0.1)
+        kinesis.update_shard_count(StreamName=stream, TargetShardCount=reshard_to, ScalingType="UNIFORM_SCALING")
+        producer.send(events(more, seed=seed))  # lands on the children
+        thread.join(90)
+        assert not thread.is_alive() and all(o.finished for o in outcomes)  # every closed shard read to its end
+
+    producer.send(events(300, seed=8))
+    parents = [lease.shard_id for lease in consumer.readable()]
+    run_until_finished(parents, 4, 200, seed=9)
+    children = [lease.shard_id for lease in consumer.readable()]
+    assert len(children) == 4 and not set(children) & set(parents)
+    assert {leases.get(sid).depth for sid in children} == {1}
+    run_until_finished(children, 2, 200, seed=10)
+    consumer.drain()
+    assert_exactly_once(kinesis, s3, bucket, stream, 700)

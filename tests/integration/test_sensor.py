@@ -120,14 +120,21 @@ def test_the_supervisor_replaces_a_dead_worker_and_frees_its_queue_slot(stream, 
     instance = DagsterInstance.ephemeral()
     leases = resources["leases"].table(stream)
 
+    results = []
+
     def tick():
         with build_sensor_context(instance=instance, resources=resources) as ctx:
             result = kinesis_microbatch_sensor(ctx)
+        results.append(result)
         requests = result.run_requests if isinstance(result, SensorResult) else []
         return {sid for r in requests for sid in r.tags[SHARD_TAG].split("+")}
 
     shards = tick()  # a fresh stream: every shard gets a worker
     assert len(shards) == 2
+    # The UI's per-shard view: an observation of the stream asset with each shard's owner and checkpoint.
+    status = results[0].asset_events[0]
+    assert status.asset_key.to_user_string() == "kinesis_stream"
+    assert all(sid in status.metadata["shards"].value for sid in shards)
     shard = sorted(shards)[0]
     run = instance.create_run_for_job(
         kinesis_microbatch_job,

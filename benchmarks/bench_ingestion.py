@@ -112,7 +112,7 @@ def main() -> None:
     total = sum(v for k, v in stages.items() if k != "total")
     print("\n| consumer stage | seconds | share |")
     print("|---|---:|---:|")
-    for stage in ("read", "decode", "analytics", "lease", "raw_delivery", "processed_delivery", "commit"):
+    for stage in ("read", "decode", "analytics", "lease", "raw_delivery", "processed_delivery", "state", "commit"):
         print(f"| {stage} | {stages[stage]:.2f} | {stages[stage] / total:.0%} |")
 
 

@@ -59,12 +59,17 @@ def supervise(
 ) -> Plan:
     """The workers to launch now and the runs to declare dead (`runs`: the in-flight runs per shard)."""
     plan = Plan()
+    # Runs holding some lease are alive: one that did not get this shard (it was leased elsewhere when
+    # the run started) neither serves it nor is dead.
+    alive_elsewhere = {owner_run_id(lease.owner) for lease in leases.values() if lease.held(now)}
     for lease in readable(leases):
         sid = lease.shard_id
         if lease.held(now):
             continue
         alive = []
         for run in runs.get(sid, ()):
+            if run.run_id in alive_elsewhere and owner_run_id(lease.owner) != run.run_id:
+                continue
             if run.status != "started":
                 alive.append(f"run {run.run_id} is {run.status}")
             elif owner_run_id(lease.owner) == run.run_id:

@@ -67,3 +67,12 @@ def test_no_run_history_can_keep_a_shard_from_a_worker():
     expired_cli = lease("a", owner="host:123:abc", expires=NOW - 1)  # a crashed `etl-platform consume`
     assert supervise(table(expired_cli), {}, NOW).launch == ["a"]
     assert supervise(table(lease("a", checkpoint="42")), {}, NOW).launch == ["a"]
+
+
+def test_a_worker_alive_on_another_shard_is_not_dead_and_does_not_block():
+    """A 2-shard worker that got only one lease (the other was leased elsewhere when it started)."""
+    leases = table(lease("a", owner="run:r1", expires=NOW + 5), lease("b"))
+    plan = supervise(
+        leases, {"a": [WorkerRun("r1", "started", NOW - 3600)], "b": [WorkerRun("r1", "started", NOW - 3600)]}, NOW
+    )
+    assert plan.launch == ["b"] and not plan.dead_runs

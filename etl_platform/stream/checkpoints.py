@@ -39,12 +39,6 @@ class StateStore:
         if key and key != keep:
             self.s3.delete_object(Bucket=self.bucket, Key=key)
 
-    def reset(self) -> None:
-        """Forget every snapshot of this stream (tests, and replays from scratch)."""
-        for prefix in (f"_state/{self.stream_name}/", legacy_prefix(self.stream_name)):
-            for key in layout.list_keys(self.s3, self.bucket, prefix):
-                self.s3.delete_object(Bucket=self.bucket, Key=key)
-
 
 def legacy_prefix(stream_name: str) -> str:
     return f"_checkpoints/{stream_name}/"

@@ -1,13 +1,26 @@
-"""The Dagster code location: assets, checks, sensors, schedules and resources for one profile."""
+"""The platform's main code location: the lake, warehouse, dbt and search assets with their checks,
+the warehouse automation, alarms, alerts and the scaling schedule, for one profile.
+
+The shard workers and their supervisor live in their own lean location, `stream_definitions.py`:
+every worker is a fresh process that imports its location, and this one imports dbt.
+"""
 
 from __future__ import annotations
 
 from dagster import Definitions, in_process_executor, multiprocess_executor
 
-from assets import all_assets, all_checks  # first: assets/_dagster_preview.py sets the warning filters
+from assets import _dagster_preview  # noqa: F401  (first: it sets the warning filters)
+from assets.dbt import dbt_assets_list
+from assets.ingestion import lake_assets
+from assets.lake_checks import lake_checks
+from assets.search import search_assets, search_checks
+from assets.warehouse import warehouse_assets, warehouse_checks
 from etl_platform.config import load_settings
 from resources import build_resources
-from sensors import all_schedules, all_sensors, jobs
+from sensors.alarms import alarm_sensors
+from sensors.alerts import alert_sensors
+from sensors.automation import warehouse_automation_sensor
+from sensors.scaling_schedule import scaling_jobs, scaling_schedules
 
 settings = load_settings()  # fails here, at load, with the name of any bad setting
 
@@ -16,12 +29,15 @@ settings = load_settings()  # fails here, at load, with the name of any bad sett
 # run is its own container and its steps may use its cores.
 executor = in_process_executor if settings.profile == "local" else multiprocess_executor
 
+all_assets = [*lake_assets, *warehouse_assets, *dbt_assets_list, *search_assets]
+all_checks = [*lake_checks, *warehouse_checks, *search_checks]
+
 defs = Definitions(
     assets=all_assets,
     asset_checks=all_checks,
-    jobs=jobs,
-    sensors=all_sensors,
-    schedules=all_schedules,
+    jobs=scaling_jobs,
+    sensors=[warehouse_automation_sensor, *alert_sensors, *alarm_sensors],
+    schedules=scaling_schedules,
     resources=build_resources(settings),  # every setting and client the assets, sensors and jobs use
     executor=executor,
 )

@@ -127,3 +127,6 @@ def processed_events(
             "path": MetadataValue.path(f"s3://{lake.bucket}/{layout.day_prefix(layout.PROCESSED, day)}"),
         }
     )
+
+
+lake_assets = [*source_specs, kinesis_stream, raw_events, processed_events]

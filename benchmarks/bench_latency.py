@@ -8,6 +8,10 @@ a live worker (a held lease), then puts `--rate` probe events a second for `--se
 event_id, alongside the demo traffic) and polls OpenSearch (the `events` alias, every 0.25 s) and the
 lake's processed Parquet (every 0.5 s) for them. Reports p50 / p95 / max of both latencies from the
 moment PutRecords returned. Goal (the streaming-runtime issue): p95 put -> searchable <= 5 s.
+
+Meanwhile it watches the lease table (every 0.25 s) and reports each handover of a shard from one
+worker to the next and how long the shard had no owner. `--worker-budget-s` (only when the benchmark
+starts `make dev` itself) shortens the workers' budget so that handovers fall inside the measurement.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 import uuid
@@ -59,22 +64,52 @@ def _percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+class HandoverWatch(threading.Thread):
+    """Polls the lease table; a handover is a shard held by one owner and then by another."""
+
+    def __init__(self, leases: LeaseTable, every_s: float = 0.25) -> None:
+        super().__init__(daemon=True)
+        self.leases, self.every_s = leases, every_s
+        self.gaps: list[float] = []  # seconds each handover left its shard without an owner
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        last: dict[str, tuple[str, float]] = {}  # shard -> (owner, last seen holding it)
+        while not self.stop.wait(self.every_s):
+            now = time.time()
+            for sid, lease in self.leases.all().items():
+                if not lease.held(now) or lease.owner is None:
+                    continue
+                previous = last.get(sid)
+                if previous is not None and previous[0] != lease.owner:
+                    self.gaps.append(now - previous[1])
+                last[sid] = (lease.owner, now)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=20.0, help="probe events per second")
     parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--worker-budget-s", type=float, help="ETL_WORKER_BUDGET_S for the make dev it starts")
     args = parser.parse_args()
     settings = load_settings({})
     dev = None
+    watch: HandoverWatch | None = None
+    env = dict(os.environ)
+    if args.worker_budget_s is not None:
+        env["ETL_WORKER_BUDGET_S"] = f"{args.worker_budget_s:g}"
     if not _ui_up(settings.dagster_url):
         print("bench_latency: starting make dev (scripts/dev.sh)", file=sys.stderr)
         dev = subprocess.Popen(
             ["bash", "scripts/dev.sh"],
             cwd=REPO,
+            env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
         )
+    elif args.worker_budget_s is not None:
+        print("bench_latency: make dev is already running; --worker-budget-s is ignored", file=sys.stderr)
     try:
         kinesis, s3 = aws.client("kinesis", settings), aws.client("s3", settings)
         _wait("the Dagster UI", lambda: _ui_up(settings.dagster_url), 300)
@@ -87,6 +122,8 @@ def main() -> None:
             return bool(open_shards) and open_shards <= held
 
         _wait("a live worker on every open shard", workers_live, 600)
+        watch = HandoverWatch(leases)
+        watch.start()
         search = make_client(settings)
         run = uuid.uuid4().hex[:8]
         put_at: dict[str, float] = {}
@@ -145,6 +182,8 @@ def main() -> None:
                 break
             time.sleep(0.02)
     finally:
+        if watch is not None:
+            watch.stop.set()
         if dev is not None:
             os.killpg(dev.pid, signal.SIGINT)
             dev.wait(120)
@@ -159,6 +198,10 @@ def main() -> None:
             continue
         row = f"| {label} | {len(lat)} | {_percentile(lat, 0.5):.2f} | {_percentile(lat, 0.95):.2f} | {max(lat):.2f} |"
         print(row)
+    if watch is not None:
+        gaps = watch.gaps
+        summary = f"max {max(gaps):.2f} s without an owner" if gaps else "none during the measurement"
+        print(f"\nhandovers between workers: {len(gaps)} ({summary})")
 
 
 if __name__ == "__main__":

@@ -122,7 +122,7 @@ def main() -> None:
                             "job",
                             "execute",
                             "-f",
-                            "definitions.py",
+                            "stream_definitions.py",
                             "-j",
                             "kinesis_microbatch_job",
                             "-c",

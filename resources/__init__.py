@@ -7,20 +7,19 @@ shows them); assets, sensors, jobs and hooks read nothing from the environment t
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 from dagster import EnvVar
 from dagster_aws.s3 import S3Resource
 
 from etl_platform.analytics import AnalyticsConfig
-from etl_platform.config import Settings, env_number, load_settings
+from etl_platform.config import ConfigError, Settings, env_number, load_settings
 from etl_platform.ops.alarms import DEFAULT_PATH as DEFAULT_ALARMS_FILE
 from etl_platform.ops.scaling import ScalingPolicy
 from etl_platform.search.indexer import IndexerConfig, prefix_from_env
 from etl_platform.stream.consumer import ConsumerConfig
 from etl_platform.warehouse import default_drift_policy, default_schema
-from resources.dbt import dbt_resource, dbt_target
 from resources.platform import (
     AlertsResource,
     AnalyticsResource,
@@ -49,9 +48,13 @@ __all__ = [
 ]
 
 
-def build_resources(settings: Settings | None = None, env: Mapping[str, str] | None = None) -> dict[str, Any]:
+def build_resources(
+    settings: Settings | None = None, env: Mapping[str, str] | None = None, only: Collection[str] | None = None
+) -> dict[str, Any]:
     """The resources for `settings` (default: the environment's profile), with the tuning read from `env`
-    (default: the process environment): ETL_BATCH_*/BUFFER_*, analytics, search, warehouse, scaling, alarms."""
+    (default: the process environment): ETL_BATCH_*/BUFFER_*, analytics, search, warehouse, scaling, alarms.
+
+    `only` names the resources a code location needs (default: all of them)."""
     env = os.environ if env is None else env
     settings = settings or load_settings(env)
     aws = {"region_name": settings.aws_region, "use_ssl": settings.tls, **settings.local_credentials}
@@ -65,6 +68,10 @@ def build_resources(settings: Settings | None = None, env: Mapping[str, str] | N
         "max_wait_s": indexer.max_total_wait_s,
         "concurrency": indexer.concurrency,
     }
+    budget_s = env_number(env, "ETL_WORKER_BUDGET_S", 600.0, float, 1)
+    lead_s = env_number(env, "ETL_HANDOVER_LEAD_S", 20.0 if settings.profile == "local" else 120.0, float, 0)
+    if lead_s >= budget_s:
+        raise ConfigError(f"ETL_HANDOVER_LEAD_S={lead_s:g} must be below ETL_WORKER_BUDGET_S={budget_s:g}")
     loads = {"schema_name": default_schema(env), "on_drift": default_drift_policy(env)}
     if settings.profile == "aws":
         warehouse = WarehouseResource(
@@ -84,7 +91,7 @@ def build_resources(settings: Settings | None = None, env: Mapping[str, str] | N
     else:
         warehouse = WarehouseResource(dialect="postgres", dsn=settings.warehouse_dsn, **loads)
         opensearch = OpenSearchResource(url=settings.opensearch_url, verify_certs=False, **search)
-    return {
+    resources: dict[str, Any] = {
         "kinesis": KinesisResource(
             stream_name=settings.stream_name,
             endpoint_url=settings.kinesis_endpoint,
@@ -92,7 +99,8 @@ def build_resources(settings: Settings | None = None, env: Mapping[str, str] | N
             **_fields(
                 consumer, "max_records", "buffer_bytes", "buffer_interval_s", "lease_duration_s", "poll_interval_s"
             ),
-            worker_budget_s=env_number(env, "ETL_WORKER_BUDGET_S", 600.0, float, 1),
+            worker_budget_s=budget_s,
+            handover_lead_s=lead_s,
             shards_per_worker=env_number(env, "ETL_SHARDS_PER_WORKER", 2 if settings.profile == "local" else 1, int, 1),
             **aws,
         ),
@@ -113,8 +121,19 @@ def build_resources(settings: Settings | None = None, env: Mapping[str, str] | N
             sns=SNSResource(endpoint_url=settings.sns_endpoint, **aws),
         ),
         "scaling": ScalingResource.from_policy(ScalingPolicy.from_env(env)),
-        "dbt": dbt_resource(dbt_target(settings.profile, env)),
     }
+    if only is None or "dbt" in only:
+        # Imported here: dagster-dbt and dbt-core are most of a code location's import time, and the
+        # stream workers' location, which starts a process per worker, never runs dbt.
+        from resources.dbt import dbt_resource, dbt_target
+
+        resources["dbt"] = dbt_resource(dbt_target(settings.profile, env))
+    if only is None:
+        return resources
+    unknown = sorted(set(only) - set(resources))
+    if unknown:
+        raise ValueError(f"unknown resources: {', '.join(unknown)}")
+    return {name: resources[name] for name in only}
 
 
 def _fields(config: Any, *names: str) -> dict[str, Any]:

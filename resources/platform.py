@@ -97,6 +97,12 @@ class KinesisResource(Boto3ClientResource):
         description="a shard worker run hands its shard over after "
         "this long; the sensor starts the next (ETL_WORKER_BUDGET_S)",
     )
+    handover_lead_s: float = Field(
+        default=20.0,
+        description="the sensor starts a worker's successor this long before its budget ends, so it "
+        "waits for the lease instead of the shard waiting for a run to start (ETL_HANDOVER_LEAD_S; "
+        "local default 20, aws 120: an ECS task takes 30-60 s to start)",
+    )
 
     def client(self) -> Any:
         return self._client("kinesis")

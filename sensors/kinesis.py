@@ -90,6 +90,11 @@ class ShardWorkerConfig(Config):
         description="hand the shard over after this long (default: the kinesis resource's worker_budget_s)",
     )
     until_caught_up: bool = Field(default=False, description="stop once the shard is caught up (tests, scripts)")
+    lease_wait_s: float = Field(
+        default=0.0,
+        description="wait this long for a shard whose lease another worker holds (a successor started "
+        "ahead of a handover); 0: leave such a shard alone",
+    )
 
 
 def log_materializations(context: OpExecutionContext, result: BatchResult) -> None:
@@ -146,7 +151,7 @@ def consume_shard(
         log_materializations(context, result)
         publish_batch_metrics(cloudwatch, kinesis.stream_name, result, context.log)
 
-    budget = WorkBudget(seconds=budget_s, until_caught_up=config.until_caught_up)
+    budget = WorkBudget(seconds=budget_s, until_caught_up=config.until_caught_up, lease_wait_s=config.lease_wait_s)
     for outcome in consumer.work_many(config.shard_ids, budget, on_batch=on_batch):
         context.log.info(
             f"shard {outcome.shard_id}: {len(outcome.batches)} batches in {outcome.reads} reads; "
@@ -204,7 +209,12 @@ def kinesis_microbatch_sensor(
     consumer = consumer_for(kinesis, lake, leases)
     now = time.time()
     table = consumer.sync_leases()
-    plan = supervise(table, _worker_runs(context, [lease.shard_id for lease in consumer.readable(table)]), now)
+    plan = supervise(
+        table,
+        _worker_runs(context, [lease.shard_id for lease in consumer.readable(table)]),
+        now,
+        handover_lead_s=kinesis.handover_lead_s,
+    )
     for run_id, why in plan.dead_runs.items():
         run = context.instance.get_run_by_id(run_id)
         if run is not None and not run.is_finished:
@@ -226,10 +236,12 @@ def kinesis_microbatch_sensor(
         )
     context.update_cursor(json.dumps(cursor))
     size = kinesis.shards_per_worker
+    wait_s = kinesis.handover_lead_s + kinesis.lease_duration_s
     groups = [plan.launch[i : i + size] for i in range(0, len(plan.launch), size)]
     requests = [
         RunRequest(
-            run_config={"ops": {"consume_shard": {"config": {"shard_ids": group}}}},
+            # A successor started ahead of a handover waits out the lead and the owner's last flush.
+            run_config={"ops": {"consume_shard": {"config": {"shard_ids": group, "lease_wait_s": wait_s}}}},
             tags={SHARD_TAG: "+".join(group), **{shard_tag(sid): "owner" for sid in group}},
         )
         for group in groups

@@ -1,4 +1,4 @@
-"""The Dagster code location loads for both profiles, with the resources every asset relies on."""
+"""The Dagster code locations load for both profiles, with the resources every asset and job relies on."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from dagster_dbt import DbtCliResource
 
 from tests.unit.test_config import AWS_ENV
@@ -23,6 +24,7 @@ EXPECTED_RESOURCES = {
     "alerts",
     "scaling",
 }
+STREAM_RESOURCES = {"kinesis", "lake", "leases", "opensearch", "cloudwatch"}
 
 
 def test_definitions_load_with_local_resources(monkeypatch):
@@ -57,6 +59,38 @@ def test_definitions_load_for_aws_profile(monkeypatch):
     assert defs.resolve_implicit_global_asset_job_def().executor_def.name == "multiprocess"
     monkeypatch.delenv("ETL_PROFILE")
     importlib.reload(definitions)
+
+
+def test_stream_location_holds_the_workers_and_only_their_resources(monkeypatch):
+    monkeypatch.delenv("ETL_PROFILE", raising=False)
+    import definitions
+    import stream_definitions
+
+    defs = importlib.reload(stream_definitions).defs
+    assert set(defs.resources) == STREAM_RESOURCES
+    assert defs.resolve_job_def("kinesis_microbatch_job").executor_def.name == "in_process"
+    assert defs.resolve_sensor_def("kinesis_microbatch_sensor").job_name == "kinesis_microbatch_job"
+    # each location owns its definitions once: the main one has neither the worker job nor its sensor
+    main = importlib.reload(definitions).defs
+    assert not any(sensor.name == "kinesis_microbatch_sensor" for sensor in main.sensors or [])
+    assert not any(getattr(job, "name", None) == "kinesis_microbatch_job" for job in main.jobs or [])
+
+
+def test_stream_location_does_not_import_dbt():
+    """Every shard worker is a process importing its location: dbt (most of the main location's
+    import time) must stay out of it."""
+    heavy = ("dbt", "dagster_dbt", "assets.dbt", "assets.warehouse", "assets.search", "resources.dbt")
+    code = f"import sys, stream_definitions; print([m for m in {heavy!r} if m in sys.modules])"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]", f"the stream location imports {result.stdout.strip()}"
+
+
+def test_build_resources_refuses_an_unknown_name():
+    from resources import build_resources
+
+    with pytest.raises(ValueError, match="unknown resources: nope"):
+        build_resources(only=["kinesis", "nope"])
 
 
 def test_dagster_validates_the_workspace(tmp_path):

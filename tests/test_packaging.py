@@ -40,7 +40,7 @@ import ast, importlib, importlib.util, json, pkgutil, sys, traceback
 from pathlib import Path
 
 root, packages = Path(sys.argv[1]), sys.argv[2].split(",")
-local = {*packages, "definitions"}
+local = {*packages, "definitions", "stream_definitions"}
 imported, failed, origins, missing = [], {}, {}, {}
 
 def load(name):
@@ -62,10 +62,12 @@ for package in packages:
         # a __main__ module runs its program when imported; its imports are checked below
         if info.name.rpartition(".")[2] != "__main__" and info.name not in imported and info.name not in failed:
             load(info.name)
-sys.path.append(str(root))  # definitions.py is a top-level module of the code directory, not a package
+sys.path.append(str(root))  # the code locations are top-level modules of the code directory, not packages
 load("definitions")
+load("stream_definitions")
 
-for path in [root / "definitions.py", *(p for pkg in packages for p in (root / pkg).rglob("*.py"))]:
+locations = [root / "definitions.py", root / "stream_definitions.py"]
+for path in [*locations, *(p for pkg in packages for p in (root / pkg).rglob("*.py"))]:
     for node in ast.walk(ast.parse(path.read_text(), str(path))):
         if isinstance(node, ast.Import):
             names = [a.name for a in node.names]

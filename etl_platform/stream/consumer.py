@@ -82,6 +82,7 @@ class WorkBudget:
     batches: int | None = None  # committed lake flushes
     until_caught_up: bool = False  # once a read finds nothing behind it
     flush_each_read: bool = False  # every read is a lake flush and a commit (micro-batches)
+    lease_wait_s: float = 0.0  # a successor waits this long for a held lease to be handed over
 
 
 @dataclass
@@ -185,6 +186,18 @@ class _Shard:
     outcome: WorkResult
 
 
+@dataclass
+class _Claims:
+    """Shards a worker was given but whose lease another worker still holds; it keeps asking for them
+    until `deadline` (monotonic): a successor started ahead of a handover takes them when released."""
+
+    deadline: float
+    waiting: list[WorkResult] = field(default_factory=list)
+
+    def open(self) -> bool:
+        return bool(self.waiting) and time.monotonic() < self.deadline
+
+
 class StreamConsumer:
     def __init__(
         self,
@@ -262,6 +275,27 @@ class StreamConsumer:
         ready = {lease.shard_id for lease in readable(leases)}
         outcomes: list[WorkResult] = []
         shards: list[_Shard] = []
+        handover_at = time.time() + budget.seconds if budget.seconds is not None else None
+        claims = _Claims(time.monotonic() + budget.lease_wait_s)
+
+        def claim() -> list[_Shard]:
+            """Take the leases still waited for that are free now."""
+            opened = []
+            for outcome in list(claims.waiting):
+                holder = self.leases.take(
+                    outcome.shard_id, self.owner, self.config.lease_duration_s, handover_at=handover_at
+                )
+                if holder is not None:
+                    claims.waiting.remove(outcome)
+                    outcome.held_by, outcome.stop_reason = None, ""
+                    opened.append(self._open(holder, leases, outcome))
+                    shards.append(opened[-1])
+            for outcome in claims.waiting:
+                current = self.leases.get(outcome.shard_id)
+                outcome.held_by = current.owner if current else None
+                outcome.stop_reason = "held by another worker"
+            return opened
+
         try:
             for shard_id in shard_ids:
                 if shard_id not in leases:
@@ -273,14 +307,9 @@ class StreamConsumer:
                     continue
                 if shard_id not in ready:
                     raise RuntimeError(f"shard {shard_id} is not readable yet: a parent is not fully consumed")
-                holder = self.leases.take(shard_id, self.owner, self.config.lease_duration_s)
-                if holder is None:
-                    current = self.leases.get(shard_id)
-                    outcome.held_by = current.owner if current else None
-                    outcome.stop_reason = "held by another worker"
-                    continue
-                shards.append(self._open(holder, leases, outcome))
-            self._rounds(shards, budget, should_stop, on_batch)
+                claims.waiting.append(outcome)
+            claim()
+            self._rounds(shards, claims, claim, budget, should_stop, on_batch)
         finally:
             for shard in shards:
                 if not shard.outcome.lease_lost:
@@ -300,6 +329,8 @@ class StreamConsumer:
     def _rounds(
         self,
         shards: list[_Shard],
+        claims: _Claims,
+        claim: Callable[[], list[_Shard]],  # takes free leases of `claims`, adding them to `shards`
         budget: WorkBudget,
         should_stop: Callable[[], bool],
         on_batch: Callable[[BatchResult], None] | None,
@@ -316,7 +347,9 @@ class StreamConsumer:
                 return "batch budget"
             return ""
 
-        while active and not (reason := out_of_budget()):
+        while (active or claims.open()) and not (reason := out_of_budget()):
+            if claims.open():
+                active += claim()  # a handover: the predecessor released the lease at its budget's end
             got_records = False
             for shard in list(active):
                 try:
@@ -334,7 +367,7 @@ class StreamConsumer:
                     continue
                 self._hand_over(shard, on_batch)
                 active.remove(shard)
-            if active and not got_records:
+            if (active or claims.open()) and not got_records:
                 self._idle(self.config.poll_interval_s, should_stop)
         for shard in active:
             shard.outcome.stop_reason = reason

@@ -54,6 +54,7 @@ class Lease:
     depth: int = 0
     pending_objects: tuple[str, ...] = ()
     released_by: str | None = None  # the last owner that gave the lease up (at `expires_at`)
+    handover_at: float | None = None  # when the owner means to give the lease up (its budget ends)
 
     def held(self, now: float) -> bool:
         """Someone holds it now (a released or expired lease is free)."""
@@ -104,6 +105,7 @@ def _from_item(item: Mapping[str, Any]) -> Lease:
         depth=_number(item.get("depth")),
         pending_objects=tuple(item.get("pending_objects") or ()),
         released_by=item.get("released_by"),
+        handover_at=_number(item["handover_at"], float) if item.get("handover_at") is not None else None,
     )
 
 
@@ -223,19 +225,35 @@ class LeaseTable:
         return leases
 
     # --- owning -----------------------------------------------------------------------------------
-    def take(self, shard_id: str, owner: str, duration_s: float, margin_s: float | None = None) -> LeaseHolder | None:
-        """Take the shard's lease if it is free, released or expired; None if someone else holds it."""
+    def take(
+        self,
+        shard_id: str,
+        owner: str,
+        duration_s: float,
+        margin_s: float | None = None,
+        handover_at: float | None = None,
+    ) -> LeaseHolder | None:
+        """Take the shard's lease if it is free, released or expired; None if someone else holds it.
+
+        `handover_at` (epoch seconds) says when this owner means to give the lease up, so that a
+        supervisor can start its successor ahead of time."""
         margin = duration_s / 3 if margin_s is None else margin_s
         asked = time.monotonic()
         now = time.time()
+        values = {"owner": owner, "expires": now + duration_s, "now": now, "one": 1}
+        if handover_at is None:
+            update = "SET #o = :owner, expires_at = :expires REMOVE handover_at ADD lease_counter :one"
+        else:
+            update = "SET #o = :owner, expires_at = :expires, handover_at = :handover ADD lease_counter :one"
+            values["handover"] = handover_at
         try:
             item = self.dynamodb.update_item(
                 TableName=self.table_name,
                 Key=self._key(shard_id),
-                UpdateExpression="SET #o = :owner, expires_at = :expires ADD lease_counter :one",
+                UpdateExpression=update,
                 ConditionExpression="attribute_exists(shard_id) AND (attribute_not_exists(#o) OR expires_at < :now)",
                 ExpressionAttributeNames={"#o": "owner"},
-                ExpressionAttributeValues=_values({"owner": owner, "expires": now + duration_s, "now": now, "one": 1}),
+                ExpressionAttributeValues=_values(values),
                 ReturnValues="ALL_NEW",
             )
         except self.dynamodb.exceptions.ConditionalCheckFailedException:
@@ -319,7 +337,7 @@ class LeaseTable:
         try:
             self._owned_update(
                 holder,
-                "REMOVE #o SET expires_at = :now, released_by = :me_again",
+                "REMOVE #o, handover_at SET expires_at = :now, released_by = :me_again",
                 {"now": time.time(), "me_again": holder.lease.owner},
             )
         except LeaseLost:

@@ -4,7 +4,10 @@ Each tick the caller gathers the stream's leases and, per shard, the runs that m
 asks `supervise`. Every readable shard (a child only after its parents finished) must have a live
 worker:
 
-- a lease held and not expired: its worker is alive; nothing to do;
+- a lease held and not expired: its worker is alive; nothing to do, unless the owner hands the lease
+  over (its budget ends) within `handover_lead_s` and no other run of the shard is in flight: then a
+  successor is launched ahead of time, so that it has started and waits for the lease when the owner
+  releases it (the run-queue allows two runs per shard for this; the lease still admits one owner);
 - a run of the shard queued or starting (it has not taken the lease yet), or started within
   `start_grace_s`: wait for it;
 - a started run that released the lease within `finish_grace_s` is ending: wait for it;
@@ -56,6 +59,7 @@ def supervise(
     now: float,
     start_grace_s: float = START_GRACE_S,
     finish_grace_s: float = FINISH_GRACE_S,
+    handover_lead_s: float = 0.0,
 ) -> Plan:
     """The workers to launch now and the runs to declare dead (`runs`: the in-flight runs per shard)."""
     plan = Plan()
@@ -65,6 +69,13 @@ def supervise(
     for lease in readable(leases):
         sid = lease.shard_id
         if lease.held(now):
+            if lease.handover_at is not None and lease.handover_at - now <= handover_lead_s:
+                owner = owner_run_id(lease.owner)
+                others = [run.run_id for run in runs.get(sid, ()) if run.run_id != owner]
+                if others:
+                    plan.waiting[sid] = f"successor {others[0]} waits for the handover"
+                else:
+                    plan.launch.append(sid)
             continue
         alive = []
         for run in runs.get(sid, ()):

@@ -228,7 +228,7 @@ def check_sensor_runs(page, ui: DagsterUI, runs: list[dict]) -> None:
     """The sensor page's Runs tab lists the runs it launched, each a success."""
     from playwright.sync_api import expect
 
-    page.goto(f"{ui.url}/locations/etl_platform/sensors/{SENSOR}")
+    page.goto(f"{ui.url}/locations/stream/sensors/{SENSOR}")
     tab = page.get_by_role("button", name="Runs", exact=True)
     _expect(page, ui, lambda: expect(tab).to_be_visible(timeout=UI_TIMEOUT_MS), f"{SENSOR} page has no Runs tab")
     tab.click()

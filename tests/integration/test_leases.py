@@ -132,6 +132,65 @@ def test_a_second_consumer_leaves_a_leased_shard_to_its_worker(kinesis, s3, buck
     assert_exactly_once(kinesis, s3, bucket, stream, 500)
 
 
+def test_a_successor_started_ahead_takes_the_shard_when_its_owner_hands_over(kinesis, s3, bucket, stream, leases):
+    """The supervisor starts a worker's successor before the owner's budget ends: it waits for the lease
+    (instead of the shard waiting for a run to start) and takes it as soon as the owner releases it."""
+    producer = KinesisProducer(kinesis, stream)
+    producer.send(events(300, seed=11))
+    config = ConsumerConfig(max_records=40, buffer_interval_s=0.5, lease_duration_s=6, poll_interval_s=0.2)
+    owner = StreamConsumer(kinesis, s3, bucket, stream, leases, config, owner="owner")
+    successor = StreamConsumer(kinesis, s3, bucket, stream, leases, config, owner="successor")
+    shard = owner.readable()[0].shard_id
+    outcomes: dict = {}
+    stop = threading.Event()
+    first = threading.Thread(target=lambda: outcomes.update(owner=owner.work(shard, WorkBudget(seconds=4))))
+    first.start()
+    deadline = time.monotonic() + 20
+    while not (leases.get(shard) and leases.get(shard).owner == "owner"):
+        assert time.monotonic() < deadline, "the owner never took its lease"
+        time.sleep(0.05)
+    held = leases.get(shard)
+    assert held.handover_at is not None and 0 < held.handover_at - time.time() <= 4  # announced for the supervisor
+    second = threading.Thread(
+        target=lambda: outcomes.update(
+            successor=successor.work(shard, WorkBudget(seconds=60, lease_wait_s=30), should_stop=stop.is_set)
+        )
+    )
+    second.start()
+    try:
+        time.sleep(1)
+        assert leases.get(shard).owner == "owner"  # the successor waits; it does not steal the lease
+        first.join(30)
+        assert outcomes["owner"].stop_reason == "time budget" and not outcomes["owner"].lease_lost
+        deadline = time.monotonic() + 10
+        while leases.get(shard).owner != "successor":
+            assert time.monotonic() < deadline, "the successor did not take the released lease"
+            time.sleep(0.05)
+        assert leases.get(shard).counter == held.counter + 1
+        producer.send(events(200, seed=12))  # the successor carries on where the owner committed
+        StreamConsumer(kinesis, s3, bucket, stream, leases, config, owner="cli").drain()  # the other shards
+        deadline = time.monotonic() + 30
+        while leases.get(shard).millis_behind_latest or lake_rows(s3, bucket, layout.RAW).height < 500:
+            assert time.monotonic() < deadline, "the successor did not catch up"
+            time.sleep(0.5)
+    finally:
+        stop.set()
+        second.join(30)
+    assert outcomes["successor"].batches and outcomes["successor"].held_by is None
+    assert_exactly_once(kinesis, s3, bucket, stream, 500)
+
+
+def test_a_successor_gives_up_a_lease_that_is_not_handed_over_in_time(kinesis, s3, bucket, stream, leases):
+    config = ConsumerConfig(lease_duration_s=30, poll_interval_s=0.2)
+    shard = StreamConsumer(kinesis, s3, bucket, stream, leases, config).readable()[0].shard_id
+    assert leases.take(shard, "someone", duration_s=30) is not None
+    waiter = StreamConsumer(kinesis, s3, bucket, stream, leases, config, owner="waiter")
+    started = time.monotonic()
+    outcome = waiter.work(shard, WorkBudget(seconds=60, lease_wait_s=1))
+    assert outcome.held_by == "someone" and outcome.stop_reason == "held by another worker" and not outcome.batches
+    assert time.monotonic() - started < 30  # it stopped waiting at its deadline, not at its budget
+
+
 def test_a_killed_worker_is_replaced_within_a_lease_period(kinesis, s3, bucket, stream, leases):
     """kill -9 mid-stream (buffered, uncommitted reads lost with the process): the next worker takes over
     once the lease expires and the lake ends up with every event exactly once."""

@@ -148,3 +148,47 @@ def test_the_supervisor_replaces_a_dead_worker_and_frees_its_queue_slot(stream, 
     time.sleep(1.2)  # the process "died": no renewal
     assert shard in tick()
     assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
+
+
+def test_the_supervisor_starts_one_successor_ahead_of_a_handover(stream, resources):
+    """An owner whose budget ends within the handover lead gets a successor that waits for its lease;
+    the next tick does not start another."""
+    instance = DagsterInstance.ephemeral()
+    leases = resources["leases"].table(stream)
+    kinesis = resources["kinesis"]
+
+    def tick() -> dict[str, dict]:
+        with build_sensor_context(instance=instance, resources=resources) as ctx:
+            result = kinesis_microbatch_sensor(ctx)
+        requests = result.run_requests if isinstance(result, SensorResult) else []
+        return {
+            sid: request.run_config["ops"]["consume_shard"]["config"]
+            for request in requests
+            for sid in request.tags[SHARD_TAG].split("+")
+        }
+
+    shard = sorted(tick())[0]  # syncs the lease table
+    owner = instance.create_run_for_job(
+        kinesis_microbatch_job,
+        run_config={"ops": {"consume_shard": {"config": {"shard_ids": [shard]}}}},
+        tags={SHARD_TAG: shard, shard_tag(shard): "owner"},
+        status=DagsterRunStatus.STARTED,
+    )
+    far = time.time() + kinesis.handover_lead_s + 60
+    holder = leases.take(shard, f"run:{owner.run_id}", duration_s=30, handover_at=far)
+    assert holder is not None
+    assert shard not in tick()  # alive, its handover far off
+    leases.release(holder)
+    holder = leases.take(shard, f"run:{owner.run_id}", duration_s=30, handover_at=time.time() + 5)
+    assert holder is not None
+    launched = tick()
+    assert shard in launched
+    assert launched[shard]["lease_wait_s"] == kinesis.handover_lead_s + kinesis.lease_duration_s
+    instance.create_run_for_job(
+        kinesis_microbatch_job,
+        run_config={"ops": {"consume_shard": {"config": launched[shard]}}},
+        tags={SHARD_TAG: shard, shard_tag(shard): "owner"},
+        status=DagsterRunStatus.STARTING,  # launched, not yet started: it has not asked for the lease
+    )
+    assert shard not in tick()  # one successor, not one per tick
+    leases.release(holder)

@@ -506,8 +506,8 @@ def test_dagster_loads_checks_and_builds_dbt_marts_that_reconcile(settings, s3, 
 
 
 def test_dbt_models_sit_downstream_of_the_warehouse_assets():
-    from assets import lake_assets
     from assets.dbt import dbt_assets_list
+    from assets.ingestion import lake_assets
     from assets.warehouse import warehouse_assets, warehouse_checks
     from resources.dbt import dbt_resource
 

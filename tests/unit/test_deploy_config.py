@@ -78,7 +78,11 @@ def test_deploy_config_is_valid(raw, dummy_env, tmp_path):
     assert launcher["task_definition"] == {"env": "DAGSTER_RUN_TASK_DEFINITION"}  # the launcher resolves it
     assert coordinator["max_concurrent_runs"] == 40
     shard_limit = next(t for t in coordinator["tag_concurrency_limits"] if t["key"] == "etl/shard")
-    assert shard_limit == {"key": "etl/shard", "value": {"applyLimitPerUniqueValue": True}, "limit": 1}
+    assert shard_limit == {
+        "key": "etl/shard",
+        "value": {"applyLimitPerUniqueValue": True},
+        "limit": 2,
+    }  # owner + successor
     assert raw["run_retries"]["enabled"] is True and raw["run_retries"]["max_retries"] == 3
     assert set(raw["storage"]) == {"postgres"}
 

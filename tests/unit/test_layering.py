@@ -23,7 +23,16 @@ LAYERS: list[set[str]] = [
     {"cli"},  # the command line
 ]
 LAYER_OF = {piece: level for level, pieces in enumerate(LAYERS) for piece in pieces}
-DAGSTER_LAYER = ("dagster", "dagster_aws", "dagster_dbt", "assets", "resources", "sensors", "definitions")
+DAGSTER_LAYER = (
+    "dagster",
+    "dagster_aws",
+    "dagster_dbt",
+    "assets",
+    "resources",
+    "sensors",
+    "definitions",
+    "stream_definitions",
+)
 
 
 def _piece(path: Path) -> str:

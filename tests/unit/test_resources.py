@@ -88,6 +88,8 @@ def test_a_malformed_setting_fails_at_load_naming_it():
         build_resources(load_settings({}), env={"ETL_SCALING_MAX_SHARDS": "0"})
     with pytest.raises(ValueError, match="ETL_WAREHOUSE_SCHEMA"):
         build_resources(load_settings({}), env={"ETL_WAREHOUSE_SCHEMA": "Etl-Blue"})
+    with pytest.raises(ConfigError, match="ETL_HANDOVER_LEAD_S=30 must be below ETL_WORKER_BUDGET_S=30"):
+        build_resources(load_settings({}), env={"ETL_HANDOVER_LEAD_S": "30", "ETL_WORKER_BUDGET_S": "30"})
 
 
 def test_resource_fields_are_validated_naming_the_field():

@@ -76,3 +76,18 @@ def test_a_worker_alive_on_another_shard_is_not_dead_and_does_not_block():
         leases, {"a": [WorkerRun("r1", "started", NOW - 3600)], "b": [WorkerRun("r1", "started", NOW - 3600)]}, NOW
     )
     assert plan.launch == ["b"] and not plan.dead_runs
+
+
+def test_a_successor_is_launched_ahead_of_a_handover_once():
+    """The owner announces when its budget ends; within the lead the supervisor starts one successor."""
+    owned = lease("a", owner="run:r1", expires=NOW + 5, handover_at=NOW + 15)
+    owner_run = [WorkerRun("r1", "started", NOW - 500)]
+    assert supervise(table(owned), {"a": owner_run}, NOW, handover_lead_s=10).launch == []  # not yet
+    assert supervise(table(owned), {"a": owner_run}, NOW, handover_lead_s=20).launch == ["a"]
+    successor = [*owner_run, WorkerRun("r2", "queued")]
+    plan = supervise(table(owned), {"a": successor}, NOW, handover_lead_s=20)
+    assert plan.launch == [] and "r2" in plan.waiting["a"]  # one successor, not one per tick
+    # without a lead (or an owner that announced nothing) a held lease is left alone, as before
+    assert supervise(table(owned), {"a": owner_run}, NOW).launch == []
+    unannounced = lease("a", owner="run:r1", expires=NOW + 5)
+    assert supervise(table(unannounced), {"a": owner_run}, NOW, handover_lead_s=20).launch == []

@@ -83,7 +83,7 @@ RAW_COLUMN_METADATA = {"dagster/column_schema": _columns(RAW_SCHEMA)}
 def raw_events(context: AssetExecutionContext, lake: LakeResource) -> MaterializeResult:
     day = date.fromisoformat(context.partition_key)
     s3 = lake.client()
-    frame = read_day(s3, lake.bucket, layout.RAW, day)
+    frame = read_day(s3, lake.bucket, layout.RAW, day, lake.pending_objects())
     errors = layout.list_keys(s3, lake.bucket, layout.day_prefix(layout.ERRORS, day))
     context.log.info(f"raw {day}: {frame.height} events, {len(errors)} error objects")
     return MaterializeResult(
@@ -112,10 +112,12 @@ def processed_events(
     context: AssetExecutionContext, lake: LakeResource, analytics: AnalyticsResource
 ) -> MaterializeResult:
     day = date.fromisoformat(context.partition_key)
-    result = recompute_processed_day(lake.client(), lake.bucket, day, analytics.config())
+    result = recompute_processed_day(
+        lake.client(), lake.bucket, day, analytics.config(), pending=lake.pending_objects()
+    )
     context.log.info(
         f"replayed {day}: {result.rows} rows ({result.anomalies} anomalies) from {result.history_rows} rows "
-        f"of history; wrote {len(result.written)} objects, removed {len(result.deleted)}"
+        f"of history; wrote {len(result.written)} objects"
     )
     return MaterializeResult(
         metadata={

@@ -31,8 +31,8 @@ from resources import LakeResource
 def processed_matches_raw(context: AssetCheckExecutionContext, lake: LakeResource) -> AssetCheckResult:
     day = date.fromisoformat(context.partition_key)
     s3 = lake.client()
-    raw = read_day(s3, lake.bucket, layout.RAW, day)
-    processed = read_day(s3, lake.bucket, layout.PROCESSED, day)
+    raw = read_day(s3, lake.bucket, layout.RAW, day, lake.pending_objects())
+    processed = read_day(s3, lake.bucket, layout.PROCESSED, day, lake.pending_objects())
     counts = reconcile(raw, processed)
     return AssetCheckResult(passed=reconciled(counts), severity=AssetCheckSeverity.ERROR, metadata=counts)
 
@@ -44,7 +44,7 @@ def processed_matches_raw(context: AssetCheckExecutionContext, lake: LakeResourc
 )
 def processed_schema_and_keys(context: AssetCheckExecutionContext, lake: LakeResource) -> AssetCheckResult:
     day = date.fromisoformat(context.partition_key)
-    processed = read_day(lake.client(), lake.bucket, layout.PROCESSED, day)
+    processed = read_day(lake.client(), lake.bucket, layout.PROCESSED, day, lake.pending_objects())
     problems = schema_problems(processed) if processed.height else []
     nulls = null_key_counts(processed) if processed.height else {}
     return AssetCheckResult(

@@ -48,6 +48,7 @@ def search_index(
         prefix,
         opensearch.indexer_config(),
         progress=context.log.info,
+        pending=lake.pending_objects(),
     )
     stats = result.stats
     if stats.failed:
@@ -82,7 +83,9 @@ def search_index_matches_lake(
     context: AssetCheckExecutionContext, opensearch: OpenSearchResource, lake: LakeResource
 ) -> AssetCheckResult:
     day = date.fromisoformat(context.partition_key)
-    counts = day_counts(opensearch.client(), lake.client(), lake.bucket, day, opensearch.index_prefix)
+    counts = day_counts(
+        opensearch.client(), lake.client(), lake.bucket, day, opensearch.index_prefix, lake.pending_objects()
+    )
     return AssetCheckResult(
         passed=counts.matches,
         severity=AssetCheckSeverity.ERROR,

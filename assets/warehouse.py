@@ -82,7 +82,9 @@ def warehouse_tables(
     tables = [table for table, key in WAREHOUSE_KEYS.items() if key in context.selected_asset_keys]
     policy = config.on_drift or warehouse.on_drift
     with warehouse.open() as wh:
-        results = wh.load_day(lake.client(), lake.bucket, day, tables=tables, on_drift=policy)
+        results = wh.load_day(
+            lake.client(), lake.bucket, day, tables=tables, on_drift=policy, pending=lake.pending_objects()
+        )
     for table, result in results.items():
         context.log.info(
             f"{result.table} {day}: {result.rows_loaded} rows loaded, {result.rows_deleted} replaced, "
@@ -105,7 +107,7 @@ def _reconcile(
     context: AssetCheckExecutionContext, table: str, warehouse: WarehouseResource, lake: LakeResource
 ) -> AssetCheckResult:
     day = date.fromisoformat(context.partition_key)
-    expected = partition_counts(lake.client(), lake.bucket, day)
+    expected = partition_counts(lake.client(), lake.bucket, day, lake.pending_objects())
     want = expected.events if table == "events" else expected.anomalies
     with warehouse.open() as wh:
         rows, distinct = wh.count_rows(table, day)

@@ -24,6 +24,8 @@ SOURCES: frozenset[str] = frozenset({"app_log", "iot", "cdc", "api", "web"})
 MAX_USER_ID_LEN = 64
 MAX_EVENT_TYPE_LEN = 32
 MAX_EVENT_ID_LEN = 128
+# Redshift's largest VARCHAR, in bytes: the canonical JSON of `attributes` must fit in it.
+MAX_ATTRIBUTES_BYTES = 65_535
 
 # Kinesis sequence numbers are decimal strings of up to 129 digits (the API's pattern; AWS and the
 # emulator hand out 56-digit ones); padding them to a fixed width makes lexicographic order (polars,
@@ -48,6 +50,12 @@ EVENT_FIELDS: tuple[str, ...] = tuple(EVENT_SCHEMA)
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
+# The accepted event times. Earlier events (a device whose clock was never set reports 1970) would
+# reach the lake and search but have no daily partition, so never the warehouse; events far ahead of
+# their arrival are a wrong clock too. Both are refused at decode with the reason, into errors/.
+EARLIEST_EVENT_TIME = datetime(2020, 1, 1, tzinfo=UTC)  # the first daily partition (assets/partitions.py)
+MAX_AHEAD_OF_ARRIVAL = timedelta(hours=1)  # producer clock skew tolerated
+
 
 class InvalidEvent(ValueError):
     """An envelope that must not enter the pipeline; `reason` names the offending field."""
@@ -69,7 +77,20 @@ def _required_string(obj: Mapping[str, Any], field: str, max_len: int) -> str:
         raise InvalidEvent(field, "must be a non-empty string")
     if len(value) > max_len:
         raise InvalidEvent(field, f"longer than {max_len} characters ({len(value)})")
+    check_text(field, value)
     return value
+
+
+def check_text(field: str, value: str) -> None:
+    """What every sink would refuse later, refused here: text that is not valid Unicode (a lone
+    surrogate, which JSON's \\u escapes can carry but UTF-8 cannot) and NUL, which PostgreSQL and
+    Redshift reject in text columns."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(field, f"is not valid Unicode (a lone surrogate at character {exc.start})") from None
+    if "\x00" in value:
+        raise InvalidEvent(field, f"contains NUL (U+0000) at character {value.index(chr(0))}")
 
 
 def parse_event_time(raw: Any, field: str = "event_time") -> datetime:
@@ -104,6 +125,22 @@ def parse_event_time(raw: Any, field: str = "event_time") -> datetime:
     raise InvalidEvent(field, f"must be an ISO-8601 string or epoch milliseconds, got {type(raw).__name__}")
 
 
+def check_event_time(event_time: datetime, arrival: datetime) -> None:
+    """Refuse an event time outside the accepted range (see EARLIEST_EVENT_TIME), naming the field."""
+    if event_time < EARLIEST_EVENT_TIME:
+        raise InvalidEvent(
+            "event_time",
+            f"{event_time.isoformat()} is before {EARLIEST_EVENT_TIME.date().isoformat()}, the first daily partition",
+        )
+    if event_time > arrival + MAX_AHEAD_OF_ARRIVAL:
+        ahead = (event_time - arrival).total_seconds()
+        raise InvalidEvent(
+            "event_time",
+            f"{event_time.isoformat()} is {ahead:.0f} s after the record's arrival "
+            f"(at most {MAX_AHEAD_OF_ARRIVAL.total_seconds():.0f} s of clock skew is accepted)",
+        )
+
+
 def _value(obj: Mapping[str, Any]) -> float:
     if "value" not in obj or obj["value"] is None:
         raise InvalidEvent("value", "missing")
@@ -127,9 +164,20 @@ def _attributes(obj: Mapping[str, Any]) -> str:
         raise InvalidEvent("attributes", f"must be an object, got {type(raw).__name__}")
     try:
         # Canonical form (sorted keys, no spaces): equal attributes give equal strings on replay.
-        return json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:
         raise InvalidEvent("attributes", "contains a non-finite number (NaN or Infinity)") from None
+    except RecursionError:
+        raise InvalidEvent("attributes", "nested too deeply") from None
+    try:
+        size = len(text.encode("utf-8"))  # NUL inside is escaped (\\u0000) by json.dumps: no check needed
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent("attributes", f"is not valid Unicode (a lone surrogate at character {exc.start})") from None
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise InvalidEvent(
+            "attributes", f"{size} bytes of JSON, over the warehouse's {MAX_ATTRIBUTES_BYTES}-byte limit"
+        )
+    return text
 
 
 def validate_envelope(obj: Any) -> dict[str, Any]:

@@ -91,6 +91,7 @@ def build_resources(
     else:
         warehouse = WarehouseResource(dialect="postgres", dsn=settings.warehouse_dsn, **loads)
         opensearch = OpenSearchResource(url=settings.opensearch_url, verify_certs=False, **search)
+    leases = LeaseTableResource(endpoint_url=settings.dynamodb_endpoint, table_name=settings.lease_table, **aws)
     resources: dict[str, Any] = {
         "kinesis": KinesisResource(
             stream_name=settings.stream_name,
@@ -105,9 +106,9 @@ def build_resources(
             **aws,
         ),
         "analytics": analytics,
-        "leases": LeaseTableResource(endpoint_url=settings.dynamodb_endpoint, table_name=settings.lease_table, **aws),
+        "leases": leases,
         "s3": s3,
-        "lake": LakeResource(bucket=settings.lake_bucket, s3=s3),
+        "lake": LakeResource(bucket=settings.lake_bucket, s3=s3, stream_name=settings.stream_name, leases=leases),
         "warehouse": warehouse,
         "opensearch": opensearch,
         "cloudwatch": CloudWatchResource(

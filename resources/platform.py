@@ -18,6 +18,7 @@ from dagster_aws.utils import ResourceWithBoto3Configuration, construct_boto_cli
 from pydantic import Field, field_validator
 
 from etl_platform.analytics import AnalyticsConfig
+from etl_platform.lake.visibility import PendingObjects
 from etl_platform.ops.alarms import Alarm, load_alarms
 from etl_platform.ops.alerts import Sink, build_sinks
 from etl_platform.ops.scaling import ScalingPolicy
@@ -160,13 +161,22 @@ class AlertsResource(ConfigurableResource):
 
 
 class LakeResource(ConfigurableResource):
-    """The S3 data lake: bucket plus the dagster-aws S3 resource that reaches it."""
+    """The S3 data lake: bucket plus the dagster-aws S3 resource that reaches it, and the stream's lease
+    table, which knows the objects of flushes not yet committed (readers skip them)."""
 
     bucket: str
     s3: S3Resource
+    stream_name: str | None = Field(default=None, description="the stream whose consumers write the lake")
+    leases: LeaseTableResource | None = None
 
     def client(self) -> Any:
         return self.s3.get_client()
+
+    def pending_objects(self) -> PendingObjects | None:
+        """What lake readers pass as `pending` (None without a lease table: every object is read)."""
+        if self.leases is None or self.stream_name is None:
+            return None
+        return self.leases.table(self.stream_name).pending_objects
 
 
 class WarehouseResource(ConfigurableResource):

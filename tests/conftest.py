@@ -9,6 +9,8 @@ import pytest
 from etl_platform import aws
 from etl_platform.config import Settings, load_settings
 from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
+from etl_platform.search import indices
+from etl_platform.stack.opensearch import OpenSearchService
 from etl_platform.stream.leases import LeaseTable, ensure_table
 
 
@@ -88,3 +90,31 @@ def bucket(s3, settings, unique_name):
         if keys:
             s3.delete_objects(Bucket=unique_name, Delete={"Objects": keys})
     s3.delete_bucket(Bucket=unique_name)
+
+
+@pytest.fixture()
+def node() -> OpenSearchService:
+    """The local OpenSearch node."""
+    service = OpenSearchService()
+    if not service.healthy():
+        pytest.fail(
+            f"OpenSearch is not running at {service.endpoint()}; start it with `etl-platform stack up`.", pytrace=False
+        )
+    return service
+
+
+@pytest.fixture()
+def client(node):
+    from opensearchpy import OpenSearch
+
+    c = OpenSearch(node.endpoint(), timeout=30)
+    yield c
+    c.close()
+
+
+@pytest.fixture()
+def prefix(client):
+    """A unique index prefix; every index, alias and template under it is deleted afterwards."""
+    name = f"t-{uuid.uuid4().hex[:10]}-"
+    yield name
+    indices.delete_all(client, name)

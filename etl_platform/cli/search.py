@@ -122,8 +122,18 @@ def _run(args: argparse.Namespace, settings: Settings, client: Any, prefix: str)
         return 0
     s3 = aws.client("s3", settings)
     if command == "index-day":
+        from etl_platform.stream.leases import LeaseTable
+
+        leases = LeaseTable(aws.client("dynamodb", settings), settings.lease_table, settings.stream_name)
         result = index_day(
-            client, s3, settings.lake_bucket, args.day, prefix, IndexerConfig.from_env(), progress=progress
+            client,
+            s3,
+            settings.lake_bucket,
+            args.day,
+            prefix,
+            IndexerConfig.from_env(),
+            progress=progress,
+            pending=leases.pending_objects,
         )
         out = {
             "day": args.day.isoformat(),

@@ -10,6 +10,7 @@ import polars as pl
 
 from etl_platform.events import EVENT_SCHEMA
 from etl_platform.lake import layout
+from etl_platform.lake.visibility import PendingObjects, committed
 
 RAW_SCHEMA: dict[str, pl.DataType] = {**EVENT_SCHEMA, "shard_depth": pl.Int32()}
 
@@ -32,18 +33,21 @@ def read_processed(s3: Any, bucket: str, keys: list[str]) -> pl.DataFrame:
     return pl.concat(frames) if frames else pl.DataFrame()
 
 
-def keys_for_days(s3: Any, bucket: str, dataset: str, first: date, last: date) -> list[str]:
+def keys_for_days(
+    s3: Any, bucket: str, dataset: str, first: date, last: date, pending: PendingObjects | None = None
+) -> list[str]:
+    """The committed objects of `dataset` from day `first` to `last` (see `visibility`)."""
     keys: list[str] = []
     day = first
     while day <= last:
         keys += layout.list_keys(s3, bucket, layout.day_prefix(dataset, day))
         day += timedelta(days=1)
-    return keys
+    return committed(keys, pending)
 
 
-def read_day(s3: Any, bucket: str, dataset: str, day: date) -> pl.DataFrame:
-    """Every row of one day of `raw` or `processed`."""
-    keys = layout.list_keys(s3, bucket, layout.day_prefix(dataset, day))
+def read_day(s3: Any, bucket: str, dataset: str, day: date, pending: PendingObjects | None = None) -> pl.DataFrame:
+    """Every row of one day of `raw` or `processed`, from committed objects (see `visibility`)."""
+    keys = committed(layout.list_keys(s3, bucket, layout.day_prefix(dataset, day)), pending)
     if dataset == layout.RAW:
         return read_raw(s3, bucket, keys).drop("_object")
     return read_processed(s3, bucket, keys)

@@ -6,6 +6,11 @@ D - lookback_days to D + lookahead_days, runs the same detector over it in strea
 rewrites only day D's processed objects, each under the name of the raw object it mirrors. The
 result equals the stream path's rows whenever every key's baseline window of history lies inside
 that range (the defaults cover a week).
+
+A replay reads only committed raw objects (`visibility`) and writes only the processed objects of
+the raw objects it read; it removes nothing. A processed object it did not write belongs to a flush
+the stream committed meanwhile (raw is written before processed, so the replay may have listed raw
+before it) or to a flush in progress, and is the stream's, never the replay's, to replace.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ from etl_platform.analytics import AnalyticsConfig
 from etl_platform.events import arrival_order
 from etl_platform.lake import layout
 from etl_platform.lake.readers import keys_for_days, read_raw
+from etl_platform.lake.visibility import PendingObjects
 
 
 @dataclass
@@ -29,7 +35,6 @@ class ReplayResult:
     anomalies: int = 0
     history_rows: int = 0
     written: list[str] = field(default_factory=list)
-    deleted: list[str] = field(default_factory=list)
 
 
 def recompute_processed_day(
@@ -39,10 +44,12 @@ def recompute_processed_day(
     config: AnalyticsConfig | None = None,
     lookback_days: int = 7,
     lookahead_days: int = 1,
+    pending: PendingObjects | None = None,
 ) -> ReplayResult:
+    """Rewrite day `day`'s processed objects from raw; `pending` names uncommitted objects to skip."""
     config = config or AnalyticsConfig()
     first, last = day - timedelta(days=lookback_days), day + timedelta(days=lookahead_days)
-    keys = keys_for_days(s3, bucket, layout.RAW, first, last)
+    keys = keys_for_days(s3, bucket, layout.RAW, first, last, pending)
     history = arrival_order(read_raw(s3, bucket, keys))
     processed = config.new_detector().process(history.drop("_object"))
     processed = processed.with_columns(history["_object"])
@@ -59,9 +66,4 @@ def recompute_processed_day(
         # Stream order inside the object, as the stream path wrote it.
         layout.put(s3, bucket, key, layout.parquet_bytes(part.drop("_object")))
         result.written.append(key)
-    # Processed objects whose raw object is gone would hold rows no longer in raw: remove them.
-    for key in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day)):
-        if key not in result.written:
-            s3.delete_object(Bucket=bucket, Key=key)
-            result.deleted.append(key)
     return result

@@ -7,6 +7,7 @@ from datetime import date
 from typing import Any
 
 from etl_platform.lake import layout
+from etl_platform.lake.visibility import PendingObjects, committed
 from etl_platform.search.indexer import count_documents
 from etl_platform.search.indices import ANOMALIES, EVENTS, index_name
 
@@ -31,7 +32,9 @@ class DayCounts:
         )
 
 
-def day_counts(client: Any, s3: Any, bucket: str, day: date, prefix: str = "") -> DayCounts:
+def day_counts(
+    client: Any, s3: Any, bucket: str, day: date, prefix: str = "", pending: PendingObjects | None = None
+) -> DayCounts:
     """Processed rows (and anomalies) of the day in the lake vs documents in its two daily indices.
 
     Refreshes the two indices first so documents written moments ago are counted.
@@ -39,7 +42,7 @@ def day_counts(client: Any, s3: Any, bucket: str, day: date, prefix: str = "") -
     import polars as pl
 
     rows = anomalies = 0
-    for key in layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day)):
+    for key in committed(layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day)), pending):
         status = layout.read_parquet(layout.get(s3, bucket, key)).select("anomaly_status")
         rows += status.height
         anomalies += status.filter(pl.col("anomaly_status") == "ANOMALY").height

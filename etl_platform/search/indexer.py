@@ -21,8 +21,9 @@ from typing import Any
 import polars as pl
 
 from etl_platform.lake import layout
+from etl_platform.lake.visibility import PendingObjects
 from etl_platform.search.backup import backup_failures, failed_prefix
-from etl_platform.search.bulk import BulkEngine, IndexerConfig, IndexingError, IndexStats, describe_error
+from etl_platform.search.bulk import BulkEngine, Failure, IndexerConfig, IndexingError, IndexStats, describe_error
 from etl_platform.search.documents import bulk_lines, documents, timestamp
 from etl_platform.search.indices import ANOMALIES, EVENTS, IndexSettings, check_prefix, ensure_templates, index_name
 
@@ -37,16 +38,17 @@ _templates_ready: set[tuple[str, str]] = set()
 
 
 def _ensure_templates_once(client: Any, prefix: str, settings: IndexSettings | None) -> str | None:
-    """Templates once per process and target; an unreachable node is not an error here (the bulk
-    requests that follow will fail and be backed up). Returns the error text, if any."""
-    from opensearchpy.exceptions import ConnectionError as OSConnectionError
+    """Templates once per process and target; a node that is unreachable or answers with an error
+    (5xx, 429, 403, ...) is not an error here: the bulk requests that follow fail the same way and their
+    documents are backed up, so the lake goes on. Returns the error text, if any."""
+    from opensearchpy.exceptions import OpenSearchException
 
     key = (repr(getattr(getattr(client, "transport", None), "hosts", id(client))), prefix)
     if key in _templates_ready:
         return None
     try:
         ensure_templates(client, prefix, settings)
-    except OSConnectionError as exc:
+    except OpenSearchException as exc:  # ConnectionError and TransportError (every HTTP error) included
         return describe_error(exc)[1]
     _templates_ready.add(key)
     return None
@@ -64,7 +66,13 @@ def _index_lines(
 ) -> IndexStats:
     payloads, sizes = lines["payload"].to_list(), lines["size"].to_list()
     indices, ids = lines["_index"].to_list(), lines["_id"].to_list()
-    stats, failures = (engine or BulkEngine(client, config)).run(payloads, sizes, indices)
+    try:
+        stats, failures = (engine or BulkEngine(client, config)).run(payloads, sizes, indices)
+    except Exception as exc:  # a cluster answering what no one expected must not stop the lake either
+        error = f"{type(exc).__name__}: {exc}"
+        stats = IndexStats(requests=1, last_error=error)
+        failures = [Failure(position, "N/A", error) for position in range(len(payloads))]
+        stats.failed = len(failures)
     if failures:
         if s3 is None or not bucket:
             raise IndexingError(
@@ -140,6 +148,7 @@ def index_day(
     config: IndexerConfig | None = None,
     delete_stale: bool = True,
     progress: Callable[[str], None] | None = None,
+    pending: PendingObjects | None = None,
 ) -> DayIndexResult:
     """Reindex one event-time day from `processed/dt=day/` so its indices equal the lake.
 
@@ -151,7 +160,7 @@ def index_day(
 
     config = config or IndexerConfig()
     started = datetime.now(UTC)
-    frame = read_day(s3, bucket, layout.PROCESSED, day)
+    frame = read_day(s3, bucket, layout.PROCESSED, day, pending)
     result = DayIndexResult(day=day, rows=frame.height)
     if frame.height:
         result.anomalies = int((frame["anomaly_status"] == "ANOMALY").sum())

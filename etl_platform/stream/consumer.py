@@ -36,10 +36,10 @@ import polars as pl
 
 from etl_platform.analytics import AnalyticsConfig, RollingAnomalyDetector
 from etl_platform.config import env_number
-from etl_platform.events import events_to_frame, with_depth
+from etl_platform.events import with_depth
 from etl_platform.lake import writers
 from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints
-from etl_platform.stream.decoding import decode_records
+from etl_platform.stream.decoding import DecodedChunk, decode_chunks, isolate_unconvertible
 from etl_platform.stream.leases import Lease, LeaseHolder, LeaseLost, LeaseTable, readable
 from etl_platform.stream.reader import ReadResult, ShardReader, record_size
 from etl_platform.stream.shards import Shard, list_shards
@@ -58,6 +58,7 @@ class ConsumerConfig:
     lease_duration_s: float = 10.0  # a dead worker's shard is taken over within this long
     poll_interval_s: float = 1.0  # a caught-up worker reads its shard this often (as the KCL)
     read_budget_s: float = 5.0  # how long one read may page through empty pages while behind
+    max_decoded_bytes: int = 64 * 1024 * 1024  # decompressed payload bytes a batch holds at most
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, profile: str = "local") -> ConsumerConfig:
@@ -71,6 +72,7 @@ class ConsumerConfig:
             analytics=AnalyticsConfig.from_env(env),
             lease_duration_s=env_number(env, "ETL_LEASE_DURATION_S", defaults.lease_duration_s, float, 1),
             poll_interval_s=env_number(env, "ETL_POLL_INTERVAL_S", defaults.poll_interval_s, float, 0.2),
+            max_decoded_bytes=env_number(env, "ETL_MAX_DECODED_BYTES", defaults.max_decoded_bytes, int, 1024 * 1024),
         )
 
 
@@ -93,6 +95,7 @@ class BatchResult:
     first_sequence: str | None = None
     last_sequence: str | None = None
     records: int = 0
+    decoded_bytes: int = 0  # the records' payloads after decompression
     events: int = 0
     errors: int = 0
     anomalies: int = 0
@@ -148,18 +151,21 @@ class _Buffer:
     processed: list[pl.DataFrame] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
     bytes: int = 0
+    decoded_bytes: int = 0
     opened: float = 0.0  # time.monotonic() of its first read
 
-    def add(self, read: ReadResult, frame: pl.DataFrame, processed: pl.DataFrame, errors: list[dict]) -> None:
+    def add(self, chunk: DecodedChunk, frame: pl.DataFrame, processed: pl.DataFrame, errors: list[dict]) -> None:
         if not self.result.records:
             self.opened = time.monotonic()
-            self.result.first_sequence = read.records[0]["SequenceNumber"]
-        self.result.last_sequence = read.records[-1]["SequenceNumber"]
-        self.result.records += len(read.records)
+            self.result.first_sequence = chunk.records[0]["SequenceNumber"]
+        self.result.last_sequence = chunk.records[-1]["SequenceNumber"]
+        self.result.records += len(chunk.records)
         self.result.events += frame.height
         self.result.errors += len(errors)
         self.result.anomalies += int((processed["anomaly_status"] == "ANOMALY").sum())
-        self.bytes += sum(record_size(r) for r in read.records)
+        self.bytes += sum(record_size(r) for r in chunk.records)
+        self.decoded_bytes += chunk.result.decoded_bytes
+        self.result.decoded_bytes = self.decoded_bytes
         self.frames.append(frame)
         self.processed.append(processed)
         self.errors += errors
@@ -170,6 +176,7 @@ class _Buffer:
         return (
             budget.flush_each_read
             or self.bytes >= config.buffer_bytes
+            or self.decoded_bytes >= config.max_decoded_bytes
             or self.result.records >= config.max_records
             or now - self.opened >= config.buffer_interval_s
         )
@@ -383,9 +390,16 @@ class StreamConsumer:
         shard.outcome.reads += 1
         if not read.records and not result.records:
             result.timings.pop("read")  # an idle poll is no part of the next batch
+        for chunk in decode_chunks(result.shard_id, read.records, config.max_decoded_bytes):
+            self._analyse_and_index(chunk, holder.lease.depth, shard.detector, holder, shard.buffer)
+            more = chunk.records[-1] is not read.records[-1]
+            if more and shard.buffer.decoded_bytes >= config.max_decoded_bytes:
+                # Records that inflate enormously: flush before decoding the rest of the read, so a
+                # batch never holds more than max_decoded_bytes of payloads.
+                shard.buffer.result.millis_behind_latest = read.millis_behind_latest
+                self._commit_batch(shard, on_batch)
+        result = shard.buffer.result
         result.ended, result.cut, result.millis_behind_latest = read.ended, read.cut, read.millis_behind_latest
-        if read.records:
-            self._analyse_and_index(read, holder.lease.depth, shard.detector, holder, shard.buffer)
         if shard.buffer.due(config, budget, time.monotonic()) or read.ended:
             self._commit_batch(shard, on_batch)
         return read
@@ -413,7 +427,7 @@ class StreamConsumer:
 
     def _analyse_and_index(
         self,
-        read: ReadResult,
+        chunk: DecodedChunk,
         depth: int,
         detector: RollingAnomalyDetector,
         holder: LeaseHolder,
@@ -421,11 +435,11 @@ class StreamConsumer:
     ) -> None:
         result = buffer.result
         with stage(result, "decode"):
-            decoded = decode_records(result.shard_id, read.records)
-            frame = with_depth(events_to_frame(decoded.events), depth)
+            errors = list(chunk.result.errors)
+            frame = with_depth(isolate_unconvertible(chunk.result.events, errors), depth)
         with stage(result, "analytics"):
             processed = detector.process(frame)
-        buffer.add(read, frame, processed, decoded.errors)
+        buffer.add(chunk, frame, processed, errors)
         if self.search_sink is not None and processed.height:
             self.leases.keep(holder)
             with stage(result, "search_indexing"):

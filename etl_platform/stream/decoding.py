@@ -18,22 +18,31 @@ import base64
 import hashlib
 import json
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 import aws_kinesis_agg
-import aws_kinesis_agg.deaggregator  # noqa: F401  its import puts the package folder on sys.path,
-from aws_kinesis_agg import messages_pb2  # which messages_pb2's own `import config_pb2` needs
+import aws_kinesis_agg.deaggregator  # noqa: F401  puts its folder on sys.path for messages_pb2's imports
+import polars as pl
+from aws_kinesis_agg import messages_pb2
 from google.protobuf.message import DecodeError
 
-from etl_platform.events import InvalidEvent, derive_event_id, validate_envelope
+from etl_platform.events import (
+    InvalidEvent,
+    check_event_time,
+    check_text,
+    derive_event_id,
+    events_to_frame,
+    validate_envelope,
+)
 
 KPL_MAGIC: bytes = aws_kinesis_agg.MAGIC
 GZIP_MAGIC = b"\x1f\x8b"
 # A 1 MiB record can inflate enormously; cap it so one hostile record cannot exhaust memory.
 MAX_DECOMPRESSED_BYTES = 16 * 1024 * 1024
+MAX_PARTITION_KEY_LEN = 256  # Kinesis' limit, and the warehouse column's
 
 
 @dataclass
@@ -42,6 +51,15 @@ class DecodeResult:
 
     events: list[dict[str, Any]] = field(default_factory=list)
     errors: list[dict[str, Any]] = field(default_factory=list)
+    decoded_bytes: int = 0  # payload bytes after decompression
+
+
+@dataclass
+class DecodedChunk:
+    """Consecutive records of a read and what they decoded to."""
+
+    records: Sequence[Mapping[str, Any]]
+    result: DecodeResult
 
 
 class _Bad(Exception):
@@ -71,9 +89,7 @@ def _gunzip(data: bytes) -> bytes:
 
 
 def _parse(payload: bytes) -> dict[str, Any]:
-    """gzip or plain JSON bytes -> validated envelope (`validate_envelope` output)."""
-    if payload[:2] == GZIP_MAGIC:
-        payload = _gunzip(payload)
+    """Decompressed JSON bytes -> validated envelope (`validate_envelope` output)."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -124,7 +140,13 @@ class _Shard:
 
     def one(self, seq: str, sub: int, arrival: datetime, key: str, payload: bytes) -> None:
         try:
-            env = _parse(payload)
+            data = _gunzip(payload) if payload[:2] == GZIP_MAGIC else payload
+            self.result.decoded_bytes += len(data)
+            env = _parse(data)
+            try:
+                check_event_time(env["event_time"], arrival)
+            except InvalidEvent as exc:
+                raise _Bad(f"invalid event: {exc.reason}") from None
         except _Bad as exc:
             self.error(seq, sub, arrival, key, payload, str(exc))
             return
@@ -191,6 +213,12 @@ class _Shard:
                 raise _Bad(f"record: SequenceNumber must be decimal digits, got {seq!r}")
             if not isinstance(key, str):
                 raise _Bad(f"record: PartitionKey must be a string, got {type(key).__name__}")
+            if len(key) > MAX_PARTITION_KEY_LEN:
+                raise _Bad(f"record: PartitionKey longer than {MAX_PARTITION_KEY_LEN} characters ({len(key)})")
+            try:
+                check_text("PartitionKey", key)
+            except InvalidEvent as exc:
+                raise _Bad(f"record: {exc.reason}") from None
             if not isinstance(raw, bytes | bytearray | memoryview):
                 raise _Bad(f"record: Data must be bytes, got {type(raw).__name__}")
             if data[: len(KPL_MAGIC)] == KPL_MAGIC:
@@ -211,3 +239,48 @@ def decode_records(shard_id: str, records: Iterable[Mapping[str, Any]]) -> Decod
     for record in records:
         shard.record(record)
     return shard.result
+
+
+def decode_chunks(
+    shard_id: str, records: Sequence[Mapping[str, Any]], max_decoded_bytes: int
+) -> Iterator[DecodedChunk]:
+    """`decode_records` in chunks of consecutive records, each cut once its payloads decompress to
+    `max_decoded_bytes` (so at most that plus one record, itself capped at MAX_DECOMPRESSED_BYTES): a
+    read of small records that inflate enormously is decoded a chunk at a time, never all at once."""
+    shard, start = _Shard(shard_id), 0
+    for i, record in enumerate(records):
+        shard.record(record)
+        if shard.result.decoded_bytes >= max_decoded_bytes:
+            yield DecodedChunk(records[start : i + 1], shard.result)
+            shard, start = _Shard(shard_id), i + 1
+    if start < len(records):
+        yield DecodedChunk(records[start:], shard.result)
+
+
+def isolate_unconvertible(events: list[dict[str, Any]], errors: list[dict[str, Any]]) -> pl.DataFrame:
+    """The events as a frame (`events_to_frame`); should some event fail the conversion all the same
+    (validation is meant to refuse anything that would), the batch is split in halves until each
+    offending event is isolated, and those become error rows appended to `errors` instead of failing
+    the batch again on every retry (a poison batch). Bisection costs O(k log n) conversions for k bad events."""
+    try:
+        return events_to_frame(events)
+    except Exception as exc:
+        if len(events) > 1:
+            middle = len(events) // 2
+            return pl.concat(
+                [isolate_unconvertible(events[:middle], errors), isolate_unconvertible(events[middle:], errors)]
+            )
+        event = events[0]
+        errors.append(
+            {
+                "shard_id": event["shard_id"],
+                "sequence_number": event["sequence_number"],
+                "sub_sequence": event["sub_sequence"],
+                "arrival_time": event["arrival_time"],
+                "partition_key": event["partition_key"],
+                # the decoded event, as JSON with \\u escapes (it may hold what UTF-8 cannot)
+                "raw_base64": base64.b64encode(json.dumps(event, default=str).encode("ascii")).decode("ascii"),
+                "reason": f"internal: event cannot become a row ({type(exc).__name__}: {exc})",
+            }
+        )
+        return events_to_frame([])

@@ -167,6 +167,10 @@ class LeaseTable:
         item = self.dynamodb.get_item(TableName=self.table_name, Key=self._key(shard_id), ConsistentRead=True)
         return _from_item({k: _DESERIALIZE(v) for k, v in item["Item"].items()}) if "Item" in item else None
 
+    def pending_objects(self) -> set[str]:
+        """The lake objects of flushes not yet committed, over every shard (see lake.visibility)."""
+        return {key for lease in self.all().values() for key in lease.pending_objects}
+
     def all(self) -> dict[str, Lease]:
         """Every lease of the stream, by shard id (strongly consistent)."""
         leases: dict[str, Lease] = {}

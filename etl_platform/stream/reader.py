@@ -10,7 +10,7 @@ expired iterator is re-opened after the last record fetched, so no record is ski
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ class ReadResult:
     millis_behind_latest: int
 
 
-def record_size(record: dict[str, Any]) -> int:
+def record_size(record: Mapping[str, Any]) -> int:
     return len(record["Data"]) + len(record["PartitionKey"])
 
 

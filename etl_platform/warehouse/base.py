@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from datetime import date
 from typing import Any
 
+from etl_platform.lake.visibility import PendingObjects
 from etl_platform.warehouse.schema import DEFAULT_DRIFT_POLICY, TABLES, check_policy, validate_identifier
 
 DEFAULT_SCHEMA = "etl"
@@ -104,8 +105,10 @@ class Warehouse(ABC):
         day: date,
         tables: Sequence[str] = TABLES,
         on_drift: str = DEFAULT_DRIFT_POLICY,
+        pending: PendingObjects | None = None,
     ) -> dict[str, LoadResult]:
-        """Replace `day` in each of `tables` with the processed partition, in one transaction."""
+        """Replace `day` in each of `tables` with the committed processed partition, in one transaction
+        (`pending`: the uncommitted objects to skip, lake.visibility)."""
 
     @abstractmethod
     def count_rows(self, table: str, day: date) -> tuple[int, int]:

@@ -32,6 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as _compute
 from psycopg import sql
 
+from etl_platform.lake.visibility import PendingObjects
 from etl_platform.warehouse import pgcopy, source
 from etl_platform.warehouse.base import (
     LoadResult,
@@ -180,9 +181,10 @@ class PostgresWarehouse(Warehouse):
         day: date,
         tables: Sequence[str] = TABLES,
         on_drift: str = DEFAULT_DRIFT_POLICY,
+        pending: PendingObjects | None = None,
     ) -> dict[str, LoadResult]:
         started = time.monotonic()
-        objects = source.partition_objects(s3, bucket, day)
+        objects = source.partition_objects(s3, bucket, day, pending)
         data = source.read_objects(s3, bucket, objects)
         timings = {"read": time.monotonic() - started}
         return self.load_table(

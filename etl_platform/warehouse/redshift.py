@@ -34,6 +34,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 import pyarrow as pa
 
+from etl_platform.lake.visibility import PendingObjects
 from etl_platform.warehouse import source
 from etl_platform.warehouse.base import (
     LoadResult,
@@ -348,12 +349,13 @@ class RedshiftWarehouse(Warehouse):
         day: date,
         tables: Sequence[str] = TABLES,
         on_drift: str = DEFAULT_DRIFT_POLICY,
+        pending: PendingObjects | None = None,
     ) -> dict[str, LoadResult]:
         tables = check_tables(tables)
         started = time.monotonic()
         timings: dict[str, float] = {}
         self.ensure_tables()
-        objects = source.partition_objects(s3, bucket, day)
+        objects = source.partition_objects(s3, bucket, day, pending)
         schemas = source.read_schemas(s3, bucket, objects)
         existing = self.table_columns("events")
         added: tuple[Column, ...] = ()

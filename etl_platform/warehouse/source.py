@@ -21,6 +21,7 @@ import pyarrow.compute as _compute
 import pyarrow.parquet as pq
 
 from etl_platform.lake import layout
+from etl_platform.lake.visibility import PendingObjects, committed
 from etl_platform.warehouse.schema import ARRIVAL_ORDER, SEQUENCE_WIDTH, SchemaDriftError
 
 # pyarrow.compute creates its kernel functions (sum, equal, ...) at import time and pyarrow ships no
@@ -37,15 +38,16 @@ class LakeObject:
     size: int
 
 
-def partition_objects(s3: Any, bucket: str, day: date) -> list[LakeObject]:
-    """The processed Parquet objects of one event-time day, in key order."""
+def partition_objects(s3: Any, bucket: str, day: date, pending: PendingObjects | None = None) -> list[LakeObject]:
+    """The committed processed Parquet objects of one event-time day, in key order (lake.visibility)."""
     prefix = layout.day_prefix(layout.PROCESSED, day)
     found: list[LakeObject] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         found += [
             LakeObject(o["Key"], int(o["Size"])) for o in page.get("Contents", []) if o["Key"].endswith(".parquet")
         ]
-    return sorted(found, key=lambda o: o.key)
+    kept = set(committed((o.key for o in found), pending))
+    return sorted((o for o in found if o.key in kept), key=lambda o: o.key)
 
 
 def _parallel(fn: Any, items: Sequence[Any]) -> list[Any]:
@@ -185,10 +187,10 @@ class PartitionCounts:
     anomalies: int  # distinct event_id among ANOMALY rows: what the anomalies table holds
 
 
-def partition_counts(s3: Any, bucket: str, day: date) -> PartitionCounts:
+def partition_counts(s3: Any, bucket: str, day: date, pending: PendingObjects | None = None) -> PartitionCounts:
     """Counts computed from the lake alone (two columns read), for reconciliation checks."""
     columns = ["event_id", "anomaly_status", *ARRIVAL_ORDER]
-    table = read_objects(s3, bucket, partition_objects(s3, bucket, day), columns=columns)
+    table = read_objects(s3, bucket, partition_objects(s3, bucket, day, pending), columns=columns)
     if table.num_rows == 0:
         return PartitionCounts(0, 0, 0)
     kept, _ = first_arrivals(table)

@@ -22,9 +22,12 @@ from dagster import (
     AssetSpec,
     AutomationCondition,
     BackfillPolicy,
+    Backoff,
     Config,
+    Jitter,
     MaterializeResult,
     MetadataValue,
+    RetryPolicy,
     asset_check,
     multi_asset,
 )
@@ -72,6 +75,9 @@ class WarehouseLoadConfig(Config):
     ],
     partitions_def=daily_partitions,
     backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+    # A load that failed (a lost connection, a lock timeout, a database restart) rolled back whole:
+    # retrying it is safe, and a day must not stay stale until the lake next changes.
+    retry_policy=RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
     can_subset=True,
 )
 def warehouse_tables(

@@ -15,8 +15,8 @@ from etl_platform.search.indices import ANOMALIES, EVENTS, index_name
 @dataclass(frozen=True)
 class DayCounts:
     day: date
-    lake_rows: int
-    lake_anomalies: int
+    lake_rows: int  # distinct event ids
+    lake_anomalies: int  # distinct event ids with an ANOMALY row
     indexed_docs: int
     indexed_anomalies: int
 
@@ -35,17 +35,20 @@ class DayCounts:
 def day_counts(
     client: Any, s3: Any, bucket: str, day: date, prefix: str = "", pending: PendingObjects | None = None
 ) -> DayCounts:
-    """Processed rows (and anomalies) of the day in the lake vs documents in its two daily indices.
+    """The day's distinct events (and distinct events with an ANOMALY row) in the lake's committed
+    processed objects vs documents in its two daily indices.
 
-    Refreshes the two indices first so documents written moments ago are counted.
+    Distinct, because a document is keyed by `event_id`: an event delivered twice (a producer retry)
+    is two rows in the lake and one document. Refreshes the two indices first so documents written
+    moments ago are counted.
     """
     import polars as pl
 
-    rows = anomalies = 0
-    for key in committed(layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day)), pending):
-        status = layout.read_parquet(layout.get(s3, bucket, key)).select("anomaly_status")
-        rows += status.height
-        anomalies += status.filter(pl.col("anomaly_status") == "ANOMALY").height
+    keys = committed(layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day)), pending)
+    frames = [layout.read_parquet(layout.get(s3, bucket, key)).select("event_id", "anomaly_status") for key in keys]
+    lake = pl.concat(frames) if frames else pl.DataFrame(schema={"event_id": pl.String, "anomaly_status": pl.String})
+    rows = lake["event_id"].n_unique()
+    anomalies = lake.filter(pl.col("anomaly_status") == "ANOMALY")["event_id"].n_unique()
     events_index, anomalies_index = index_name(EVENTS, day, prefix), index_name(ANOMALIES, day, prefix)
     client.indices.refresh(index=f"{events_index},{anomalies_index}", ignore_unavailable=True, allow_no_indices=True)
     return DayCounts(

@@ -4,7 +4,10 @@
 Parquet objects from the lake, keeps the first arrival of each event_id, checks the columns
 against the table (drift), then in ONE transaction:
 
-1. takes an advisory lock for (schema, day), so a backfill and the automation cannot interleave;
+1. takes an advisory lock for the schema, so loads (a backfill beside the automation, or two days at
+   once) run one after the other: two days' swaps each hold a share lock on the parent table and
+   would deadlock asking for the exclusive lock a partition drop needs; and only then reads the lake,
+   so the load that commits last read the newest committed lake state;
 2. adds drift columns if `on_drift="add"` (PostgreSQL DDL is transactional: a failed load adds none);
 3. creates a staging table for the day (`LIKE` the table, with a CHECK on the day) and fills it by
    binary `COPY FROM STDIN` (pgcopy), then builds its primary key in one sorted pass;
@@ -20,7 +23,8 @@ The static statements live in sql/postgres/*.sql.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta
 from datetime import time as dtime
 from functools import cache
@@ -159,8 +163,8 @@ class PostgresWarehouse(Warehouse):
                 )
 
     def table_columns(self, table: str) -> dict[str, str]:
-        rows = self.conn.execute(statement("table_columns"), {"schema": self.schema, "table": table}).fetchall()
-        self.conn.commit()
+        with self.conn.transaction():  # its own, or a savepoint inside a load's
+            rows = self.conn.execute(statement("table_columns"), {"schema": self.schema, "table": table}).fetchall()
         return {name: data_type for name, data_type in rows}
 
     def _add_columns(self, columns: Sequence[Column]) -> None:
@@ -184,12 +188,29 @@ class PostgresWarehouse(Warehouse):
         pending: PendingObjects | None = None,
     ) -> dict[str, LoadResult]:
         started = time.monotonic()
-        objects = source.partition_objects(s3, bucket, day, pending)
-        data = source.read_objects(s3, bucket, objects)
-        timings = {"read": time.monotonic() - started}
-        return self.load_table(
-            data, day, tables=tables, on_drift=on_drift, objects=len(objects), started=started, timings=timings
-        )
+        self.ensure_tables()
+        with self._locked_load(day, tables):
+            objects = source.partition_objects(s3, bucket, day, pending)
+            data = source.read_objects(s3, bucket, objects)
+            timings = {"read": time.monotonic() - started}
+            return self.load_table(
+                data, day, tables=tables, on_drift=on_drift, objects=len(objects), started=started, timings=timings
+            )
+
+    @contextmanager
+    def _locked_load(self, day: date, tables: Sequence[str]) -> Iterator[None]:
+        """One transaction holding the schema's load lock (module docstring, step 1); a database error
+        inside rolls everything back and is raised as WarehouseLoadError."""
+        try:
+            with self.conn.transaction():
+                self.conn.execute(statement("lock_partition"), {"key": f"{self.schema}/load"})
+                yield
+        except psycopg.Error as exc:
+            context = (exc.diag.context or "").strip()
+            raise WarehouseLoadError(
+                f"loading {day.isoformat()} into {self.schema}.{'/'.join(tables)} failed and was rolled back: "
+                f"{exc.diag.message_primary or exc}" + (f" ({context})" if context else "")
+            ) from exc
 
     def load_table(
         self,
@@ -225,24 +246,16 @@ class PostgresWarehouse(Warehouse):
 
         deleted: dict[str, int] = {}
         loaded: dict[str, int] = {}
-        try:
-            with self.conn.transaction():
-                self.conn.execute(statement("lock_partition"), {"key": f"{self.schema}/{day.isoformat()}"})
-                if added:
-                    self._add_columns(added)
-                for table in tables:
-                    rows = kept
-                    if table == "anomalies" and kept.num_rows:
-                        rows = kept.filter(pc.equal(kept.column("anomaly_status"), "ANOMALY"))
-                    deleted[table], loaded[table] = self._replace_day(
-                        table, day, rows, [kinds[c] for c in columns], timings
-                    )
-        except psycopg.Error as exc:
-            context = (exc.diag.context or "").strip()
-            raise WarehouseLoadError(
-                f"loading {day.isoformat()} into {self.schema}.{'/'.join(tables)} failed and was rolled back: "
-                f"{exc.diag.message_primary or exc}" + (f" ({context})" if context else "")
-            ) from exc
+        with self._locked_load(day, tables):  # nested in load_day's: a savepoint under the same lock
+            if added:
+                self._add_columns(added)
+            for table in tables:
+                rows = kept
+                if table == "anomalies" and kept.num_rows:
+                    rows = kept.filter(pc.equal(kept.column("anomaly_status"), "ANOMALY"))
+                deleted[table], loaded[table] = self._replace_day(
+                    table, day, rows, [kinds[c] for c in columns], timings
+                )
         seconds = time.monotonic() - started
         return {
             table: LoadResult(

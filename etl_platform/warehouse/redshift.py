@@ -26,6 +26,7 @@ no connection), so the SQL is tested without a Redshift; `RedshiftWarehouse` onl
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
@@ -273,6 +274,7 @@ def plan_load(
     table: Mapping[str, str],
     tables: Sequence[str] = TABLES,
     added: Sequence[Column] = (),
+    load_id: str = "load",
 ) -> LoadPlan:
     """Copy groups (with their manifest keys) and the target columns to load.
 
@@ -287,7 +289,7 @@ def plan_load(
         if name != PARTITION_COLUMN and name in present
     )
     groups = tuple(
-        CopyGroup(source.manifest_key(day, i), cols, tuple(objs))
+        CopyGroup(source.manifest_key(day, i, load_id), cols, tuple(objs))
         for i, (cols, objs) in enumerate(group_objects(objects, schemas))
     )
     return LoadPlan(bucket=bucket, day=day, groups=groups, columns=columns, tables=tuple(tables), added=tuple(added))
@@ -366,9 +368,10 @@ class RedshiftWarehouse(Warehouse):
             for table in TABLES:
                 if column.name not in self.table_columns(table):
                     self.conn.cursor().execute(self.sql.add_column(table, column))
-        plan = plan_load(bucket, day, objects, schemas, table_kinds(existing), tables, added)
-        for i, group in enumerate(plan.groups):
-            source.write_manifest(s3, bucket, day, i, group.objects)
+        load_id = uuid.uuid4().hex[:12]
+        plan = plan_load(bucket, day, objects, schemas, table_kinds(existing), tables, added, load_id)
+        for group in plan.groups:
+            source.write_manifest(s3, bucket, group.manifest_key, group.objects)
         timings["plan"] = time.monotonic() - started
 
         load_started = datetime.now(UTC).replace(tzinfo=None)
@@ -405,6 +408,9 @@ class RedshiftWarehouse(Warehouse):
                 + (f"; load errors: {described}" if described else ""),
                 details,
             ) from exc
+        finally:
+            for group in plan.groups:  # this load's own manifests: no other load reads them
+                s3.delete_object(Bucket=bucket, Key=group.manifest_key)
         seconds = time.monotonic() - started
         copied, staged, anomalies, _ = stats
         return {

@@ -146,13 +146,13 @@ def manifest(bucket: str, objects: Sequence[LakeObject]) -> dict[str, Any]:
     }
 
 
-def manifest_key(day: date, group: int) -> str:
-    """Deterministic, so a retried load overwrites its manifest instead of adding one."""
-    return f"{MANIFESTS}/warehouse/{layout.PROCESSED}/dt={day.isoformat()}/group-{group:02d}.manifest"
+def manifest_key(day: date, group: int, load_id: str) -> str:
+    """One load's manifest: `load_id` keeps two loads of a day at once from sharing (and overwriting)
+    manifests; the load removes its own when it ends."""
+    return f"{MANIFESTS}/warehouse/{layout.PROCESSED}/dt={day.isoformat()}/{load_id}/group-{group:02d}.manifest"
 
 
-def write_manifest(s3: Any, bucket: str, day: date, group: int, objects: Sequence[LakeObject]) -> str:
-    key = manifest_key(day, group)
+def write_manifest(s3: Any, bucket: str, key: str, objects: Sequence[LakeObject]) -> str:
     body = json.dumps(manifest(bucket, objects), indent=1).encode()
     layout.put(s3, bucket, key, body)
     return key

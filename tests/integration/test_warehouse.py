@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -275,9 +276,10 @@ class FakeRedshiftConnection:
     statement, answers the catalogue and count queries, and can fail the COPY the way Redshift does,
     with rows waiting in sys_load_error_detail."""
 
-    def __init__(self, fail_copy: bool) -> None:
-        self.fail_copy = fail_copy
+    def __init__(self, fail_copy: bool, s3: Any = None) -> None:
+        self.fail_copy, self.s3 = fail_copy, s3
         self.statements: list[tuple[str, Any]] = []
+        self.manifests: dict[str, dict] = {}  # what each COPY read, as Redshift would read it then
         self.autocommit = True
 
     def cursor(self) -> FakeRedshiftConnection:
@@ -301,7 +303,10 @@ class FakeRedshiftConnection:
                 )
                 for c in TABLE_COLUMNS
             ]
-        elif sql.startswith("COPY") and self.fail_copy:
+        elif sql.startswith("COPY") and self.s3 is not None:
+            bucket, key = sql.split("FROM 's3://", 1)[1].split("'", 1)[0].split("/", 1)
+            self.manifests[key] = json.loads(layout.get(self.s3, bucket, key))
+        if sql.startswith("COPY") and self.fail_copy:
             raise RuntimeError("Load into table 'etl_copy_00' failed. Check 'sys_load_error_detail' for details.")
         elif "sys_load_error_detail" in sql:
             self.rows = [
@@ -342,11 +347,15 @@ def fake_redshift(conn: FakeRedshiftConnection) -> RedshiftWarehouse:
 
 def test_redshift_load_writes_manifests_and_runs_one_transaction(s3, bucket):
     keys = write_partition(s3, bucket, processed_day(DAY, n=80))
-    conn = FakeRedshiftConnection(fail_copy=False)
+    conn = FakeRedshiftConnection(fail_copy=False, s3=s3)
     result = fake_redshift(conn).load_day(s3, bucket, DAY)
-    manifest_keys = layout.list_keys(s3, bucket, "_manifests/")
-    assert manifest_keys == ["_manifests/warehouse/processed/dt=2024-03-05/group-00.manifest"]
-    manifest = json.loads(layout.get(s3, bucket, manifest_keys[0]))
+    assert layout.list_keys(s3, bucket, "_manifests/") == []  # the load removed its own manifests
+    manifest_keys = list(conn.manifests)
+    assert len(manifest_keys) == 1
+    assert re.fullmatch(
+        r"_manifests/warehouse/processed/dt=2024-03-05/[0-9a-f]{12}/group-00\.manifest", manifest_keys[0]
+    )
+    manifest = conn.manifests[manifest_keys[0]]
     assert [e["url"] for e in manifest["entries"]] == [f"s3://{bucket}/{k}" for k in sorted(keys)]
     for entry, key in zip(manifest["entries"], sorted(keys), strict=True):
         assert entry["mandatory"] is True

@@ -90,7 +90,7 @@ def test_copy_reads_parquet_through_a_manifest_with_the_iam_role(rs):
     assert len(plan.groups) == 1
     copy = squash(rs.copy(0, plan.bucket, plan.groups[0].manifest_key))
     assert copy == (
-        "COPY \"etl_copy_00\" FROM 's3://etl-lake/_manifests/warehouse/processed/dt=2024-03-05/group-00.manifest' "
+        "COPY \"etl_copy_00\" FROM 's3://etl-lake/_manifests/warehouse/processed/dt=2024-03-05/load/group-00.manifest' "
         f"IAM_ROLE '{ROLE}' FORMAT AS PARQUET MANIFEST"
     )
 
@@ -113,7 +113,7 @@ def test_manifest_lists_every_object_as_mandatory_with_its_length():
         ]
     }
     json.dumps(manifest)  # serialisable as is
-    assert source.manifest_key(DAY, 3) == "_manifests/warehouse/processed/dt=2024-03-05/group-03.manifest"
+    assert source.manifest_key(DAY, 3, "ab12") == "_manifests/warehouse/processed/dt=2024-03-05/ab12/group-03.manifest"
 
 
 def test_objects_with_a_new_column_get_their_own_copy_group(rs):

@@ -1,2 +1,2 @@
--- Serialise loads of the same schema and day (a backfill racing the automation): held to commit.
+-- Serialise the loads of one schema (see postgres.py, step 1): held to commit.
 SELECT pg_advisory_xact_lock(hashtextextended(%(key)s, 0))

@@ -190,7 +190,9 @@ def make_consumer(settings: Settings, on_stage=None, index: bool = True):
 
 
 def _fault_injector(stage_name: str | None):
-    """ETL_FAULT_KILL_AFTER=raw|processed: SIGKILL this process right after that stage is durable.
+    """ETL_FAULT_KILL_AFTER=<stage>: SIGKILL this process right after that stage of a batch, one of
+    analysed (read, decoded, analysed), indexed (in search), raw, processed (in the lake), state (the
+    analytics snapshot saved, the commit not yet made) or committed.
 
     A real crash for the exactly-once tests; unset in every normal run.
     """

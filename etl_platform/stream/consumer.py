@@ -440,12 +440,14 @@ class StreamConsumer:
         with stage(result, "analytics"):
             processed = detector.process(frame)
         buffer.add(chunk, frame, processed, errors)
+        self.on_stage("analysed", result)
         if self.search_sink is not None and processed.height:
             self.leases.keep(holder)
             with stage(result, "search_indexing"):
                 stats = self.search_sink(processed)
                 result.search_indexed += stats.indexed
                 result.search_failed += stats.failed
+            self.on_stage("indexed", result)
 
     def _flush(self, holder: LeaseHolder, detector: RollingAnomalyDetector, buffer: _Buffer) -> BatchResult:
         """Deliver the buffer to the lake and commit it with the detector's state (which is at its end)."""
@@ -486,6 +488,7 @@ class StreamConsumer:
         with stage(result, "state"):
             self.leases.keep(holder)
             state_key = self.states.save(result.shard_id, checkpoint, detector.snapshot())
+        self.on_stage("state", result)
         with stage(result, "commit"):
             self.leases.commit(
                 holder,

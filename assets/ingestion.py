@@ -117,8 +117,13 @@ def processed_events(
     )
     context.log.info(
         f"replayed {day}: {result.rows} rows ({result.anomalies} anomalies) from {result.history_rows} rows "
-        f"of history; wrote {len(result.written)} objects"
+        f"of history; wrote {len(result.written)} objects; {result.rows_changed} rows changed their analytics"
     )
+    if result.rows_changed:
+        context.log.warning(
+            f"{result.rows_changed} rows of {day} now differ from what the stream computed: keys whose history "
+            "reaches back beyond the replay's lookback, or events that arrived after its range (lake/replay.py)"
+        )
     return MaterializeResult(
         metadata={
             **PROCESSED_COLUMN_METADATA,
@@ -126,6 +131,7 @@ def processed_events(
             "anomalies": result.anomalies,
             "history_rows": result.history_rows,
             "objects_written": len(result.written),
+            "rows_changed": result.rows_changed,
             "path": MetadataValue.path(f"s3://{lake.bucket}/{layout.day_prefix(layout.PROCESSED, day)}"),
         }
     )

@@ -310,11 +310,13 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--no-index", action="store_true", help="skip near-real-time OpenSearch indexing")
     consume.set_defaults(func=cmd_consume)
 
+    from etl_platform.cli.errors import add_errors_parser
     from etl_platform.cli.scale import add_scale_parser
     from etl_platform.cli.search import add_search_parser
 
     add_search_parser(sub)
     add_scale_parser(sub)
+    add_errors_parser(sub)
     return parser
 
 

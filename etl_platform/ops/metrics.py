@@ -31,6 +31,7 @@ WRITE_THROTTLED = "WriteProvisionedThroughputExceeded"
 ITERATOR_AGE = "GetRecords.IteratorAgeMilliseconds"
 RECORDS_PROCESSED = "RecordsProcessed"
 RECORDS_REJECTED = "RecordsRejected"
+DUPLICATE_EVENTS = "DuplicateEvents"  # deliveries of an event_id seen lately, dropped (stream.dedupe)
 DELIVERY_SUCCESS = "DeliveryToS3.Success"
 DELIVERY_FRESHNESS = "DeliveryToS3.DataFreshness"
 DELIVERY_ERRORS = "DeliveryToS3.Errors"
@@ -68,6 +69,7 @@ def batch_metrics(stream: str, result: Any, timestamp: datetime | None = None) -
     out += [
         datum(RECORDS_PROCESSED, result.events, "Count", stream, ts),
         datum(RECORDS_REJECTED, result.errors, "Count", stream, ts),
+        datum(DUPLICATE_EVENTS, getattr(result, "duplicates", 0), "Count", stream, ts),
         datum(ANOMALIES, result.anomalies, "Count", stream, ts),
         datum(DELIVERY_SUCCESS, 1.0, "None", stream, ts),
         datum(DELIVERY_ERRORS, 0.0, "Count", stream, ts),

@@ -1,9 +1,10 @@
 """The analytics state behind each checkpoint, kept in the lake; and the checkpoints of older versions.
 
-A commit writes the detector's snapshot to `_state/<stream>/<shard>/<sequence>.bin` first, then the
-lease item's checkpoint points at it (`stream.leases`): the lease write is the commit point, so a
-crash between the two leaves the previous checkpoint and its state in force. The superseded snapshot
-is deleted after the commit.
+A commit writes the shard's state (the detector's snapshot and the producer ids seen lately,
+`stream.dedupe`) to `_state/<stream>/<shard>/<sequence>.bin` first, then the lease item's checkpoint
+points at it (`stream.leases`): the lease write is the commit point, so a crash between the two
+leaves the previous checkpoint and its state in force. The superseded snapshot is deleted after the
+commit. A state written before the ids were kept is the detector's snapshot alone, and still loads.
 
 Before the lease table, checkpoints were JSON objects under `_checkpoints/<stream>/`; `legacy_checkpoints`
 reads them so that a stream consumed by an older version migrates into the lease table unchanged.
@@ -12,9 +13,27 @@ reads them so that a stream consumed by an older version migrates into the lease
 from __future__ import annotations
 
 import json
+import struct
 from typing import Any
 
 from etl_platform.lake import layout
+
+_CONTAINER = b"ETLSTATE1\x00"
+_LENGTH = struct.Struct("<Q")
+
+
+def pack_state(analytics: bytes, seen_ids: bytes) -> bytes:
+    """One shard's committed state: the analytics snapshot, then the seen producer ids."""
+    return _CONTAINER + _LENGTH.pack(len(analytics)) + analytics + seen_ids
+
+
+def unpack_state(blob: bytes) -> tuple[bytes, bytes | None]:
+    """(analytics snapshot, seen ids or None for a state written before they were kept)."""
+    if not blob.startswith(_CONTAINER):
+        return blob, None
+    (size,) = _LENGTH.unpack_from(blob, len(_CONTAINER))
+    start = len(_CONTAINER) + _LENGTH.size
+    return blob[start : start + size], blob[start + size :]
 
 
 class StateStore:

@@ -38,8 +38,9 @@ from etl_platform.analytics import AnalyticsConfig, RollingAnomalyDetector
 from etl_platform.config import env_number
 from etl_platform.events import with_depth
 from etl_platform.lake import writers
-from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints
+from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints, pack_state, unpack_state
 from etl_platform.stream.decoding import DecodedChunk, decode_chunks, isolate_unconvertible
+from etl_platform.stream.dedupe import SeenIds
 from etl_platform.stream.leases import Lease, LeaseHolder, LeaseLost, LeaseTable, readable
 from etl_platform.stream.reader import ReadResult, ShardReader, record_size
 from etl_platform.stream.shards import Shard, list_shards
@@ -59,6 +60,7 @@ class ConsumerConfig:
     poll_interval_s: float = 1.0  # a caught-up worker reads its shard this often (as the KCL)
     read_budget_s: float = 5.0  # how long one read may page through empty pages while behind
     max_decoded_bytes: int = 64 * 1024 * 1024  # decompressed payload bytes a batch holds at most
+    dedupe_horizon_s: float = 600.0  # a producer id delivered again within this long is a duplicate
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, profile: str = "local") -> ConsumerConfig:
@@ -73,6 +75,7 @@ class ConsumerConfig:
             lease_duration_s=env_number(env, "ETL_LEASE_DURATION_S", defaults.lease_duration_s, float, 1),
             poll_interval_s=env_number(env, "ETL_POLL_INTERVAL_S", defaults.poll_interval_s, float, 0.2),
             max_decoded_bytes=env_number(env, "ETL_MAX_DECODED_BYTES", defaults.max_decoded_bytes, int, 1024 * 1024),
+            dedupe_horizon_s=env_number(env, "ETL_DEDUPE_HORIZON_S", defaults.dedupe_horizon_s, float, 0),
         )
 
 
@@ -97,6 +100,7 @@ class BatchResult:
     records: int = 0
     decoded_bytes: int = 0  # the records' payloads after decompression
     events: int = 0
+    duplicates: int = 0  # deliveries of an event_id seen lately, dropped (stream.dedupe)
     errors: int = 0
     anomalies: int = 0
     ended: bool = False
@@ -188,6 +192,7 @@ class _Shard:
 
     holder: LeaseHolder
     detector: RollingAnomalyDetector
+    seen: SeenIds  # producer ids delivered lately (stream.dedupe)
     reader: ShardReader
     buffer: _Buffer
     outcome: WorkResult
@@ -246,18 +251,30 @@ class StreamConsumer:
         return readable(self.sync_leases() if leases is None else leases)
 
     # --- the worker loop ----------------------------------------------------------------------------
-    def _initial_detector(self, lease: Lease, leases: Mapping[str, Lease]) -> RollingAnomalyDetector:
-        """The state as last committed; for a shard never committed, its parents' final state merged
-        (keys move with their hash range); else an empty detector."""
+    def _initial_state(self, lease: Lease, leases: Mapping[str, Lease]) -> tuple[RollingAnomalyDetector, SeenIds]:
+        """The state as last committed; for a shard never committed, its parents' final states merged
+        (keys move with their hash range); else an empty one."""
+        horizon = self.config.dedupe_horizon_s
+
+        def restore(blob: bytes) -> tuple[RollingAnomalyDetector, SeenIds]:
+            analytics, ids = unpack_state(blob)
+            seen = SeenIds.restore(ids, horizon) if ids is not None else SeenIds(horizon)
+            return RollingAnomalyDetector.restore(analytics), seen
+
         blob = self.states.load(lease.state_key)
         if blob is not None:
-            return RollingAnomalyDetector.restore(blob)
+            return restore(blob)
         states = [
-            RollingAnomalyDetector.restore(blob)
+            restore(blob)
             for parent in lease.parents
             if parent in leases and (blob := self.states.load(leases[parent].state_key)) is not None
         ]
-        return RollingAnomalyDetector.merge(states) if states else self.config.analytics.new_detector()
+        if not states:
+            return self.config.analytics.new_detector(), SeenIds(horizon)
+        return (
+            RollingAnomalyDetector.merge([detector for detector, _ in states]),
+            SeenIds.merge([seen for _, seen in states], horizon),
+        )
 
     def work(
         self,
@@ -325,9 +342,11 @@ class StreamConsumer:
 
     def _open(self, holder: LeaseHolder, leases: Mapping[str, Lease], outcome: WorkResult) -> _Shard:
         lease = holder.lease
+        detector, seen = self._initial_state(lease, leases)
         return _Shard(
             holder=holder,
-            detector=self._initial_detector(lease, leases),
+            detector=detector,
+            seen=seen,
             reader=ShardReader(self.kinesis, self.stream_name, lease.shard_id, lease.checkpoint),
             buffer=_Buffer(BatchResult(shard_id=lease.shard_id)),
             outcome=outcome,
@@ -391,7 +410,7 @@ class StreamConsumer:
         if not read.records and not result.records:
             result.timings.pop("read")  # an idle poll is no part of the next batch
         for chunk in decode_chunks(result.shard_id, read.records, config.max_decoded_bytes):
-            self._analyse_and_index(chunk, holder.lease.depth, shard.detector, holder, shard.buffer)
+            self._analyse_and_index(chunk, shard)
             more = chunk.records[-1] is not read.records[-1]
             if more and shard.buffer.decoded_bytes >= config.max_decoded_bytes:
                 # Records that inflate enormously: flush before decoding the rest of the read, so a
@@ -405,7 +424,7 @@ class StreamConsumer:
         return read
 
     def _commit_batch(self, shard: _Shard, on_batch: Callable[[BatchResult], None] | None) -> None:
-        shard.outcome.batches.append(self._flush(shard.holder, shard.detector, shard.buffer))
+        shard.outcome.batches.append(self._flush(shard))
         if on_batch is not None:
             on_batch(shard.outcome.batches[-1])
         shard.buffer = _Buffer(BatchResult(shard_id=shard.holder.lease.shard_id))
@@ -425,20 +444,16 @@ class StreamConsumer:
         while not should_stop() and (left := deadline - time.monotonic()) > 0:
             time.sleep(min(left, 0.2))
 
-    def _analyse_and_index(
-        self,
-        chunk: DecodedChunk,
-        depth: int,
-        detector: RollingAnomalyDetector,
-        holder: LeaseHolder,
-        buffer: _Buffer,
-    ) -> None:
+    def _analyse_and_index(self, chunk: DecodedChunk, shard: _Shard) -> None:
+        holder, buffer = shard.holder, shard.buffer
         result = buffer.result
         with stage(result, "decode"):
             errors = list(chunk.result.errors)
-            frame = with_depth(isolate_unconvertible(chunk.result.events, errors), depth)
+            events, duplicates = shard.seen.filter(chunk.result.events)
+            result.duplicates += duplicates
+            frame = with_depth(isolate_unconvertible(events, errors), holder.lease.depth)
         with stage(result, "analytics"):
-            processed = detector.process(frame)
+            processed = shard.detector.process(frame)
         buffer.add(chunk, frame, processed, errors)
         self.on_stage("analysed", result)
         if self.search_sink is not None and processed.height:
@@ -449,8 +464,9 @@ class StreamConsumer:
                 result.search_failed += stats.failed
             self.on_stage("indexed", result)
 
-    def _flush(self, holder: LeaseHolder, detector: RollingAnomalyDetector, buffer: _Buffer) -> BatchResult:
-        """Deliver the buffer to the lake and commit it with the detector's state (which is at its end)."""
+    def _flush(self, shard: _Shard) -> BatchResult:
+        """Deliver the buffer to the lake and commit it with the shard's state (which is at its end)."""
+        holder, buffer = shard.holder, shard.buffer
         result, lease = buffer.result, holder.lease
         frame = pl.concat(buffer.frames) if buffer.frames else pl.DataFrame()
         processed = pl.concat(buffer.processed) if buffer.processed else pl.DataFrame()
@@ -487,7 +503,8 @@ class StreamConsumer:
         checkpoint = result.last_sequence or lease.checkpoint
         with stage(result, "state"):
             self.leases.keep(holder)
-            state_key = self.states.save(result.shard_id, checkpoint, detector.snapshot())
+            state = pack_state(shard.detector.snapshot(), shard.seen.snapshot())
+            state_key = self.states.save(result.shard_id, checkpoint, state)
         self.on_stage("state", result)
         with stage(result, "commit"):
             self.leases.commit(

@@ -110,3 +110,27 @@ def test_a_backfill_beside_the_stream_loses_and_duplicates_nothing(kinesis, s3, 
     assert processed.height == 450 and processed["event_id"].n_unique() == 450
     assert_same_results(processed, one_pass(kinesis, stream))
     assert date.fromisoformat(str(DAY)) == replayed.day
+
+
+def test_a_replay_reports_the_rows_it_changed(kinesis, s3, bucket, stream, leases):
+    """Scenario 4: a key whose history reaches back beyond the replay's 7 days gets other windows in a
+    replay than the stream gave it; the replay counts those rows instead of changing them silently."""
+    day = datetime(2026, 6, 20, tzinfo=UTC)
+    old = day.replace(day=5)  # 15 days before: outside the replay's lookback
+
+    def envelope(user: str, when: datetime, value: float) -> dict:
+        return {"source": "api", "user_id": user, "event_type": "call", "event_time": when.isoformat(), "value": value}
+
+    sparse_history = [
+        envelope("sparse", old.replace(hour=1, minute=i % 60, second=i // 60), 100.0 + i) for i in range(120)
+    ]
+    todays = [envelope("sparse", day.replace(hour=9, minute=i), 50.0 + i) for i in range(5)]
+    dense = [envelope("dense", day.replace(hour=10, minute=i), 10.0 + i) for i in range(20)]
+    KinesisProducer(kinesis, stream).send(sparse_history + todays + dense)
+    StreamConsumer(kinesis, s3, bucket, stream, leases, ConsumerConfig()).drain()
+
+    replayed = recompute_processed_day(s3, bucket, day.date(), pending=leases.pending_objects)
+    assert replayed.rows == 25
+    assert replayed.rows_changed == 5  # the sparse key's rows of the day; the dense key's are the stream's
+    again = recompute_processed_day(s3, bucket, day.date(), pending=leases.pending_objects)
+    assert again.rows_changed == 0  # a replay of a replay changes nothing

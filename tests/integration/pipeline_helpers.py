@@ -18,6 +18,7 @@ from etl_platform.lake import layout
 from etl_platform.lake.readers import read_processed, read_raw
 from etl_platform.stream.consumer import ConsumerConfig
 from etl_platform.stream.decoding import decode_records
+from etl_platform.stream.dedupe import SeenIds
 from etl_platform.stream.reader import ShardReader
 from etl_platform.stream.shards import lineage_order, list_shards, shard_depths
 
@@ -36,9 +37,9 @@ def one_pass(kinesis, stream: str, config: ConsumerConfig | None = None) -> pl.D
             records += read.records
             if not read.records and not read.cut:
                 break
-        frames.append(
-            with_depth(events_to_frame(decode_records(shard.shard_id, records).events), depths[shard.shard_id])
-        )
+        # Each event once: a later delivery of a producer id is dropped, as the consumer does.
+        events, _ = SeenIds(config.dedupe_horizon_s).filter(decode_records(shard.shard_id, records).events)
+        frames.append(with_depth(events_to_frame(events), depths[shard.shard_id]))
     return config.analytics.new_detector().process(arrival_order(pl.concat(frames)))
 
 

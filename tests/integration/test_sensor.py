@@ -142,10 +142,10 @@ def test_the_supervisor_replaces_a_dead_worker_and_frees_its_queue_slot(stream, 
         tags={SHARD_TAG: shard, shard_tag(shard): "owner"},
         status=DagsterRunStatus.STARTED,
     )
-    holder = leases.take(shard, f"run:{run.run_id}", duration_s=1.0)
+    holder = leases.take(shard, f"run:{run.run_id}", duration_s=4.0)  # outlives a slow tick
     assert holder is not None
     assert shard not in tick()  # alive: its lease is held
-    time.sleep(1.2)  # the process "died": no renewal
+    time.sleep(max(0.0, holder.lease.expires_at - time.time()) + 0.2)  # the process "died": no renewal
     assert shard in tick()
     assert instance.get_run_by_id(run.run_id).status == DagsterRunStatus.FAILURE
 

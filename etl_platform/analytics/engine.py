@@ -9,8 +9,28 @@ Semantics (docs/architecture.md, "Stream analytics semantics"), per key, rows in
   give NULL statistics and therefore ``'NORMAL'``, as in SQL.
 
 The result is bit-for-bit the same however the stream is cut into micro-batches and wherever it is
-snapshotted and restored, and exact to floating-point rounding (far below 1e-9 relative), also for
-1e9-magnitude series and constant ones.
+snapshotted and restored, and exact for any finite values: ``avg_value`` within 2**-36 (1.5e-11)
+relative of the exact mean, ``anomaly_status`` as exact arithmetic decides it (save a value within
+~``baseline_rows`` ulps of the band's edge). That holds for 1e9-magnitude and constant series, and
+for wild values: a stray 1e15 (an epoch-millisecond timestamp sent as the value), a jump to another
+level, subnormals, +/-1.7e308.
+
+Where DuckDB running the seed SQL (tests/unit/analytics_reference.py) gives out, the engine gives
+what exact arithmetic gives (``exact_reference`` there), because float64 overflow in an intermediate
+is an artefact, not an answer:
+
+* a baseline whose squared deviations overflow (a value ~1.3e154 or more away from the others):
+  DuckDB's STDDEV_SAMP raises "out of range" and the whole query fails; the engine decides exactly;
+* an avg window whose plain sum overflows (values near +/-1.8e308): DuckDB's AVG is +/-inf; the
+  engine gives the finite mean;
+* huge values that cancel within an avg window (1e16, 1, -1e16): DuckDB's AVG loses what they leave
+  (0.0); the engine's mean is exact but for its final rounding (1/3);
+* values that differ by a few ulps (1e9 +/- 1e-6): the baseline's mean is not a double, and DuckDB's
+  rounded AVG tips rows near the band's edge; the engine compares the exact ``|value - mean|``.
+
+Where squares underflow instead (a series whose spread is below ~1e-154, e.g. values ~1e-300), the
+sample variance is 0 in float64 for DuckDB and for the engine alike, and both flag any value that
+differs from the mean; exact arithmetic would see the spread.
 
 How it stays fast and exact
 ---------------------------
@@ -19,15 +39,17 @@ output columns). Two compiled loops (numba, :mod:`etl_platform.analytics.kernel`
 one numbers each row's key through a hash table (:mod:`etl_platform.analytics.key_index`; every answer is checked
 against the real keys, and an exact join takes over should two keys share a 64-bit hash), the other
 advances each row's key in arrival order in O(1): windows come from block-local prefix sums around a
-per-block pivot, kept for the last ``max(avg_rows, baseline_rows) + 1`` positions of each key (a key
-seen a few times keeps a small ring; the kernel's docstring has the layout), and it prefetches the
-state of the rows ahead of it. :mod:`etl_platform.analytics.state` holds that state in numpy.
-So a batch costs O(rows), never O(keys touched x window), and memory is bounded by keys x window
-whatever the stream length.
+per-block pivot, kept with the values for the last ``max(avg_rows, baseline_rows) + 1`` positions of
+each key (a key seen a few times keeps a small ring; the kernel's docstring has the layout), and it
+prefetches the state of the rows ahead of it. A window whose prefix sums a wild value has made
+imprecise (a rounding-error bound checked per window) is recomputed from those values instead.
+:mod:`etl_platform.analytics.state` holds that state in numpy. So a batch costs O(rows), never
+O(keys touched x window), and memory is bounded by keys x window whatever the stream length.
 
 Input rules: the key columns and ``value`` must be present; ``value`` must be numeric, non-null and
-finite (NaN and +/-inf are rejected: they have no meaningful rolling statistics and would poison the
-block sums). Null keys are allowed and form their own partition, as SQL ``PARTITION BY`` does.
+finite (NaN and +/-inf are rejected: they have no meaningful rolling statistics and would poison
+every window they enter). Null keys are allowed and form their own partition, as SQL ``PARTITION BY``
+does.
 """
 
 from __future__ import annotations

@@ -1,17 +1,18 @@
 """The compiled loops of the stream analytics engine (numba): the per-row step and the key-hash probe.
 
 The per-row step owns the per-key state layout. A key has a row of ``len(FIELDS)`` float64 in
-``fields`` (at ``kid * len(FIELDS)``: 64 bytes) and a ring of (E1, E2) pairs in ``arena``
-at float offset ``ring_at``:
+``fields`` (at ``kid * len(FIELDS)``: 64 bytes) and a ring of ``SLOT`` = (E1, E2, x) triples in
+``arena`` at float offset ``ring_at``:
 
 * The key's history is cut into aligned *blocks* of ``block`` positions (``block >= 2 * ring``, so a
   window spans at most two blocks). Each block has a *pivot* ``c``, its first value, so a series that
   drifts stays close to it.
-* The ring holds the block-local prefix sums ``E1 = sum(x - c)`` and ``E2 = sum((x - c)^2)`` of the
-  key's last ``ring`` positions, side by side at ``ring_at + 2 * (position % ring)``.
-* A key starts with a *small* ring of ``small_ring(ring)`` pairs (its positions never wrap while it is
+* The ring holds, for each of the key's last ``ring`` positions, the block-local prefix sums
+  ``E1 = sum(x - c)`` and ``E2 = sum((x - c)^2)`` and the position's value ``x``, side by side at
+  ``ring_at + 3 * (position % ring)``.
+* A key starts with a *small* ring of ``small_ring(ring)`` slots (its positions never wrap while it is
   that short) and moves to a full ring when its history outgrows it, so a key seen a few times costs
-  ~200 bytes rather than ~1.7 kB. Rings are carved from the end of the arena, in arrival order; a key
+  ~260 bytes rather than ~2.5 kB. Rings are carved from the end of the arena, in arrival order; a key
   never seen has ``ring_at = -1``.
 * The fields describe the key's last row: ``n`` rows seen; ``rs`` start of the run of equal values
   ending there; ``x1`` its value; ``c`` its block's pivot; ``tp1``/``tp2``/``cp`` the previous
@@ -23,9 +24,28 @@ are of shifted values and restart every block, a 1e9-magnitude series with unit 
 and rounding error never accumulates along the stream. A window whose values are all equal (known
 from ``rs``) is answered exactly: mean = that value, stddev = 0.
 
-Rows are processed strictly in arrival order, one O(1) step each, so the result is bit-for-bit the
-same however the stream is cut into batches. The compiled step prefetches the state of the rows ahead
-of it: with more keys than the CPU caches hold, waiting for memory is most of its time.
+Wild values. A difference of prefix sums is only as precise as the prefix sums are small: one value
+far from the rest of its block (1e12 amid N(100, 10), a jump to another level, a drop of the noise
+from 10 to 1e-9) leaves every later prefix of the block huge next to the windows that no longer hold
+it, for up to ``block + ring`` rows. So each window checks a rigorous first-order bound on the
+rounding error of its sums. Let W be the largest squared sum the window's E1, E2 and re-pivoting
+met (E2 at its end, plus the previous block's and the re-pivoting term when it reaches back): E2
+only grows within a block, and ``|E1| <= sqrt(m * E2)`` over ``m`` positions (Cauchy-Schwarz), so
+every step's rounding is bounded through W. While ``W <= 2**16 * m2`` (m2 the window's sum of squared
+deviations) the mean's error is below ``rho_sd * stddev`` and the band's below ``rho_band * band``
+(~3e-7, constants per call), and the anomaly decision stands if ``|value - mean|`` and the band are
+further apart than that; an avg_value stands if ``kappa * W <= avg^2`` (error below ``2**-36``
+relative). The check costs a few multiplications, no division or square root. Otherwise the window
+is computed from the values in the ring: exact sums (Shewchuk's partials, as ``math.fsum``) for the
+mean and for ``n |value - mean|``, the corrected two-pass variance, all scaled by 2**-600 when a
+value exceeds 2**500 so that no sum or square overflows. Prefix sums that overflowed (inf, NaN) fail
+the check, so any finite doubles work; the fallback costs O(window) for the few hundred rows of a key
+after a wild value.
+
+Rows are processed strictly in arrival order, one step each, so the result is bit-for-bit the
+same however the stream is cut into batches (which path a window takes depends only on the state).
+The compiled step prefetches the state of the rows ahead of it: with more keys than the CPU caches
+hold, waiting for memory is most of its time.
 """
 
 from __future__ import annotations
@@ -40,28 +60,67 @@ import numpy as np
 FIELDS = ("n", "rs", "x1", "c", "tp1", "tp2", "cp", "ring_at")
 _N, _RS, _X1, _C, _TP1, _TP2, _CP, _AT = range(len(FIELDS))
 HISTORY_FIELDS = FIELDS[:_AT]  # what a snapshot keeps of the fields (ring_at is where, not what)
-SMALL_RING = 8  # pairs in a new key's ring: 128 bytes, two cache lines
+SLOT = ("e1", "e2", "x")  # the float64 a ring holds per position
+_S = len(SLOT)
+SMALL_RING = 8  # slots in a new key's ring: 192 bytes, three cache lines
+
+# The error bounds of the O(1) step (see the module docstring).
+_U = 2.0**-53  # unit roundoff
+_TINY = 2.0**-1070  # per square: what underflow can take from E2 (keeps the Cauchy-Schwarz bound true)
+_MEAN_TOL = 2.0**-36  # a mean from prefix sums stands if its error bound is this small, relative
+_SPREAD = 2.0**16  # prefix sums used for a variance while their magnitude is at most this times it
+_FINITE = 1.0e308  # a magnitude at least this large means inf or NaN crept in
+_SCALE_AT = 2.0**500  # a window holding a value beyond this is summed scaled, so squares stay finite
+_SCALE = 2.0**-600
 
 
 def small_ring(ring: int) -> int:
-    """Pairs in a new key's ring (all of them when the windows are that short)."""
+    """Slots in a new key's ring (all of them when the windows are that short)."""
     return min(SMALL_RING, ring)
 
 
 def ring_floats(n: np.ndarray, ring: int) -> np.ndarray:
-    """Float64 in use in the ring of a key that has seen ``n`` rows (its last ``min(n, ring)`` pairs)."""
-    return 2 * np.minimum(n, ring)
+    """Float64 in use in the ring of a key that has seen ``n`` rows (its last ``min(n, ring)`` slots)."""
+    return _S * np.minimum(n, ring)
 
 
 def ring_capacity(n: np.ndarray, ring: int) -> np.ndarray:
     """Float64 a key that has seen ``n`` rows is given on restore: a small ring while it fits."""
     small = small_ring(ring)
-    return np.where(n <= small, 2 * small, 2 * ring)
+    return np.where(n <= small, _S * small, _S * ring)
 
 
 def arena_headroom(rows: int, ring: int) -> int:
     """Most arena float64 a batch of ``rows`` can claim: each row starts one ring at most."""
-    return 2 * ring * rows
+    return _S * ring * rows
+
+
+def rings_from_sums(fields: np.ndarray, pairs: np.ndarray, ring: int, block: int) -> np.ndarray:
+    """Rings of snapshot versions 1 and 2 ((E1, E2) per position) with each position's value put back.
+
+    ``fields`` holds ``HISTORY_FIELDS`` per key and ``pairs`` the keys' ``2 * min(n, ring)`` floats,
+    in slot order. A value is its block's pivot plus the step of E1 into it: exact at a block start,
+    elsewhere within a rounding of the block's prefix sums (the precision the engine that wrote them
+    had). Values are only read to recompute a window the prefix sums cannot give; the oldest
+    position of a full ring is never read again (the next row overwrites it), and is NaN when its
+    predecessor is gone.
+    """
+    fields = np.asarray(fields, dtype=np.float64)
+    n = fields[:, _N].astype(np.int64)
+    used = np.minimum(n, ring)
+    first = np.cumsum(used) - used  # each key's first slot
+    key = np.repeat(np.arange(len(n)), used)
+    slot = np.arange(int(used.sum())) - first[key]
+    last = n[key] - 1
+    pos = last - (last - slot) % ring  # the position a slot holds
+    e1, e2 = pairs[0::2], pairs[1::2]
+    starts_block = pos % block == 0
+    pivot = np.where(pos - pos % block == last - last % block, fields[key, _C], fields[key, _CP])
+    has_prev = pos - 1 >= n[key] - used[key]
+    prev = first[key] + (pos - 1) % ring
+    e1_prev = np.where(starts_block, 0.0, e1[np.where(has_prev, prev, 0)])
+    x = np.where(starts_block | has_prev, pivot + (e1 - e1_prev), np.nan)
+    return np.column_stack([e1, e2, x]).reshape(-1)
 
 
 def block_size(ring: int) -> int:
@@ -122,11 +181,21 @@ def _lower_prefetch() -> None:
         return lambda array, index: prefetch_line(array, index)  # pyright: ignore[reportCallIssue]
 
 
+@functools.cache
+def _register_helpers() -> None:
+    """Let compiled loops call the window helpers (once per process)."""
+    from numba.extending import register_jitable
+
+    for helper in (_add_partial, _partials_total, _window_sum, _window_anomaly):
+        register_jitable(helper)
+
+
 def _compile() -> _Loops:
     """numba-compile the loops (compilation itself happens on each one's first call, or loads its cache)."""
     import numba
 
     _lower_prefetch()
+    _register_helpers()
     jit = numba.njit(cache=True, nogil=True)
     return {"advance": jit(_advance), "index_keys": jit(_index_keys)}
 
@@ -239,22 +308,99 @@ def advance(
     kids, xs = np.require(kids, np.int64, ["C", "W"]), np.require(xs, np.float64, ["C", "W"])
     loop = _loops(len(kids))["advance"]
     ahead = 0 if loop is _advance else PREFETCH_ROWS  # interpreted, a prefetch is only overhead
-    loop(
-        kids,
-        xs,
-        fields,
-        arena,
-        arena_used,
-        ring,
-        small_ring(ring),
-        block,
-        avg_rows,
-        baseline_rows,
-        float(sigmas),
-        avg_out,
-        anomaly_out,
-        ahead,
-    )
+    # Interpreted, numpy scalars warn where the compiled loop silently overflows to inf (then checked).
+    with np.errstate(all="ignore"):
+        loop(
+            kids,
+            xs,
+            fields,
+            arena,
+            arena_used,
+            ring,
+            small_ring(ring),
+            block,
+            avg_rows,
+            baseline_rows,
+            float(sigmas),
+            avg_out,
+            anomaly_out,
+            ahead,
+        )
+
+
+def _add_partial(partials: np.ndarray, m: int, v: float) -> int:
+    """Add ``v`` to the exact sum held by ``partials[:m]`` (Shewchuk's non-overlapping partials, as
+    ``math.fsum``); returns how many partials hold it now (one more at most)."""
+    k = 0
+    for j in range(m):
+        y = partials[j]
+        if abs(v) < abs(y):
+            v, y = y, v
+        t = v + y
+        err = y - (t - v)  # exact: what t lost of v + y
+        if err != 0.0:
+            partials[k] = err
+            k += 1
+        v = t
+    partials[k] = v
+    return k + 1
+
+
+def _partials_total(partials: np.ndarray, m: int) -> float:
+    """The exact sum the partials hold, rounded (largest first: within an ulp)."""
+    total = 0.0
+    for j in range(m - 1, -1, -1):
+        total += partials[j]
+    return total
+
+
+def _window_sum(arena: np.ndarray, base: int, ring: int, lo: int, hi: int, also: float) -> tuple[float, float]:
+    """The scale and the scaled sum, exact up to its rounding, of the values at positions [lo, hi].
+
+    The scale is ``_SCALE`` if one of them (or ``also``) exceeds ``_SCALE_AT``, else 1: scaled, no sum,
+    difference or square of them overflows.
+    """
+    big = abs(also)
+    for q in range(lo, hi + 1):
+        v = abs(arena[base + _S * (q % ring) + 2])
+        if v > big:
+            big = v
+    scale = _SCALE if big > _SCALE_AT else 1.0
+    partials = np.empty(hi - lo + 1)
+    m = 0
+    for q in range(lo, hi + 1):
+        m = _add_partial(partials, m, arena[base + _S * (q % ring) + 2] * scale)
+    return scale, _partials_total(partials, m)
+
+
+def _window_anomaly(arena: np.ndarray, base: int, ring: int, lo: int, hi: int, x: float, sigmas: float) -> bool:
+    """``|x - AVG| > sigmas * STDDEV_SAMP`` over the values at positions [lo, hi], computed from them.
+
+    ``n |x - AVG|`` is summed exactly (each ``x - v`` split into two doubles that hold it exactly), so
+    a mean that a double cannot hold (1e9 +/- 1e-6) does not tip the decision; the variance is the
+    corrected two-pass one. So the decision is exact but within ~n ulps of the band's edge.
+    """
+    n = hi - lo + 1
+    scale, total = _window_sum(arena, base, ring, lo, hi, x)
+    mean = total / n
+    d1 = d2 = 0.0
+    for q in range(lo, hi + 1):
+        d = arena[base + _S * (q % ring) + 2] * scale - mean
+        d1 += d
+        d2 += d * d
+    m2 = d2 - d1 * d1 / n  # less the rounding of the mean
+    if m2 < 0.0:
+        m2 = 0.0
+    xs = x * scale
+    partials = np.empty(2 * n)
+    m = 0
+    for q in range(lo, hi + 1):
+        v = -arena[base + _S * (q % ring) + 2] * scale
+        t = xs + v
+        tv = t - xs
+        m = _add_partial(partials, m, t)
+        m = _add_partial(partials, m, (xs - (t - tv)) + (v - tv))  # what t lost (TwoSum)
+    return abs(_partials_total(partials, m)) > n * (sigmas * math.sqrt(m2 / (n - 1)))
 
 
 def _advance(
@@ -277,6 +423,16 @@ def _advance(
     nf = len(FIELDS)
     rows = kids.shape[0]
     half = ahead // 2
+    # Error bounds (module docstring), first order, then doubled. With W the largest squared sum a
+    # window's sums met, every E1-like magnitude is at most sqrt(block * W) (Cauchy-Schwarz), s1's
+    # error at most 8u (n + 2) sqrt(block * W) and m2's at most 64u (n + block) W. So while
+    # W <= _SPREAD * m2, the mean (and |x - mean|) is off by less than rho_sd * stddev + 3u (|mean| +
+    # |x - mean|), and the band by less than rho_band * band. An avg is off by less than
+    # 16u sqrt(block * W) + u |avg|, which is within _MEAN_TOL |avg| when kappa * W <= avg^2.
+    rho_sd = 2.0 * (16.0 * _U * math.sqrt(block * _SPREAD * baseline_rows) + _U * math.sqrt(_SPREAD))
+    rho_band = 2.0 * (64.0 * _U * (baseline_rows + block) * _SPREAD + 4.0 * _U)
+    kappa = 1024.0 * _U * _U * block / ((_MEAN_TOL - 2.0 * _U) * (_MEAN_TOL - 2.0 * _U))
+    tiny = block * _TINY
     for i in range(rows):
         if ahead:
             # The fields of row i + ahead now; half-way there, with its ring and position known, the
@@ -288,13 +444,13 @@ def _advance(
                 at = int(fields[g + _AT])
                 if at >= 0:
                     p = int(fields[g + _N])
-                    _prefetch(arena, at + 2 * (p % ring))
+                    _prefetch(arena, at + _S * (p % ring))
                     if p >= 1:
-                        _prefetch(arena, at + 2 * ((p - 1) % ring))
+                        _prefetch(arena, at + _S * ((p - 1) % ring))
                     if p > baseline_rows:
-                        _prefetch(arena, at + 2 * ((p - baseline_rows - 1) % ring))
+                        _prefetch(arena, at + _S * ((p - baseline_rows - 1) % ring))
                     if p > avg_rows:
-                        _prefetch(arena, at + 2 * ((p - avg_rows - 1) % ring))
+                        _prefetch(arena, at + _S * ((p - avg_rows - 1) % ring))
         x = xs[i]
         f = kids[i] * nf
         pos = int(fields[f + _N])
@@ -304,16 +460,16 @@ def _advance(
         base = int(fields[f + _AT])
         if base < 0:  # the key's first row: a small ring
             base = arena_used[0]
-            arena_used[0] += 2 * small
+            arena_used[0] += _S * small
         elif pos == small and small < ring:  # about to outgrow its small ring: move to a full one
             grown = arena_used[0]
-            arena_used[0] += 2 * ring
-            for j in range(2 * small):
+            arena_used[0] += _S * ring
+            for j in range(_S * small):
                 arena[grown + j] = arena[base + j]
             base = grown
         e1l = e2l = 0.0  # the prefix sums at the key's last row (its block's, which may have ended)
         if pos >= 1:
-            last = base + 2 * ((pos - 1) % ring)
+            last = base + _S * ((pos - 1) % ring)
             e1l, e2l = arena[last], arena[last + 1]
 
         # Baseline: positions [pos - nb, pos - 1], read from the state as of the key's last row.
@@ -328,24 +484,35 @@ def _advance(
                 bs = hi - hi % block  # start of the block holding hi (pivot c)
                 p1 = p2 = 0.0  # prefix sums just before the window (0 when it starts the block)
                 if lo != bs:
-                    s = base + 2 * ((lo - 1) % ring)
+                    s = base + _S * ((lo - 1) % ring)
                     p1, p2 = arena[s], arena[s + 1]
                 if lo >= bs:
                     s1, s2 = e1l - p1, e2l - p2
+                    w = e2l + tiny
                 else:  # [lo, bs - 1] lies in the previous block, relative to its pivot cp
                     a1, a2 = tp1 - p1, tp2 - p2
                     na_, delta = bs - lo, cp - c
                     s1 = e1l + a1 + na_ * delta
                     s2 = e2l + a2 + delta * (2.0 * a1 + na_ * delta)
+                    w = e2l + tp2 + abs(delta) * (2.0 * abs(a1) + na_ * abs(delta)) + tiny
                 mean = c + s1 / nb
-                m2 = max(s2 - s1 * s1 / nb, 0.0)
-                anomaly = abs(x - mean) > sigmas * math.sqrt(m2 / (nb - 1))
+                m2 = s2 - s1 * s1 / nb
+                decided = False
+                if m2 > 0.0 and w <= _SPREAD * m2 and w < _FINITE:
+                    dev = abs(x - mean)
+                    sd = math.sqrt(m2 / (nb - 1))
+                    band = sigmas * sd
+                    if abs(dev - band) > rho_sd * sd + rho_band * band + 3.0 * _U * (abs(mean) + dev):
+                        anomaly = dev > band
+                        decided = True
+                if not decided:  # the sums may be off by more than decides: ask the values
+                    anomaly = _window_anomaly(arena, base, ring, lo, hi, x, sigmas)
 
         # The avg window [loa, pos]: read the prefix before it now, before this row overwrites its slot.
         loa = pos - min(pos, avg_rows)
         pa = 0.0
         if loa >= 1:
-            pa = arena[base + 2 * ((loa - 1) % ring)]
+            pa = arena[base + _S * ((loa - 1) % ring)]
 
         # Advance the key by this row.
         pm = pos % block
@@ -355,9 +522,10 @@ def _advance(
         d = x - c
         e1l += d
         e2l += d * d
-        slot = base + 2 * (pos % ring)
+        slot = base + _S * (pos % ring)
         arena[slot] = e1l
         arena[slot + 1] = e2l
+        arena[slot + 2] = x
         if pos == 0 or x != x1:
             rs = pos
         fields[f + _N] = pos + 1
@@ -376,10 +544,18 @@ def _advance(
             bs = pos - pm
             if loa > bs:
                 s1 = e1l - pa
+                w = e2l + tiny
             elif loa == bs:  # the window starts the block
                 s1 = e1l
+                w = e2l + tiny
             else:  # [loa, bs - 1] lies in the previous block
-                s1 = e1l + (tp1 - pa) + (bs - loa) * (cp - c)
+                a1, delta = tp1 - pa, cp - c
+                shift = (bs - loa) * delta
+                s1 = e1l + a1 + shift
+                w = e2l + tp2 + abs(delta) * (2.0 * abs(a1) + abs(shift)) + tiny
             avg = c + s1 / na
+            if not (kappa * w <= avg * avg and w < _FINITE):
+                scale, total = _window_sum(arena, base, ring, loa, pos, 0.0)
+                avg = total / na / scale
         avg_out[i] = avg
         anomaly_out[i] = anomaly

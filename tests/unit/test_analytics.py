@@ -1,16 +1,20 @@
 """The stream analytics engine against DuckDB running the seed's window SQL (tests/unit/analytics_reference).
 
 Results must not depend on batch cuts or snapshot/restore points, must stay exact for 1e9-magnitude
-and constant series, and bad input must be rejected clearly without touching the state.
+and constant series and for wild values (issue 14; where DuckDB's doubles overflow, against the exact
+reference), and bad input must be rejected clearly without touching the state.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import math
 import random
 import struct
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import polars as pl
 import pytest
@@ -18,12 +22,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from etl_platform.analytics import (
+    SNAPSHOT_VERSION,
     AnalyticsConfigError,
     AnalyticsInputError,
     AnalyticsSnapshotError,
     RollingAnomalyDetector,
 )
-from tests.unit.analytics_reference import reference
+from etl_platform.analytics import snapshot as snapshot_format
+from tests.unit.analytics_reference import exact_reference, reference
 
 KEYS = ("user_id", "event_type")
 SMALL = {"avg_rows": 3, "baseline_rows": 12, "sigmas": 2.0}  # blocks of 32 rows, rings of 13 (small ones of 8)
@@ -254,6 +260,191 @@ def test_input_order_and_extra_columns_are_kept():
     assert_matches(again, got)
 
 
+# ---------------------------------------------------------------------------------------------- wild values
+# One value far from the rest of its series made every later prefix sum of its block huge, and
+# windows that no longer held it lost all precision (issue 14). Now each window's rounding-error bound
+# is checked and a window the sums cannot give is recomputed from its values.
+
+
+def one_key(values) -> pl.DataFrame:
+    return pl.DataFrame(
+        {"user_id": ["u"] * len(values), "event_type": ["e"] * len(values), "value": [float(v) for v in values]}
+    )
+
+
+def noisy(n: int, *, seed: int, center: float = 100.0, noise: float = 10.0) -> list[float]:
+    rng = random.Random(seed)
+    return [center + rng.gauss(0.0, noise) for _ in range(n)]
+
+
+def with_values(values: list[float], at: dict[int, float]) -> list[float]:
+    values = list(values)
+    for i, v in at.items():
+        values[i] = v
+    return values
+
+
+# Series DuckDB computes (no square overflows): the engine must match it row for row.
+WILD = {
+    "one 1e12": with_values(noisy(700, seed=50), {300: 1e12}),
+    "one 1e15": with_values(noisy(700, seed=51), {300: 1e15}),
+    "one -1e15": with_values(noisy(700, seed=52), {300: -1e15}),
+    "at a block start": with_values(noisy(700, seed=53), {202: 1e15}),
+    "several": with_values(noisy(900, seed=54), {100: 1e12, 150: 1e15, 170: -1e15, 400: 3e8, 420: -1e13, 700: 1e15}),
+    "every 7th 1e15": [1e15 if i % 7 == 0 else v for i, v in enumerate(noisy(600, seed=55))],
+    "huge then a run of equal values": with_values(
+        noisy(600, seed=56), {200: 1e12} | dict.fromkeys(range(201, 420), 100.0)
+    ),
+    "huge then tiny noise": with_values(noisy(600, seed=57), {200: 1e12})[:201] + noisy(400, seed=58, noise=1e-9),
+    "tiny values amid normal ones": with_values(
+        noisy(600, seed=59), {100: 1e-300, 150: 5e-324, 200: 2.2250738585072014e-308, 250: 0.0, 300: -1e-300}
+    ),
+    "jump 100 -> 1e12 -> 100": noisy(150, seed=60) + noisy(300, seed=61, center=1e12) + noisy(300, seed=62),
+    "jump 100 -> 1e12 constant -> 100": noisy(150, seed=63) + [1e12] * 300 + noisy(300, seed=64),
+    "noise drops from 10 to 1e-9": noisy(150, seed=65) + noisy(450, seed=66, noise=1e-9),
+    "squares near the float64 limit": with_values(noisy(600, seed=67), {300: 1e150}),
+}
+
+
+@pytest.mark.parametrize("name", list(WILD))
+def test_wild_values_match_duckdb_however_the_stream_is_cut(name):
+    df = one_key(WILD[name])
+    want = reference(df)
+    one_pass, _ = run(RollingAnomalyDetector(), df, [])
+    assert_matches(one_pass, want)
+    assert_matches(one_pass, exact_reference(df))
+    for cuts, restores in (([1], {5, 301}), ([37], {3, 8}), ([100], {2, 4}), ([250, 1, 99], {0, 1, 2})):
+        got, _ = run(RollingAnomalyDetector(), df, cuts, restores)
+        assert got.equals(one_pass), (cuts, restores)
+
+
+def test_wild_values_among_other_keys_and_small_windows():
+    df = stream(6000, 6, seed=68)
+    value = df["value"].to_list()
+    for i, v in {40: 1e12, 700: 1e15, 710: -1e15, 2000: 1e-300, 3000: 1e150, 4500: -3e14}.items():
+        value[i] = v
+    df = df.with_columns(pl.Series("value", value))
+    for config in ({}, SMALL, {"avg_rows": 0, "baseline_rows": 2, "sigmas": 1.0}):
+        one_pass, _ = run(RollingAnomalyDetector(keys=KEYS, **config), df, [])
+        assert_matches(one_pass, reference(df, **config))
+        for cuts in ([1, 37], [100], [999, 1]):
+            got, _ = run(RollingAnomalyDetector(keys=KEYS, **config), df, cuts, {2, 5})
+            assert got.equals(one_pass)
+
+
+OVERFLOW = {
+    "one 1e300": with_values(noisy(600, seed=70), {300: 1e300}),
+    "one 1.7e308": with_values(noisy(600, seed=71), {300: 1.7e308}),
+    "one -1.7e308": with_values(noisy(600, seed=72), {300: -1.7e308}),
+    "one 1e200": with_values(noisy(600, seed=73), {300: 1e200}),
+    "jump 100 -> 1e300 -> 100": noisy(150, seed=74)
+    + noisy(300, seed=75, center=1e300, noise=1e297)
+    + noisy(300, seed=76),
+    "extremes of both signs": random.Random(77).choices([1.7e308, -1.7e308, 1.0, 100.0], k=500),
+}
+
+
+@pytest.mark.parametrize("name", list(OVERFLOW))
+def test_where_squares_overflow_duckdb_raises_and_the_engine_is_exact(name):
+    """Documented in the engine: DuckDB's STDDEV_SAMP raises "out of range" (and its AVG may be inf)
+    once a square overflows; the engine answers what exact arithmetic answers."""
+    df = one_key(OVERFLOW[name])
+    with pytest.raises(duckdb.OutOfRangeException, match="STDDEV_SAMP is out of range"):
+        reference(df)
+    one_pass, _ = run(RollingAnomalyDetector(), df, [])
+    assert_matches(one_pass, exact_reference(df))
+    assert one_pass["avg_value"].is_finite().all()
+    for cuts in ([1], [37], [100]):
+        got, _ = run(RollingAnomalyDetector(), df, cuts, {1, 3})
+        assert got.equals(one_pass)
+
+
+def test_avg_where_duckdb_overflows_or_loses_what_huge_values_cancel_to():
+    """Documented in the engine: DuckDB's AVG is inf once a window's plain sum overflows, and loses
+    the small values that huge ones cancel to; the engine's mean is exact but for its final rounding."""
+    values = [1.0, 1.7e308, 1.7e308, 1.0, 1.0, 1.0]
+    got = RollingAnomalyDetector(avg_rows=2, baseline_rows=2).process(one_key(values))["avg_value"].to_list()
+    assert got == exact_reference(one_key(values), avg_rows=2, baseline_rows=2)["avg_value"].to_list()
+    assert got[2] == got[3] == 1.1333333333333334e308 and all(map(math.isfinite, got))
+    con = duckdb.connect()
+    duck = [
+        row[0]
+        for row in con.execute(
+            "SELECT AVG(v) OVER (ORDER BY i ROWS BETWEEN 2 PRECEDING AND CURRENT ROW) FROM "
+            "(SELECT unnest(range(6)) AS i, unnest(?::DOUBLE[]) AS v) ORDER BY i",
+            [values],
+        ).fetchall()
+    ]
+    assert math.isinf(duck[2]) and math.isinf(duck[3])
+
+    cancel = one_key([1e16, 1.0, -1e16] + noisy(20, seed=78))
+    got = RollingAnomalyDetector().process(cancel)
+    assert got["avg_value"][2] == 1 / 3
+    assert reference(cancel)["avg_value"][2] == 0.0  # DuckDB's plain sum
+    assert_matches(got, exact_reference(cancel))
+
+
+def test_spread_below_what_squares_can_hold_follows_duckdb():
+    """Documented in the engine: a series whose spread is below ~1e-154 has squared deviations that
+    underflow, so its sample variance is 0 in float64, for DuckDB and the engine alike."""
+    rng = random.Random(79)
+    df = one_key([rng.gauss(0.0, 1e-300) for _ in range(400)])
+    got, _ = run(RollingAnomalyDetector(), df, [37], {2})
+    assert_matches(got, reference(df))
+    assert (got["anomaly_status"] == "ANOMALY").sum() > 300  # exact arithmetic sees the spread:
+    assert (exact_reference(df)["anomaly_status"] == "ANOMALY").sum() < 10
+
+
+def test_values_a_few_ulps_apart_are_decided_exactly():
+    """Documented in the engine: 1e9 +/- 1e-6 are ~8 ulps apart, so a baseline's mean is no double.
+    DuckDB's rounded AVG tips rows near the band's edge; the engine compares the exact |value - mean|."""
+    df = one_key(noisy(2000, seed=82, center=1e9, noise=1e-6))
+    for config in (SMALL, {"avg_rows": 0, "baseline_rows": 2, "sigmas": 1.0}):
+        got, _ = run(RollingAnomalyDetector(keys=KEYS, **config), df, [37], {3})
+        assert_matches(got, exact_reference(df, **config))
+        assert (got["anomaly_status"] != reference(df, **config)["anomaly_status"]).sum() > 0
+
+
+@settings(max_examples=25, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    wild=st.lists(
+        st.tuples(
+            st.integers(min_value=0, max_value=399),
+            st.sampled_from([1e12, -1e12, 1e15, -1e15, 1e300, -1.7e308, 1.7e308, 1e-300, 5e-324, 0.0, 1e160, 3e8]),
+        ),
+        max_size=6,
+    ),
+    cuts=st.lists(st.integers(min_value=1, max_value=120), min_size=1, max_size=6),
+    restores=st.sets(st.integers(min_value=0, max_value=40), max_size=4),
+)
+def test_any_wild_values_any_cuts_match_exact_arithmetic(wild, cuts, restores):
+    values = with_values(noisy(400, seed=80), dict(wild))
+    df = pl.concat([one_key(values), one_key(noisy(400, seed=81)).with_columns(pl.lit("v").alias("user_id"))])
+    df = df.sort(pl.int_range(pl.len()) % 400, maintain_order=True)  # the two keys interleaved
+    one_pass, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), df, [])
+    assert_matches(one_pass, exact_reference(df, **SMALL))
+    got, _ = run(RollingAnomalyDetector(keys=KEYS, **SMALL), df, cuts, restores)
+    assert got.equals(one_pass)
+
+
+def test_wild_values_are_bit_identical_interpreted_and_compiled(monkeypatch):
+    from etl_platform.analytics import kernel as analytics_kernel
+
+    df = pl.concat([one_key(v).with_columns(pl.lit(name).alias("user_id")) for name, v in (WILD | OVERFLOW).items()])
+    df = df.sort(pl.int_range(pl.len()).over("user_id"), maintain_order=True)  # the keys interleaved
+    monkeypatch.setattr(analytics_kernel, "_compiled", None)
+    monkeypatch.setattr(analytics_kernel, "_interpreted_rows", 0)
+    monkeypatch.setattr(analytics_kernel, "INTERPRET_ROWS", 10**12)
+    interpreted, _ = run(RollingAnomalyDetector(), df, [37])
+    assert analytics_kernel._compiled is None
+    assert_matches(interpreted, exact_reference(df))
+    monkeypatch.setattr(analytics_kernel, "INTERPRET_ROWS", 0)
+    for cuts, restores in (([], set()), ([1, 100], {3}), ([37], {1, 10})):
+        got, _ = run(RollingAnomalyDetector(), df, cuts, restores)
+        assert analytics_kernel._compiled is not None
+        assert got.equals(interpreted)
+
+
 # ---------------------------------------------------------------------------------------------- bad input
 
 
@@ -361,12 +552,12 @@ def test_state_is_bounded_by_keys_not_rows():
     for seed in range(16, 20):
         det.process(stream(5000, 2, seed=seed))
     assert len(det) == 6 and det.state_bytes() == size
-    assert len(det.snapshot()) < 6 * (2 * 101 + 9) * 8 + 4096
+    assert len(det.snapshot()) < 6 * (3 * 101 + 9) * 8 + 4096
 
 
 def test_keys_seen_a_few_times_keep_small_rings_until_they_outgrow_them():
-    """A key's ring starts at 8 pairs and moves to a full one on its 9th row; snapshots keep only the
-    ring floats in use. So sparse keys cost ~200 bytes in memory and ~100 in a snapshot, not ~1.7 kB."""
+    """A key's ring starts at 8 slots and moves to a full one on its 9th row; snapshots keep only the
+    ring floats in use. So sparse keys cost ~260 bytes in memory and ~110 in a snapshot, not ~2.5 kB."""
     sparse = pl.DataFrame(
         {
             "user_id": [f"u{i:05d}" for i in range(10_000)],
@@ -377,11 +568,11 @@ def test_keys_seen_a_few_times_keep_small_rings_until_they_outgrow_them():
     det = RollingAnomalyDetector()
     det.process(sparse)
     assert len(det) == 10_000
-    assert det.state_bytes() < 10_000 * 250
+    assert det.state_bytes() < 10_000 * 300
     assert len(det.snapshot()) < 10_000 * 120
     dense = RollingAnomalyDetector()
     dense.process(pl.concat([sparse] * 9))  # the 9th row of every key moves it to a full ring
-    assert dense.state_bytes() > 10_000 * (2 * 101 + 8) * 8
+    assert dense.state_bytes() > 10_000 * (3 * 101 + 8) * 8
 
 
 @pytest.mark.parametrize("rows_before", [7, 8, 9, 13, 14])
@@ -398,6 +589,36 @@ def test_restores_and_cuts_around_the_move_to_a_full_ring(rows_before):
         assert got.equals(want)
 
 
+def assert_same_state_values_rebuilt(restored: RollingAnomalyDetector, live: RollingAnomalyDetector) -> None:
+    """The state of a detector restored from a version 1 or 2 snapshot against one that saw the rows:
+    the same fields and prefix sums; the values put back within a rounding of the prefix sums, NaN
+    only where a full ring's oldest position lost its predecessor (never read again)."""
+    got, want = snapshot_format.decode(restored.snapshot()), snapshot_format.decode(live.snapshot())
+    assert got.keys is not None and want.keys is not None and got.keys.equals(want.keys)
+    assert np.array_equal(got.fields, want.fields)
+    rings, truth = got.rings.reshape(-1, 3), want.rings.reshape(-1, 3)
+    assert np.array_equal(rings[:, :2], truth[:, :2])
+    lost = np.isnan(rings[:, 2])
+    assert lost.sum() <= (got.fields[:, 0] > restored._ring).sum()  # one per wrapped ring at most
+    assert np.allclose(rings[~lost, 2], truth[~lost, 2], rtol=1e-13, atol=0)
+
+
+def as_version_2(blob: bytes) -> bytes:
+    """A current snapshot rewritten as version 2 wrote it: rings of (E1, E2) pairs, no values."""
+    saved = snapshot_format.decode(blob)
+    ipc = io.BytesIO()
+    table = (
+        pl.DataFrame()
+        if saved.keys is None
+        else saved.keys.with_columns(pl.Series("fields", saved.fields.reshape(-1)).reshape(saved.fields.shape))
+    )
+    table.write_ipc(ipc, compression="uncompressed")
+    config = {k: v for k, v in saved.config.items() if k not in ("slot", "table_bytes")}
+    head = json.dumps({**config, "table_bytes": len(ipc.getvalue())}, sort_keys=True).encode()
+    pairs = saved.rings.reshape(-1, 3)[:, :2].reshape(-1)
+    return blob[:7] + struct.pack("<HI", 2, len(head)) + head + ipc.getvalue() + pairs.astype("<f8").tobytes()
+
+
 def test_version_1_snapshots_restore_and_continue_exactly():
     """tests/unit/data/analytics_snapshot_v1.bin was written by the engine before snapshot version 2,
     after the first 2,900 rows of this stream (keys with 1 to ~200 rows: small, full and wrapped rings)."""
@@ -410,10 +631,26 @@ def test_version_1_snapshots_restore_and_continue_exactly():
     assert len(det) == 111
     one = RollingAnomalyDetector()
     one.process(df.slice(0, 2900))
-    assert det.snapshot() == one.snapshot()  # the same state, now as version 2
+    assert_same_state_values_rebuilt(det, one)
+    assert struct.unpack_from("<H", det.snapshot(), 7) == (SNAPSHOT_VERSION,)
+    # The values are read only for windows the prefix sums cannot give, which this stream never has.
     assert det.process(df.slice(2900)).equals(one.process(df.slice(2900)))
     got, _ = run(RollingAnomalyDetector(), df, [])
     assert_matches(got, reference(df))
+
+
+@pytest.mark.parametrize("config", [{}, SMALL])
+def test_version_2_snapshots_restore_and_continue_exactly(config):
+    df = pl.concat([stream(1500, 3, seed=44, repeats=0.1), stream(600, 60, seed=45)])  # small, full and wrapped rings
+    live = RollingAnomalyDetector(keys=KEYS, **config)
+    live.process(df.slice(0, 1800))
+    old = as_version_2(live.snapshot())
+    assert struct.unpack_from("<H", old, 7) == (2,)
+    det = RollingAnomalyDetector.restore(old)
+    assert_same_state_values_rebuilt(det, live)
+    assert det.process(df.slice(1800)).equals(live.process(df.slice(1800)))
+    with pytest.raises(AnalyticsSnapshotError, match="corrupt"):
+        RollingAnomalyDetector.restore(old[:-16])
 
 
 def test_merge_of_shards_continues_like_one_detector():

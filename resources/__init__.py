@@ -69,7 +69,9 @@ def build_resources(
         "concurrency": indexer.concurrency,
     }
     budget_s = env_number(env, "ETL_WORKER_BUDGET_S", 600.0, float, 1)
-    lead_s = env_number(env, "ETL_HANDOVER_LEAD_S", 20.0 if settings.profile == "local" else 120.0, float, 0)
+    # Unset, the lead shrinks with a short budget (a third of it); set, it must fit in the budget.
+    default_lead_s = min(20.0 if settings.profile == "local" else 120.0, budget_s / 3)
+    lead_s = env_number(env, "ETL_HANDOVER_LEAD_S", default_lead_s, float, 0)
     if lead_s >= budget_s:
         raise ConfigError(f"ETL_HANDOVER_LEAD_S={lead_s:g} must be below ETL_WORKER_BUDGET_S={budget_s:g}")
     loads = {"schema_name": default_schema(env), "on_drift": default_drift_policy(env)}

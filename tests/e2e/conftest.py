@@ -110,7 +110,7 @@ def _stop_group(proc: subprocess.Popen) -> None:
 _LOCATIONS_QUERY = """
 { workspaceOrError { __typename
     ... on Workspace { locationEntries { name loadStatus
-        locationOrLoadError { __typename ... on PythonError { message } } } }
+        locationOrLoadError { __typename ... on PythonError { message causes { message } } } } }
     ... on PythonError { message } } }
 """
 
@@ -136,7 +136,13 @@ def _wait_until_ready(ui: DagsterUI, proc: subprocess.Popen) -> None:
             if errors:
                 pytest.fail(
                     "code location failed to load in dagster dev:\n"
-                    + "\n".join(f"{e['name']}: {e['locationOrLoadError']['message']}" for e in errors),
+                    + "\n".join(
+                        f"{e['name']}: {e['locationOrLoadError']['message']}"
+                        + "".join(
+                            f"\n  caused by: {c['message']}" for c in e["locationOrLoadError"].get("causes") or []
+                        )
+                        for e in errors
+                    ),
                     pytrace=False,
                 )
             return

@@ -90,6 +90,8 @@ def test_a_malformed_setting_fails_at_load_naming_it():
         build_resources(load_settings({}), env={"ETL_WAREHOUSE_SCHEMA": "Etl-Blue"})
     with pytest.raises(ConfigError, match="ETL_HANDOVER_LEAD_S=30 must be below ETL_WORKER_BUDGET_S=30"):
         build_resources(load_settings({}), env={"ETL_HANDOVER_LEAD_S": "30", "ETL_WORKER_BUDGET_S": "30"})
+    # Unset, the lead fits a short budget by itself (as the UI tour's 8 s budget needs).
+    assert build_resources(load_settings({}), env={"ETL_WORKER_BUDGET_S": "8"})["kinesis"].handover_lead_s == 8 / 3
 
 
 def test_resource_fields_are_validated_naming_the_field():

@@ -46,6 +46,19 @@ imprecise (a rounding-error bound checked per window) is recomputed from those v
 :mod:`etl_platform.analytics.state` holds that state in numpy. So a batch costs O(rows), never
 O(keys touched x window), and memory is bounded by keys x window whatever the stream length.
 
+Resharding and commits
+----------------------
+Each key remembers its *route*: the 128-bit Kinesis hash key (MD5 of the partition key, as
+``stream.shards.hash_key``) of the last row that advanced it, taken from the batch's
+``partition_key`` column when it has one. :meth:`RollingAnomalyDetector.merge` with a hash-key range
+keeps only the keys routed into it, so a child shard holds its own keys, not its parent's whole
+state. This assumes one key's events all go to one shard: the partition key is a function of the
+analytics key (by default it is the user id, and the key is (user_id, event_type)) and producers set
+no ExplicitHashKey. A key whose route is unknown (a snapshot older than version 4, or rows without a
+partition key) is kept by every child, as before. The detector also tracks the keys touched since
+:meth:`mark_saved`; :meth:`delta_snapshot` holds those alone, and :meth:`restore_chain` rebuilds the
+state from a full snapshot and the deltas taken after it, bit for bit.
+
 Input rules: the key columns and ``value`` must be present; ``value`` must be numeric, non-null and
 finite (NaN and +/-inf are rejected: they have no meaningful rolling statistics and would poison
 every window they enter). Null keys are allowed and form their own partition, as SQL ``PARTITION BY``
@@ -54,6 +67,7 @@ does.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
@@ -70,6 +84,7 @@ from etl_platform.analytics.errors import (
 )
 from etl_platform.analytics.kernel import HISTORY_FIELDS, block_size, ring_floats
 from etl_platform.analytics.key_index import KeyIndex
+from etl_platform.analytics.snapshot import SavedState
 from etl_platform.analytics.state import KeyState, ranges, starts
 
 if TYPE_CHECKING:
@@ -78,9 +93,25 @@ if TYPE_CHECKING:
 VALUE = "value"
 AVG_VALUE = "avg_value"
 ANOMALY_STATUS = "anomaly_status"
+PARTITION_KEY = "partition_key"  # the column a key's route is taken from (see the module docstring)
 
 
 _MAX_KEY_CHUNKS = 8  # the key table is gathered from on every batch, and gathers slow down with its chunks
+
+
+def route_parts(hash_key: int) -> tuple[int, int]:
+    """A 128-bit hash key as the (high, low) 64-bit halves routes are kept in."""
+    return hash_key >> 64, hash_key & (2**64 - 1)
+
+
+def _in_range(routes: np.ndarray, first: int, last: int) -> np.ndarray:
+    """Whether each (high, low) route lies in the hash-key range [first, last]."""
+    (fh, fl), (lh, ll) = route_parts(first), route_parts(last)
+    hi, lo = routes[:, 0], routes[:, 1]
+    fh_, fl_, lh_, ll_ = np.uint64(fh), np.uint64(fl), np.uint64(lh), np.uint64(ll)
+    above = (hi > fh_) | ((hi == fh_) & (lo >= fl_))
+    below = (hi < lh_) | ((hi == lh_) & (lo <= ll_))
+    return above & below
 
 
 def _detached(frame: pl.DataFrame) -> pl.DataFrame:
@@ -140,6 +171,14 @@ class RollingAnomalyDetector:
         self._state = KeyState(self._ring)  # per key id: the kernel's fields and ring
         self._index: KeyIndex | None = None  # key hash -> key id; rebuilt from _keytab when stale
         self._hash_collision = False  # two keys share a hash: the exact join does every lookup
+        # Per key id (capacity grows ahead of the keys): the route (hash key, high and low halves) and
+        # whether it is known; whether the key was touched since mark_saved; and, to skip the MD5 when
+        # a key's partition key has not changed, a Polars hash of the partition key its route came from.
+        self._routes = np.zeros((0, 2), dtype=np.uint64)
+        self._routed = np.zeros(0, dtype=np.bool_)
+        self._touched = np.zeros(0, dtype=np.bool_)
+        self._pk_hash = np.zeros(0, dtype=np.uint64)
+        self._pk_known = np.zeros(0, dtype=np.bool_)
 
     # ------------------------------------------------------------------ introspection
     def __len__(self) -> int:
@@ -151,6 +190,14 @@ class RollingAnomalyDetector:
         if self._keytab is None:
             return pl.DataFrame(schema=dict.fromkeys(self.keys, pl.Null))
         return self._keytab.drop("__kid")
+
+    def touched_keys(self) -> int:
+        """Keys advanced since :meth:`mark_saved` (those a delta snapshot holds)."""
+        return int(self._touched[: self._nkeys].sum())
+
+    def routes(self) -> tuple[np.ndarray, np.ndarray]:
+        """Each key's route as (keys, 2) uint64 (high, low halves of the hash key) and whether it is known."""
+        return self._routes[: self._nkeys].copy(), self._routed[: self._nkeys].copy()
 
     def state_bytes(self) -> int:
         """Bytes of per-key state held (fields and rings in use, plus the key table), for metrics."""
@@ -295,6 +342,7 @@ class RollingAnomalyDetector:
                 avg,
                 anomaly,
             )
+            self._note_rows(batch, kids, tab.height)
             self._keytab, self._nkeys = tab, tab.height
         results = [
             pl.Series(AVG_VALUE, avg, pl.Float64),
@@ -309,15 +357,63 @@ class RollingAnomalyDetector:
             return batch.with_columns(results)
         return batch.hstack(results)
 
+    def _grow_meta(self, keys: int) -> None:
+        """Room for ``keys`` key ids in the per-key routes and marks (new ones unknown, untouched)."""
+        have = len(self._routed)
+        if keys <= have:
+            return
+        size = max(keys, 2 * have, 1024)
+
+        def grown(old: np.ndarray) -> np.ndarray:
+            new = np.zeros((size, *old.shape[1:]), dtype=old.dtype)
+            new[:have] = old
+            return new
+
+        self._routes, self._routed, self._touched = grown(self._routes), grown(self._routed), grown(self._touched)
+        self._pk_hash, self._pk_known = grown(self._pk_hash), grown(self._pk_known)
+
+    def _note_rows(self, batch: pl.DataFrame, kids: np.ndarray, keys: int) -> None:
+        """Mark the batch's keys touched and set each one's route from its last row's partition key."""
+        self._grow_meta(keys)
+        self._touched[kids] = True
+        dtype = batch.schema.get(PARTITION_KEY)
+        if dtype is None or dtype == pl.Null:
+            return
+        pk = batch.get_column(PARTITION_KEY)
+        pk = pk if dtype == pl.String else pk.cast(pl.String)
+        hashes = pk.hash(seed=0).to_numpy()
+        # Rows whose key's route came from another partition key (or none yet): usually only new keys,
+        # so a steady stream costs a hash and a comparison per row, no MD5. Null partition keys route nothing.
+        changed = ~(self._pk_known[kids] & (self._pk_hash[kids] == hashes))
+        if pk.null_count():
+            changed &= pk.is_not_null().to_numpy()
+        if not changed.any():
+            return
+        rows = np.flatnonzero(np.isin(kids, kids[changed]))  # every row of those keys
+        if pk.null_count():
+            rows = rows[pk.gather(rows).is_not_null().to_numpy()]
+        ids, first_from_end = np.unique(kids[rows][::-1], return_index=True)
+        last = rows[len(rows) - 1 - first_from_end]  # each of those keys' last row in the batch
+        digests = b"".join(hashlib.md5(name.encode("utf-8")).digest() for name in pk.gather(last).to_list())
+        self._routes[ids] = np.frombuffer(digests, dtype=">u8").reshape(-1, 2)
+        self._routed[ids] = True
+        self._pk_hash[ids], self._pk_known[ids] = hashes[last], True
+
     # ------------------------------------------------------------------ resharding
     @classmethod
-    def merge(cls, detectors: Sequence[RollingAnomalyDetector]) -> RollingAnomalyDetector:
+    def merge(
+        cls, detectors: Sequence[RollingAnomalyDetector], hash_range: tuple[int, int] | None = None
+    ) -> RollingAnomalyDetector:
         """One detector holding the keys of several (a child shard starting from its parents' state).
 
+        With ``hash_range`` (the child's [StartingHashKey, EndingHashKey]), only the keys whose route
+        lies in it are kept, and those whose route is unknown: a split hands each child its own keys.
+
         All must share one configuration. A key held by more than one keeps the state that has seen
-        the most rows: after a split, each child starts from the whole parent state, so a later merge
-        of the children finds stale copies of the keys the other child owned, and the copy that went
-        on is the one with more rows (equal counts mean the copies are identical).
+        the most rows: a child that started from a whole parent state (unknown routes, or states
+        merged without a range) holds stale copies of the keys its sibling owned, and when the
+        children merge again the copy that went on is the one with more rows (equal counts mean the
+        copies are identical).
         """
         detectors = list(detectors)
         if not detectors:
@@ -345,15 +441,39 @@ class RollingAnomalyDetector:
             .sort("__order")
         )
         rows = winners.get_column("__order").to_numpy()
-        out._load(winners.select(first.keys), fields[rows], rings[ranges(ring_at[rows], ring_len[rows])])
+        routes = np.concatenate([det._routes[: det._nkeys] for det in held])
+        routed = np.concatenate([det._routed[: det._nkeys] for det in held])
+        keep = np.ones(len(rows), dtype=np.bool_)
+        if hash_range is not None:
+            keep = ~routed[rows] | _in_range(routes[rows], *hash_range)
+            rows = rows[keep]
+        if not len(rows):
+            return out
+        out._load(
+            winners.select(first.keys).filter(pl.Series(keep)),
+            fields[rows],
+            rings[ranges(ring_at[rows], ring_len[rows])],
+            routes[rows],
+            routed[rows],
+        )
         return out
 
-    def _load(self, keys: pl.DataFrame, fields: np.ndarray, rings: np.ndarray) -> None:
+    def _load(
+        self,
+        keys: pl.DataFrame,
+        fields: np.ndarray,
+        rings: np.ndarray,
+        routes: np.ndarray | None = None,
+        routed: np.ndarray | None = None,
+    ) -> None:
         """Install per-key history (as KeyState.history gives it, keys in the same order); must be empty."""
         self._state = KeyState.load(self._ring, fields, rings)
         self._keytab = keys.with_columns(pl.int_range(keys.height, dtype=pl.Int64).alias("__kid"))
         self._nkeys = keys.height
         self._index = None
+        self._grow_meta(self._nkeys)
+        if routes is not None and routed is not None:
+            self._routes[: self._nkeys], self._routed[: self._nkeys] = routes, routed
 
     # ------------------------------------------------------------------ snapshot / restore
     def _config(self) -> dict[str, object]:
@@ -371,12 +491,107 @@ class RollingAnomalyDetector:
         if self._nkeys == 0:
             return snapshot_format.encode(self._config(), None, np.zeros((0, len(HISTORY_FIELDS))), np.zeros(0))
         fields, rings = self._state.history()
-        return snapshot_format.encode(self._config(), self.state_keys(), fields, rings)
+        n = self._nkeys
+        return snapshot_format.encode(
+            self._config(), self.state_keys(), fields, rings, self._routes[:n], self._routed[:n]
+        )
+
+    def delta_snapshot(self) -> bytes:
+        """The state of the keys touched since :meth:`mark_saved` (or since this detector was built),
+        with their key ids: applied over the snapshot taken at that mark it gives :meth:`snapshot`'s
+        state (:meth:`restore_chain`). Costs O(keys touched), however many keys the detector holds."""
+        kids = np.flatnonzero(self._touched[: self._nkeys])
+        if self._keytab is None or not len(kids):
+            empty = np.zeros((0, len(HISTORY_FIELDS)))
+            return snapshot_format.encode(
+                self._config(), None, empty, np.zeros(0), kids=np.zeros(0, np.int64), total_keys=self._nkeys
+            )
+        fields, rings = self._state.history(kids)
+        keys = self._key_columns(self._keytab)[kids]
+        return snapshot_format.encode(
+            self._config(), keys, fields, rings, self._routes[kids], self._routed[kids], kids, self._nkeys
+        )
+
+    def mark_saved(self) -> None:
+        """The current state is committed: later delta snapshots hold only keys touched after now.
+        Call it only once the snapshot (or delta) taken now is durably part of the committed state."""
+        self._touched[:] = False
 
     @classmethod
     def restore(cls, blob: bytes) -> RollingAnomalyDetector:
         """Rebuild a detector from :meth:`snapshot` bytes (every version the format reads)."""
-        saved = snapshot_format.decode(blob)
+        return cls.restore_chain(blob)
+
+    @classmethod
+    def restore_chain(cls, base: bytes, deltas: Sequence[bytes] = ()) -> RollingAnomalyDetector:
+        """Rebuild a detector from a full snapshot and the :meth:`delta_snapshot`s taken after it, in
+        order (a later delta's copy of a key replaces the earlier one)."""
+        saved = snapshot_format.decode(base)
+        if saved.kids is not None:
+            raise AnalyticsSnapshotError("a delta snapshot cannot be restored alone: it needs its base snapshot")
+        det = cls._configured(saved)
+        parts = [saved]
+        for blob in deltas:
+            part = snapshot_format.decode(blob)
+            if part.kids is None:
+                raise AnalyticsSnapshotError("a delta chain holds a full snapshot after its base")
+            if any(part.config.get(k) != saved.config.get(k) for k in det._config()):
+                raise AnalyticsSnapshotError("a delta snapshot's configuration differs from its base's")
+            parts.append(part)
+        held = [p for p in parts if p.keys is not None]
+        if not held:
+            return det
+        for part in held:
+            if part.keys is not None and part.keys.columns != list(det.keys):
+                raise AnalyticsSnapshotError(f"snapshot table has unexpected columns {part.keys.columns}")
+        if len(parts) == 1:
+            assert saved.keys is not None
+            try:
+                det._load(saved.keys, saved.fields, saved.rings, saved.routes, saved.routed)
+            except ValueError as exc:
+                raise AnalyticsSnapshotError(f"corrupt snapshot: {exc}") from exc
+            return det
+        return det._apply_chain(held, parts[-1].total_keys)
+
+    def _apply_chain(self, parts: list[SavedState], total: int) -> RollingAnomalyDetector:
+        """Load the last copy of each key over a base and deltas (``parts``, each holding keys)."""
+
+        def ids(part: SavedState) -> np.ndarray:
+            assert part.keys is not None
+            return part.kids if part.kids is not None else np.arange(part.keys.height, dtype=np.int64)
+
+        def routes(part: SavedState) -> tuple[np.ndarray, np.ndarray]:
+            n = len(part.fields)
+            if part.routes is None or part.routed is None:
+                return np.zeros((n, 2), dtype=np.uint64), np.zeros(n, dtype=np.bool_)
+            return part.routes, part.routed
+
+        kids = np.concatenate([ids(p) for p in parts])
+        fields = np.concatenate([p.fields for p in parts])
+        pool = np.concatenate([p.rings for p in parts])
+        route_parts = [routes(p) for p in parts]
+        all_routes = np.concatenate([r for r, _ in route_parts])
+        all_routed = np.concatenate([k for _, k in route_parts])
+        if not np.isfinite(fields[:, 0]).all() or (fields[:, 0] < 1).any():
+            raise AnalyticsSnapshotError("corrupt snapshot: history row counts must be whole numbers >= 1")
+        ring_len = ring_floats(fields[:, 0].astype(np.int64), self._ring)
+        if int(ring_len.sum()) != len(pool):
+            raise AnalyticsSnapshotError("corrupt snapshot: its rings do not match its row counts")
+        unique, first_from_end = np.unique(kids[::-1], return_index=True)
+        if not np.array_equal(unique, np.arange(len(unique))) or len(unique) != total:
+            raise AnalyticsSnapshotError("corrupt delta chain: its key ids do not run 0 .. keys - 1")
+        win = len(kids) - 1 - first_from_end  # each key id's last copy, in key-id order
+        keys = pl.concat([p.keys for p in parts if p.keys is not None], how="vertical_relaxed")[win]
+        try:
+            rings = pool[ranges(starts(ring_len)[win], ring_len[win])]
+            self._load(keys, fields[win], rings, all_routes[win], all_routed[win])
+        except ValueError as exc:
+            raise AnalyticsSnapshotError(f"corrupt snapshot: {exc}") from exc
+        return self
+
+    @classmethod
+    def _configured(cls, saved: SavedState) -> RollingAnomalyDetector:
+        """An empty detector with a decoded snapshot's configuration."""
         cfg = saved.config
         try:
             det = cls(
@@ -388,12 +603,4 @@ class RollingAnomalyDetector:
             raise AnalyticsSnapshotError(f"corrupt snapshot: {exc!r}") from exc
         if (cfg["ring"], cfg["block"]) != (det._ring, det._block):
             raise AnalyticsSnapshotError("snapshot ring and block sizes do not match this engine version")
-        if saved.keys is None:
-            return det
-        if saved.keys.columns != list(det.keys):
-            raise AnalyticsSnapshotError(f"snapshot table has unexpected columns {saved.keys.columns}")
-        try:
-            det._load(saved.keys, saved.fields, saved.rings)
-        except ValueError as exc:
-            raise AnalyticsSnapshotError(f"corrupt snapshot: {exc}") from exc
         return det

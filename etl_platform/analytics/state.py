@@ -104,9 +104,12 @@ class KeyState:
         )
         self.keys = max(self.keys, keys)
 
-    def history(self) -> tuple[np.ndarray, np.ndarray]:
-        """The keys' ``HISTORY_FIELDS`` (one row per key) and their ring floats in use, concatenated."""
+    def history(self, kids: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The keys' ``HISTORY_FIELDS`` (one row per key) and their ring floats in use, concatenated;
+        of the key ids ``kids`` only (in that order) if given, at a cost in those keys alone."""
         fields = self._fields[: self.keys * _NF].reshape(self.keys, _NF)
+        if kids is not None:
+            fields = fields[np.asarray(kids, dtype=np.int64)]
         used = ring_floats(fields[:, _N].astype(np.int64), self.ring)
         rings = self._arena[ranges(fields[:, _AT].astype(np.int64), used)]
         return fields[:, : len(HISTORY_FIELDS)].copy(), rings

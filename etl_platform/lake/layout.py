@@ -3,7 +3,8 @@
     raw/dt=YYYY-MM-DD/hour=HH/<shard>-<first seq>-<part>.jsonl.gz    decoded events + stream position
     processed/dt=YYYY-MM-DD/hour=HH/<shard>-<first seq>-<part>.parquet  events + avg_value, anomaly_status
     errors/dt=YYYY-MM-DD/hour=HH/<shard>-<first seq>-<part>.jsonl.gz   rejected records: raw bytes, reason
-    _checkpoints/<stream>/<shard>.json, _state/<stream>/<shard>/<seq>.bin   consumer commit (stream/checkpoints.py)
+    _state/<stream>/<shard>/<generation>-<seq>.bin|.base|.delta   committed analytics state chains
+    _checkpoints/<stream>/<shard>.json                          checkpoints of older versions (stream/checkpoints.py)
 
 Object names derive from the stream position a micro-batch starts at (never from wall-clock time or
 a random id), so a retried batch, which starts at the same committed checkpoint and reads the same

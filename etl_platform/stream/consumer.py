@@ -38,7 +38,7 @@ from etl_platform.analytics import AnalyticsConfig, RollingAnomalyDetector
 from etl_platform.config import env_number
 from etl_platform.events import with_depth
 from etl_platform.lake import writers
-from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints, pack_state, unpack_state
+from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints
 from etl_platform.stream.decoding import DecodedChunk, decode_chunks, isolate_unconvertible
 from etl_platform.stream.dedupe import SeenIds
 from etl_platform.stream.leases import Lease, LeaseHolder, LeaseLost, LeaseTable, readable
@@ -252,27 +252,26 @@ class StreamConsumer:
 
     # --- the worker loop ----------------------------------------------------------------------------
     def _initial_state(self, lease: Lease, leases: Mapping[str, Lease]) -> tuple[RollingAnomalyDetector, SeenIds]:
-        """The state as last committed; for a shard never committed, its parents' final states merged
-        (keys move with their hash range); else an empty one."""
+        """The state as last committed; for a shard never committed, its parents' final states merged,
+        keeping the keys routed into this shard's hash-key range (`RollingAnomalyDetector.merge`);
+        else an empty one."""
         horizon = self.config.dedupe_horizon_s
 
-        def restore(blob: bytes) -> tuple[RollingAnomalyDetector, SeenIds]:
-            analytics, ids = unpack_state(blob)
-            seen = SeenIds.restore(ids, horizon) if ids is not None else SeenIds(horizon)
-            return RollingAnomalyDetector.restore(analytics), seen
+        def restore(state_key: str | None) -> tuple[RollingAnomalyDetector, SeenIds] | None:
+            detector, ids = self.states.load_state(state_key)
+            if detector is None:
+                return None
+            return detector, SeenIds.restore(ids, horizon) if ids is not None else SeenIds(horizon)
 
-        blob = self.states.load(lease.state_key)
-        if blob is not None:
-            return restore(blob)
-        states = [
-            restore(blob)
-            for parent in lease.parents
-            if parent in leases and (blob := self.states.load(leases[parent].state_key)) is not None
-        ]
+        state = restore(lease.state_key)
+        if state is not None:
+            return state
+        states = [s for parent in lease.parents if parent in leases and (s := restore(leases[parent].state_key))]
         if not states:
             return self.config.analytics.new_detector(), SeenIds(horizon)
+        hash_range = next((sh.hash_key_range for sh in self.shards() if sh.shard_id == lease.shard_id), None)
         return (
-            RollingAnomalyDetector.merge([detector for detector, _ in states]),
+            RollingAnomalyDetector.merge([detector for detector, _ in states], hash_range=hash_range),
             SeenIds.merge([seen for _, seen in states], horizon),
         )
 
@@ -503,8 +502,9 @@ class StreamConsumer:
         checkpoint = result.last_sequence or lease.checkpoint
         with stage(result, "state"):
             self.leases.keep(holder)
-            state = pack_state(shard.detector.snapshot(), shard.seen.snapshot())
-            state_key = self.states.save(result.shard_id, checkpoint, state)
+            state_key = self.states.save_commit(
+                result.shard_id, checkpoint, shard.detector, shard.seen.snapshot(), lease.state_key
+            )
         self.on_stage("state", result)
         with stage(result, "commit"):
             self.leases.commit(
@@ -516,7 +516,7 @@ class StreamConsumer:
                 millis_behind_latest=result.millis_behind_latest,
             )
         with stage(result, "state"):
-            self.states.discard(lease.state_key, keep=state_key)
+            self.states.discard_superseded(lease.state_key, state_key, shard.detector)
         result.committed = True
         result.timings["total"] = sum(v for k, v in result.timings.items() if k != "total")
         self.on_stage("committed", result)

@@ -744,3 +744,209 @@ def test_ring_slots_are_written_before_they_are_read(monkeypatch):
             assert got.equals(want)
         else:
             assert_matches(got, reference(df))
+
+
+# ---------------------------------------------------------------------------------------------- resharding and deltas
+
+HALF = 2**127  # a split of the whole hash-key space into two children
+
+
+def routed_stream(n: int, users: int, *, seed: int) -> pl.DataFrame:
+    """A stream whose partition key is the user, as the producer sets it."""
+    return stream(n, users, seed=seed, repeats=0.05).with_columns(pl.col("user_id").alias("partition_key"))
+
+
+def md5_hash_key(partition_key: str) -> int:
+    import hashlib
+
+    return int.from_bytes(hashlib.md5(partition_key.encode()).digest(), "big")
+
+
+def test_a_split_child_keeps_exactly_the_keys_of_its_hash_range():
+    df = routed_stream(4000, 40, seed=60)
+    parent = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    parent.process(df.slice(0, 2500))
+    restored = RollingAnomalyDetector.restore(parent.snapshot())  # routes survive the snapshot
+    children = {
+        (0, HALF - 1): RollingAnomalyDetector.merge([restored], hash_range=(0, HALF - 1)),
+        (HALF, 2**128 - 1): RollingAnomalyDetector.merge([restored], hash_range=(HALF, 2**128 - 1)),
+    }
+    held = set()
+    for (first, last), child in children.items():
+        users = set(child.state_keys()["user_id"].to_list())
+        want = {u for u in parent.state_keys()["user_id"].to_list() if first <= md5_hash_key(u) <= last}
+        assert users == want and 0 < len(child) < len(parent)
+        rest = df.slice(2500, 800).filter(pl.col("user_id").is_in(sorted(want)))
+        twin = RollingAnomalyDetector.restore(parent.snapshot())
+        assert child.process(rest).equals(twin.process(rest))  # the child goes on exactly
+        held |= {tuple(k) for k in child.state_keys().iter_rows()}
+    assert held == {tuple(k) for k in parent.state_keys().iter_rows()}
+    # Two children merging into one keep the union (each key has a single copy).
+    merged = RollingAnomalyDetector.merge(list(children.values()), hash_range=(0, 2**128 - 1))
+    assert len(merged) == len(parent)
+    parent.process(df.slice(2500, 800))
+    assert merged.process(df.slice(3300)).equals(parent.process(df.slice(3300)))
+
+
+def test_keys_without_a_known_route_go_to_every_child_and_the_route_follows_the_last_row():
+    df = stream(600, 6, seed=61)  # no partition_key column: routes unknown
+    det = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    det.process(df)
+    assert len(RollingAnomalyDetector.merge([det], hash_range=(0, 0))) == len(det)
+    moved = df.head(1).with_columns(pl.lit("elsewhere").alias("partition_key"))
+    det.process(moved)
+    routes, routed = det.routes()
+    kid = (
+        det.state_keys()
+        .with_row_index()
+        .filter((pl.col("user_id") == moved["user_id"][0]) & (pl.col("event_type") == moved["event_type"][0]))["index"][
+            0
+        ]
+    )
+    assert routed.sum() == 1 and routed[kid]
+    assert (int(routes[kid, 0]) << 64) | int(routes[kid, 1]) == md5_hash_key("elsewhere")
+
+
+class Chain:
+    """Commits as StateStore makes them, in memory: a base, then deltas of the keys touched."""
+
+    def __init__(self, det: RollingAnomalyDetector) -> None:
+        self.base, self.deltas = det.snapshot(), []
+        det.mark_saved()
+
+    def commit(self, det: RollingAnomalyDetector) -> None:
+        self.deltas.append(det.delta_snapshot())
+        det.mark_saved()
+
+    def restore(self) -> RollingAnomalyDetector:
+        return RollingAnomalyDetector.restore_chain(self.base, self.deltas)
+
+
+@settings(max_examples=12, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    cuts=st.lists(st.integers(min_value=0, max_value=150), min_size=1, max_size=10).filter(any),
+    commits=st.sets(st.integers(min_value=0, max_value=40), min_size=1, max_size=12),
+    restores=st.sets(st.integers(min_value=0, max_value=40), max_size=5),
+)
+def test_delta_commits_restore_bit_for_bit_whatever_the_cuts(cuts, commits, restores):
+    df = routed_stream(1500, 30, seed=62)
+    want = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    expected = want.process(df)
+    det = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    chain, outs, start, i = Chain(det), [], 0, 0
+    while start < df.height:
+        size = cuts[i % len(cuts)]
+        outs.append(det.process(df.slice(start, size)))
+        start += size
+        if i in commits or i in restores:
+            chain.commit(det)
+            assert len(chain.deltas[-1]) <= len(det.snapshot()) + 1024
+        if i in restores:  # a crash: the next worker starts from the committed chain
+            det = chain.restore()
+            assert det.touched_keys() == 0
+        i += 1
+    assert pl.concat(outs).equals(expected)
+    chain.commit(det)
+    assert chain.restore().snapshot() == want.snapshot() == det.snapshot()
+
+
+def test_a_delta_holds_only_the_keys_touched_and_is_rejected_alone():
+    det = RollingAnomalyDetector()
+    det.process(routed_stream(20_000, 2000, seed=63))
+    base = det.snapshot()
+    det.mark_saved()
+    few = routed_stream(50, 5, seed=64)
+    det.process(few)
+    assert det.touched_keys() == few.select(KEYS).n_unique()
+    delta = det.delta_snapshot()
+    assert len(delta) < len(base) / 50
+    assert snapshot_format.decode(delta).kids is not None
+    with pytest.raises(AnalyticsSnapshotError, match="delta"):
+        RollingAnomalyDetector.restore(delta)
+    with pytest.raises(AnalyticsSnapshotError, match="key ids"):
+        RollingAnomalyDetector.restore_chain(RollingAnomalyDetector().snapshot(), [delta])
+    assert RollingAnomalyDetector.restore_chain(base, [delta]).snapshot() == det.snapshot()
+    det.mark_saved()
+    empty = det.delta_snapshot()
+    assert RollingAnomalyDetector.restore_chain(base, [delta, empty]).snapshot() == det.snapshot()
+
+
+def test_version_3_snapshots_restore_with_unknown_routes():
+    df = routed_stream(2000, 20, seed=65)
+    live = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    live.process(df.drop("partition_key").slice(0, 1200))
+    blob = live.snapshot()  # no route known: the version 3 layout
+    old = blob[:7] + struct.pack("<H", 3) + blob[9:]
+    det = RollingAnomalyDetector.restore(old)
+    assert det.snapshot() == blob and det.routes()[1].sum() == 0
+    assert det.process(df.slice(1200)).equals(live.process(df.slice(1200)))
+    assert det.routes()[1].all()  # the rows after the restore set the routes
+
+
+# ---------------------------------------------------------------------------------------------- the state store
+
+
+class FakeS3:
+    """The few S3 calls StateStore makes, in memory."""
+
+    def __init__(self) -> None:
+        self.objects: dict[str, bytes] = {}
+        self.puts: list[tuple[str, int]] = []
+
+    def put_object(self, Bucket: str, Key: str, Body: bytes) -> None:  # noqa: N803 (boto3's names)
+        self.objects[Key] = bytes(Body)
+        self.puts.append((Key, len(Body)))
+
+    def get_object(self, Bucket: str, Key: str) -> dict:  # noqa: N803
+        return {"Body": io.BytesIO(self.objects[Key])}
+
+    def delete_object(self, Bucket: str, Key: str) -> None:  # noqa: N803
+        self.objects.pop(Key, None)
+
+    def get_paginator(self, name: str):
+        s3 = self
+
+        class Pages:
+            def paginate(self, Bucket: str, Prefix: str):  # noqa: N803
+                yield {"Contents": [{"Key": k} for k in sorted(s3.objects) if k.startswith(Prefix)]}
+
+        return Pages()
+
+
+def test_state_store_chains_compact_and_keep_the_committed_state_loadable():
+    from etl_platform.stream.checkpoints import StateStore, pack_state
+
+    s3 = FakeS3()
+    store = StateStore(s3, "b", "s", max_deltas=3)
+    df = routed_stream(6000, 300, seed=66)
+    det = RollingAnomalyDetector(keys=KEYS, **SMALL)
+    det.process(df.slice(0, 3000))
+    committed = store.save_commit("shard-0", "100", det, b"ids-1", None)
+    store.discard_superseded(None, committed, det)
+    assert s3.puts[0][0].endswith(".base")
+    start = 3000
+    for seq, size in enumerate([40, 40, 40, 40, 40, 2000], start=101):
+        det.process(df.slice(start, size))
+        start += size
+        s3.puts.clear()
+        key = store.save_commit("shard-0", str(seq), det, b"ids-%d" % seq, committed)
+        # A crash here (no lease commit): the committed state still loads, whole.
+        again, ids = StateStore(s3, "b", "s").load_state(committed)
+        assert again is not None and ids == b"ids-%d" % (seq - 1 if seq > 101 else 1)
+        store.discard_superseded(committed, key, det)
+        committed = key
+        loaded, ids = StateStore(s3, "b", "s").load_state(committed)
+        assert loaded is not None and loaded.snapshot() == det.snapshot() and ids == b"ids-%d" % seq
+        kinds = [k.rsplit(".", 1)[1] for k, _ in s3.puts]
+        assert kinds in (["delta", "bin"], ["base", "bin"])
+        if seq in (102, 103):
+            assert kinds == ["delta", "bin"]
+    assert kinds == ["base", "bin"]  # 2,000 rows: the deltas outgrow the base
+    assert sorted(s3.objects) == sorted([committed, committed[:-4] + ".base"])  # superseded ones deleted
+    # States written before chains still load: a packed snapshot, or a snapshot alone.
+    for old in (pack_state(det.snapshot(), b"old-ids"), det.snapshot()):
+        s3.objects["_state/s/shard-0/200.bin"] = old
+        loaded, ids = store.load_state("_state/s/shard-0/200.bin")
+        assert loaded is not None and loaded.snapshot() == det.snapshot()
+        assert ids == (b"old-ids" if old.startswith(b"ETLSTATE") else None)
+        assert store.load(committed) == pack_state(det.snapshot(), b"ids-106")  # the old entry point

@@ -108,7 +108,8 @@ class Warehouse(ABC):
         pending: PendingObjects | None = None,
     ) -> dict[str, LoadResult]:
         """Replace `day` in each of `tables` with the committed processed partition, in one transaction
-        (`pending`: the uncommitted objects to skip, lake.visibility)."""
+        (`pending`: the uncommitted objects to skip, lake.visibility), then record the objects it read
+        (`source.record_loaded`) for the day's check."""
 
     @abstractmethod
     def count_rows(self, table: str, day: date) -> tuple[int, int]:

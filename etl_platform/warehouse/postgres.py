@@ -193,9 +193,11 @@ class PostgresWarehouse(Warehouse):
             objects = source.partition_objects(s3, bucket, day, pending)
             data = source.read_objects(s3, bucket, objects)
             timings = {"read": time.monotonic() - started}
-            return self.load_table(
+            results = self.load_table(
                 data, day, tables=tables, on_drift=on_drift, objects=len(objects), started=started, timings=timings
             )
+        source.record_loaded(s3, bucket, self.schema, day, objects)
+        return results
 
     @contextmanager
     def _locked_load(self, day: date, tables: Sequence[str]) -> Iterator[None]:

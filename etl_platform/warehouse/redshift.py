@@ -411,6 +411,7 @@ class RedshiftWarehouse(Warehouse):
         finally:
             for group in plan.groups:  # this load's own manifests: no other load reads them
                 s3.delete_object(Bucket=bucket, Key=group.manifest_key)
+        source.record_loaded(s3, bucket, self.schema, day, objects)
         seconds = time.monotonic() - started
         copied, staged, anomalies, _ = stats
         return {

@@ -12,7 +12,7 @@ import json
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import date
+from datetime import UTC, date, datetime
 from typing import Any, cast
 
 import polars as pl
@@ -187,12 +187,39 @@ class PartitionCounts:
     anomalies: int  # distinct event_id among ANOMALY rows: what the anomalies table holds
 
 
-def partition_counts(s3: Any, bucket: str, day: date, pending: PendingObjects | None = None) -> PartitionCounts:
-    """Counts computed from the lake alone (two columns read), for reconciliation checks."""
+def partition_counts(
+    s3: Any, bucket: str, day: date, pending: PendingObjects | None = None, only: Sequence[str] | None = None
+) -> PartitionCounts:
+    """Counts computed from the lake alone (two columns read), for reconciliation checks: over the
+    day's committed objects, or over those of them named in `only` (what a load read)."""
     columns = ["event_id", "anomaly_status", *ARRIVAL_ORDER]
-    table = read_objects(s3, bucket, partition_objects(s3, bucket, day, pending), columns=columns)
+    objects = partition_objects(s3, bucket, day, pending)
+    if only is not None:
+        named = set(only)
+        objects = [o for o in objects if o.key in named]
+    table = read_objects(s3, bucket, objects, columns=columns)
     if table.num_rows == 0:
         return PartitionCounts(0, 0, 0)
     kept, _ = first_arrivals(table)
     anomalies = pc.sum(pc.equal(kept.column("anomaly_status"), "ANOMALY")).as_py() or 0
     return PartitionCounts(rows=table.num_rows, events=kept.num_rows, anomalies=int(anomalies))
+
+
+def loaded_key(schema: str, day: date) -> str:
+    """Where a load records the lake objects it read (`record_loaded`)."""
+    return f"{MANIFESTS}/warehouse/loaded/{schema}/dt={day.isoformat()}.json"
+
+
+def record_loaded(s3: Any, bucket: str, schema: str, day: date, objects: Sequence[LakeObject]) -> None:
+    """After a load committed: the objects it read, so that its check compares the warehouse with
+    exactly those, and tells a wrong load from a lake that has moved on since."""
+    body = {"objects": [o.key for o in objects], "loaded_at": datetime.now(UTC).isoformat()}
+    layout.put(s3, bucket, loaded_key(schema, day), json.dumps(body).encode())
+
+
+def read_loaded(s3: Any, bucket: str, schema: str, day: date) -> list[str] | None:
+    """The objects the day's last load read; None when no load recorded them."""
+    try:
+        return json.loads(layout.get(s3, bucket, loaded_key(schema, day)))["objects"]
+    except s3.exceptions.NoSuchKey:
+        return None

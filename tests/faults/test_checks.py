@@ -7,9 +7,11 @@ lake rows and so reported a mismatch forever; both checks now count distinct eve
 
 from __future__ import annotations
 
+import uuid
 from datetime import date
 
 import polars as pl
+import psycopg
 import pytest
 
 from etl_platform.lake import layout
@@ -42,3 +44,47 @@ def test_a_duplicate_delivery_is_no_mismatch_for_search_or_the_warehouse(client,
     assert counts.matches, counts.describe()
     warehouse_side = partition_counts(s3, bucket, DAY)
     assert (warehouse_side.rows, warehouse_side.events) == (first.height + again.height, distinct)
+
+
+def test_the_warehouse_check_tells_a_wrong_load_from_a_lake_that_moved_on(settings, s3, bucket):
+    """After a load, the stream commits more of the day: the table is stale, a WARN that does not block
+    the dbt models (it used to fail the run). A table that differs from what its load read is an ERROR."""
+    from types import SimpleNamespace
+
+    from dagster import AssetCheckSeverity, materialize
+
+    from assets.warehouse import _reconcile, warehouse_assets, warehouse_checks
+    from tests.integration.test_warehouse import processed_day, resources_for, write_partition
+
+    day = date(2024, 5, 6)
+    schema = f"t_chk_{uuid.uuid4().hex[:8]}"
+    resources = resources_for(settings, bucket, schema)
+
+    def run() -> dict:
+        result = materialize([*warehouse_assets, *warehouse_checks], partition_key=day.isoformat(), resources=resources)
+        return {e.check_name: e for e in result.get_asset_check_evaluations()}
+
+    def check_events():  # the check's own logic on its own, between loads (Dagster runs it after a load)
+        context = SimpleNamespace(partition_key=day.isoformat())
+        return _reconcile(context, "events", resources["warehouse"], resources["lake"])  # type: ignore[arg-type]
+
+    try:
+        write_partition(s3, bucket, processed_day(day, n=120, seed=3))
+        loaded = run()
+        assert len(loaded) == 2 and all(e.passed for e in loaded.values())
+
+        write_partition(s3, bucket, processed_day(day, n=30, seed=4, first=120))  # committed after the load
+        stale = check_events()
+        assert not stale.passed and stale.severity == AssetCheckSeverity.WARN
+        assert (stale.metadata["expected_rows"].value, stale.metadata["lake_rows_now"].value) == (120, 150)
+
+        with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:  # a row lost behind its back
+            conn.execute(f'DELETE FROM "{schema}".events WHERE ctid IN (SELECT ctid FROM "{schema}".events LIMIT 1)')
+        wrong = check_events()
+        assert not wrong.passed and wrong.severity == AssetCheckSeverity.ERROR
+
+        reloaded = run()  # the automation's next load
+        assert all(e.passed for e in reloaded.values())
+    finally:
+        with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+            conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')

@@ -95,7 +95,7 @@ def test_two_redshift_loads_of_a_day_never_share_a_manifest(s3, bucket):
     fake_redshift(first).load_day(s3, bucket, DAYS[0])
     fake_redshift(second).load_day(s3, bucket, DAYS[0])
     assert first.manifests and second.manifests and not set(first.manifests) & set(second.manifests)
-    assert s3.list_objects_v2(Bucket=bucket, Prefix="_manifests/").get("KeyCount", 0) == 0
+    assert s3.list_objects_v2(Bucket=bucket, Prefix="_manifests/warehouse/processed/").get("KeyCount", 0) == 0
 
 
 def test_a_failed_warehouse_load_is_retried():

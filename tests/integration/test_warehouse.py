@@ -349,7 +349,7 @@ def test_redshift_load_writes_manifests_and_runs_one_transaction(s3, bucket):
     keys = write_partition(s3, bucket, processed_day(DAY, n=80))
     conn = FakeRedshiftConnection(fail_copy=False, s3=s3)
     result = fake_redshift(conn).load_day(s3, bucket, DAY)
-    assert layout.list_keys(s3, bucket, "_manifests/") == []  # the load removed its own manifests
+    assert layout.list_keys(s3, bucket, "_manifests/warehouse/processed/") == []  # the load removed its own manifests
     manifest_keys = list(conn.manifests)
     assert len(manifest_keys) == 1
     assert re.fullmatch(

@@ -36,7 +36,7 @@ from pydantic import Field
 from assets.ingestion import processed_events
 from assets.partitions import daily_partitions
 from etl_platform.warehouse import TABLES, partition_counts
-from etl_platform.warehouse.source import read_loaded
+from etl_platform.warehouse.source import partition_objects, read_loaded
 from resources import LakeResource, WarehouseResource
 
 WAREHOUSE_KEYS: dict[str, AssetKey] = {table: AssetKey(f"warehouse_{table}") for table in TABLES}
@@ -123,7 +123,11 @@ def _reconcile(
     s3, pending = lake.client(), lake.pending_objects()
     loaded = read_loaded(s3, lake.bucket, warehouse.schema_name, day)
     at_load = partition_counts(s3, lake.bucket, day, pending, only=loaded)
-    now = partition_counts(s3, lake.bucket, day, pending) if loaded is not None else at_load
+    committed = [o.key for o in partition_objects(s3, lake.bucket, day, pending)]
+    # A second read of the day only when the stream committed objects since the load.
+    now = (
+        at_load if loaded is None or set(committed) == set(loaded) else partition_counts(s3, lake.bucket, day, pending)
+    )
     want = at_load.events if table == "events" else at_load.anomalies
     want_now = now.events if table == "events" else now.anomalies
     with warehouse.open() as wh:

@@ -233,11 +233,6 @@ class StateStore:
         assert detector is not None
         return pack_state(detector.snapshot(), seen_ids or b"")
 
-    def discard(self, key: str | None, keep: str | None) -> None:
-        """Delete a superseded snapshot (never the one in force)."""
-        if key and key != keep:
-            self.s3.delete_object(Bucket=self.bucket, Key=key)
-
 
 def legacy_prefix(stream_name: str) -> str:
     return f"_checkpoints/{stream_name}/"

@@ -2,14 +2,13 @@
 
 Every stage (decoding, analytics, lake, warehouse, search) agrees on these names and types, so they
 are defined once here. A producer puts a JSON *envelope* on the stream; decoding validates it with
-`validate_envelope` and adds the stream metadata (shard, sequence number, sub-sequence, arrival time,
-partition key) to make a *decoded event*.
+its pipeline's contract (`etl_platform.pipelines`) and adds the stream metadata (shard, sequence
+number, sub-sequence, arrival time, partition key) to make a *decoded event*.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime, timedelta
@@ -65,20 +64,6 @@ class InvalidEvent(ValueError):
         self.message = message
         self.reason = f"field {field}: {message}"
         super().__init__(self.reason)
-
-
-def _required_string(obj: Mapping[str, Any], field: str, max_len: int) -> str:
-    if field not in obj or obj[field] is None:
-        raise InvalidEvent(field, "missing")
-    value = obj[field]
-    if not isinstance(value, str):
-        raise InvalidEvent(field, f"must be a string, got {type(value).__name__}")
-    if not value.strip():
-        raise InvalidEvent(field, "must be a non-empty string")
-    if len(value) > max_len:
-        raise InvalidEvent(field, f"longer than {max_len} characters ({len(value)})")
-    check_text(field, value)
-    return value
 
 
 def check_text(field: str, value: str) -> None:
@@ -141,73 +126,6 @@ def check_event_time(event_time: datetime, arrival: datetime) -> None:
         )
 
 
-def _value(obj: Mapping[str, Any]) -> float:
-    if "value" not in obj or obj["value"] is None:
-        raise InvalidEvent("value", "missing")
-    raw = obj["value"]
-    if isinstance(raw, bool) or not isinstance(raw, int | float):
-        raise InvalidEvent("value", f"must be a number, got {type(raw).__name__}")
-    try:
-        value = float(raw)
-    except OverflowError:
-        raise InvalidEvent("value", "integer too large for float64") from None
-    if not math.isfinite(value):
-        raise InvalidEvent("value", f"must be finite, got {value}")
-    return value
-
-
-def _attributes(obj: Mapping[str, Any]) -> str:
-    raw = obj.get("attributes")
-    if raw is None:
-        return "{}"
-    if not isinstance(raw, dict):
-        raise InvalidEvent("attributes", f"must be an object, got {type(raw).__name__}")
-    try:
-        # Canonical form (sorted keys, no spaces): equal attributes give equal strings on replay.
-        text = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    except ValueError:
-        raise InvalidEvent("attributes", "contains a non-finite number (NaN or Infinity)") from None
-    except RecursionError:
-        raise InvalidEvent("attributes", "nested too deeply") from None
-    try:
-        size = len(text.encode("utf-8"))  # NUL inside is escaped (\\u0000) by json.dumps: no check needed
-    except UnicodeEncodeError as exc:
-        raise InvalidEvent("attributes", f"is not valid Unicode (a lone surrogate at character {exc.start})") from None
-    if size > MAX_ATTRIBUTES_BYTES:
-        raise InvalidEvent(
-            "attributes", f"{size} bytes of JSON, over the warehouse's {MAX_ATTRIBUTES_BYTES}-byte limit"
-        )
-    return text
-
-
-def validate_envelope(obj: Any) -> dict[str, Any]:
-    """Check a parsed JSON envelope and normalise it; raise `InvalidEvent` naming the field.
-
-    Returns `event_id` (None when the producer supplied none), `source`, `user_id`, `event_type`,
-    `event_time` (UTC datetime), `value` (float), `attributes` (canonical JSON string). Unknown
-    top-level fields are ignored; put extra data in `attributes`.
-    """
-    if not isinstance(obj, dict):
-        raise InvalidEvent("<root>", f"must be a JSON object, got {type(obj).__name__}")
-    source = obj.get("source")
-    if source is None:
-        raise InvalidEvent("source", "missing")
-    if not isinstance(source, str) or source not in SOURCES:
-        raise InvalidEvent("source", f"{str(source)[:64]!r} is not one of {', '.join(sorted(SOURCES))}")
-    event_id = obj.get("event_id")
-    if event_id is not None:
-        event_id = _required_string(obj, "event_id", MAX_EVENT_ID_LEN)
-    return {
-        "event_id": event_id,
-        "source": source,
-        "user_id": _required_string(obj, "user_id", MAX_USER_ID_LEN),
-        "event_type": _required_string(obj, "event_type", MAX_EVENT_TYPE_LEN),
-        "event_time": parse_event_time(obj.get("event_time")),
-        "value": _value(obj),
-        "attributes": _attributes(obj),
-    }
-
-
 def derive_event_id(shard_id: str, sequence_number: str, sub_sequence: int) -> str:
     """A stable id from the stream position, for events whose producer supplied none.
 
@@ -232,17 +150,20 @@ def sequence_sort_expr(column: str = "sequence_number") -> pl.Expr:
     return pl.col(column).str.zfill(SEQUENCE_WIDTH)
 
 
-def events_to_frame(events: Iterable[Mapping[str, Any]]) -> pl.DataFrame:
-    """Decoded events to a DataFrame with exactly `EVENT_SCHEMA` (names, order, dtypes).
+def events_to_frame(
+    events: Iterable[Mapping[str, Any]], schema: Mapping[str, pl.DataType] = EVENT_SCHEMA
+) -> pl.DataFrame:
+    """Decoded events to a DataFrame with exactly `schema` (names, order, dtypes; default the original
+    envelope's, else a pipeline contract's `event_schema()`).
 
     Built column by column so an empty batch still has the full schema and a missing field fails
     loudly (KeyError) instead of becoming a silent null column.
     """
-    columns: dict[str, list[Any]] = {name: [] for name in EVENT_FIELDS}
+    columns: dict[str, list[Any]] = {name: [] for name in schema}
     for event in events:
-        for name in EVENT_FIELDS:
+        for name in columns:
             columns[name].append(event[name])
-    return pl.DataFrame(columns, schema=EVENT_SCHEMA, strict=True)
+    return pl.DataFrame(columns, schema=dict(schema), strict=True)
 
 
 def with_depth(frame: pl.DataFrame, depth: int) -> pl.DataFrame:

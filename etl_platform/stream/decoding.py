@@ -4,6 +4,7 @@ A record is one of: a KPL aggregate (magic F3 89 9A C2), gzip-compressed JSON (m
 JSON; each KPL sub-record is again gzip or plain JSON. Nothing raises and nothing is dropped: every
 record or sub-record becomes either an event or an error dict with its stream position, raw bytes
 (base64) and a precise reason ("kpl: ...", "gzip: ...", "json: ...", "invalid event: field X: ...").
+What an event is comes from the pipeline's contract (`pipelines.contract`; default: the original envelope).
 
 KPL aggregates are unpacked with the aws_kinesis_agg protobuf message and constants rather than its
 `deaggregator` module, because that module passes a corrupt aggregate (bad MD5 or protobuf) through
@@ -29,14 +30,8 @@ import polars as pl
 from aws_kinesis_agg import messages_pb2
 from google.protobuf.message import DecodeError
 
-from etl_platform.events import (
-    InvalidEvent,
-    check_event_time,
-    check_text,
-    derive_event_id,
-    events_to_frame,
-    validate_envelope,
-)
+from etl_platform.events import InvalidEvent, check_text, derive_event_id, events_to_frame
+from etl_platform.pipelines.contract import DEFAULT_CONTRACT, Contract
 
 KPL_MAGIC: bytes = aws_kinesis_agg.MAGIC
 GZIP_MAGIC = b"\x1f\x8b"
@@ -88,8 +83,8 @@ def _gunzip(data: bytes) -> bytes:
     return b"".join(out)
 
 
-def _parse(payload: bytes) -> dict[str, Any]:
-    """Decompressed JSON bytes -> validated envelope (`validate_envelope` output)."""
+def _parse(payload: bytes, contract: Contract, arrival: datetime) -> dict[str, Any]:
+    """Decompressed JSON bytes -> the contract's columns of the event (`Contract.to_event`)."""
     try:
         text = payload.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -103,7 +98,7 @@ def _parse(payload: bytes) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise _Bad(f"json: expected an object, got {type(obj).__name__}")
     try:
-        return validate_envelope(obj)
+        return contract.to_event(obj, arrival)
     except InvalidEvent as exc:
         raise _Bad(f"invalid event: {exc.reason}") from None
 
@@ -119,8 +114,9 @@ def _arrival(raw: Any) -> datetime:
 class _Shard:
     """Accumulates one shard's results; a small class so positions are passed once, not everywhere."""
 
-    def __init__(self, shard_id: str) -> None:
+    def __init__(self, shard_id: str, contract: Contract) -> None:
         self.shard_id = shard_id
+        self.contract = contract
         self.result = DecodeResult()
 
     def error(
@@ -142,33 +138,20 @@ class _Shard:
         try:
             data = _gunzip(payload) if payload[:2] == GZIP_MAGIC else payload
             self.result.decoded_bytes += len(data)
-            env = _parse(data)
-            try:
-                check_event_time(env["event_time"], arrival)
-            except InvalidEvent as exc:
-                raise _Bad(f"invalid event: {exc.reason}") from None
+            event = _parse(data, self.contract, arrival)
         except _Bad as exc:
             self.error(seq, sub, arrival, key, payload, str(exc))
             return
         except Exception as exc:  # a decoder bug must not drop the aggregate's other sub-records
             self.error(seq, sub, arrival, key, payload, f"internal: {type(exc).__name__}: {exc}")
             return
-        self.result.events.append(
-            {
-                "event_id": env["event_id"] or derive_event_id(self.shard_id, seq, sub),
-                "source": env["source"],
-                "user_id": env["user_id"],
-                "event_type": env["event_type"],
-                "event_time": env["event_time"],
-                "value": env["value"],
-                "attributes": env["attributes"],
-                "shard_id": self.shard_id,
-                "sequence_number": seq,
-                "sub_sequence": sub,
-                "arrival_time": arrival,
-                "partition_key": key,
-            }
-        )
+        event["event_id"] = event["event_id"] or derive_event_id(self.shard_id, seq, sub)
+        event["shard_id"] = self.shard_id
+        event["sequence_number"] = seq
+        event["sub_sequence"] = sub
+        event["arrival_time"] = arrival
+        event["partition_key"] = key
+        self.result.events.append(event)
 
     def aggregate(self, seq: str, arrival: datetime, key: str, data: bytes) -> None:
         body = data[len(KPL_MAGIC) :]
@@ -233,42 +216,53 @@ class _Shard:
             )
 
 
-def decode_records(shard_id: str, records: Iterable[Mapping[str, Any]]) -> DecodeResult:
-    """Decode one shard's GetRecords `Records`; never raises for bad data, never drops a record."""
-    shard = _Shard(shard_id)
+def decode_records(
+    shard_id: str, records: Iterable[Mapping[str, Any]], contract: Contract = DEFAULT_CONTRACT
+) -> DecodeResult:
+    """Decode one shard's GetRecords `Records` by `contract`; never raises for bad data, never drops a record."""
+    shard = _Shard(shard_id, contract)
     for record in records:
         shard.record(record)
     return shard.result
 
 
 def decode_chunks(
-    shard_id: str, records: Sequence[Mapping[str, Any]], max_decoded_bytes: int
+    shard_id: str,
+    records: Sequence[Mapping[str, Any]],
+    max_decoded_bytes: int,
+    contract: Contract = DEFAULT_CONTRACT,
 ) -> Iterator[DecodedChunk]:
     """`decode_records` in chunks of consecutive records, each cut once its payloads decompress to
     `max_decoded_bytes` (so at most that plus one record, itself capped at MAX_DECOMPRESSED_BYTES): a
     read of small records that inflate enormously is decoded a chunk at a time, never all at once."""
-    shard, start = _Shard(shard_id), 0
+    shard, start = _Shard(shard_id, contract), 0
     for i, record in enumerate(records):
         shard.record(record)
         if shard.result.decoded_bytes >= max_decoded_bytes:
             yield DecodedChunk(records[start : i + 1], shard.result)
-            shard, start = _Shard(shard_id), i + 1
+            shard, start = _Shard(shard_id, contract), i + 1
     if start < len(records):
         yield DecodedChunk(records[start:], shard.result)
 
 
-def isolate_unconvertible(events: list[dict[str, Any]], errors: list[dict[str, Any]]) -> pl.DataFrame:
+def isolate_unconvertible(
+    events: list[dict[str, Any]], errors: list[dict[str, Any]], contract: Contract = DEFAULT_CONTRACT
+) -> pl.DataFrame:
     """The events as a frame (`events_to_frame`); should some event fail the conversion all the same
     (validation is meant to refuse anything that would), the batch is split in halves until each
     offending event is isolated, and those become error rows appended to `errors` instead of failing
     the batch again on every retry (a poison batch). Bisection costs O(k log n) conversions for k bad events."""
+    schema = contract.event_schema()
     try:
-        return events_to_frame(events)
+        return events_to_frame(events, schema)
     except Exception as exc:
         if len(events) > 1:
             middle = len(events) // 2
             return pl.concat(
-                [isolate_unconvertible(events[:middle], errors), isolate_unconvertible(events[middle:], errors)]
+                [
+                    isolate_unconvertible(events[:middle], errors, contract),
+                    isolate_unconvertible(events[middle:], errors, contract),
+                ]
             )
         event = events[0]
         errors.append(
@@ -283,4 +277,4 @@ def isolate_unconvertible(events: list[dict[str, Any]], errors: list[dict[str, A
                 "reason": f"internal: event cannot become a row ({type(exc).__name__}: {exc})",
             }
         )
-        return events_to_frame([])
+        return events_to_frame([], schema)

@@ -11,7 +11,8 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 
 from etl_platform.analytics import AnalyticsConfig
-from etl_platform.events import EVENT_SCHEMA, events_to_frame, validate_envelope, with_depth
+from etl_platform.events import EVENT_SCHEMA, events_to_frame, with_depth
+from etl_platform.pipelines.contract import validate_envelope
 from etl_platform.stream.sources import demo_mix
 
 SHARD = "shardId-000000000000"

@@ -17,8 +17,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from etl_platform.events import MAX_ATTRIBUTES_BYTES, InvalidEvent, events_to_frame, validate_envelope
+from etl_platform.events import MAX_ATTRIBUTES_BYTES, InvalidEvent, events_to_frame
 from etl_platform.lake import layout
+from etl_platform.pipelines.contract import validate_envelope
 from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer, WorkBudget
 from etl_platform.stream.decoding import decode_chunks, decode_records, isolate_unconvertible
 from tests.integration.pipeline_helpers import lake_rows

@@ -21,8 +21,8 @@ from etl_platform.events import (
     parse_event_time,
     sequence_sort_expr,
     sequence_sort_key,
-    validate_envelope,
 )
+from etl_platform.pipelines.contract import validate_envelope
 
 
 def envelope(**overrides: object) -> dict:

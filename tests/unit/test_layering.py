@@ -17,7 +17,7 @@ CORE = Path(__file__).resolve().parents[2] / "etl_platform"
 LAYERS: list[set[str]] = [
     {"config", "events"},  # settings and the event envelope: the vocabulary of everything else
     {"aws", "analytics", "stack"},  # boto3 clients; the analytics engine; the local servers
-    {"lake"},  # the lake's layout, writers, readers, replay
+    {"lake", "pipelines"},  # the lake's layout, writers, readers, replay; pipelines: contracts and names
     {"stream", "search", "warehouse"},  # the stages that read and write the lake
     {"ops"},  # metrics, alarms, alerts, scaling, security, provisioning
     {"cli"},  # the command line

@@ -9,7 +9,8 @@ from datetime import UTC, datetime
 
 import pytest
 
-from etl_platform.events import SOURCES, parse_event_time, validate_envelope
+from etl_platform.events import SOURCES, parse_event_time
+from etl_platform.pipelines.contract import validate_envelope
 from etl_platform.stream.sources import DEFAULT_START, demo_mix, generate
 
 NATIVE_FIELDS = {

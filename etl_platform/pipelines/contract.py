@@ -1,0 +1,287 @@
+"""A stream contract: what one pipeline's records look like and how they map to the platform's event.
+
+A contract names the payload's fields (type, whether required, constraints) and their roles: the
+analytics keys, the value, the event time (a field, or the record's arrival time as Kinesis
+Analytics' ROWTIME) and the event id (a field, or none: ids derive from the stream position). Fields
+the contract does not name are kept, never dropped: merged into the `attributes` JSON object (or,
+with `unknown_fields: reject`, the record goes to errors/ with the field named).
+
+A decoded event carries the platform's columns (`event_id`, `event_time`, `attributes` and the stream
+position) plus every declared field under its contract name, so processed Parquet, the warehouse
+table and the search mapping follow the contract. The default contract is the platform's original
+envelope field for field, so a deployment that declares nothing behaves as before.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import polars as pl
+
+from etl_platform.events import (
+    MAX_ATTRIBUTES_BYTES,
+    MAX_EVENT_ID_LEN,
+    SOURCES,
+    InvalidEvent,
+    check_event_time,
+    check_text,
+    parse_event_time,
+)
+
+FIELD_TYPES = ("string", "float", "int", "bool", "timestamp", "json", "object")
+FORMATS = ("json",)  # each record (or KPL sub-record) one JSON object; gzip detected by its magic bytes
+UNKNOWN_FIELD_POLICIES = ("attributes", "reject")
+ARRIVAL = "arrival"  # `time: arrival`: the record's arrival time is the event time (ROWTIME)
+NAIVE_POLICIES = ("reject", "utc")
+
+# Columns the platform adds to every event (the stream position and the derived ones), so no field
+# may take their names.
+POSITION_COLUMNS = ("shard_id", "sequence_number", "sub_sequence", "arrival_time", "partition_key")
+DERIVED_COLUMNS = ("shard_depth", "avg_value", "anomaly_status", "event_date")
+FIELD_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+MAX_INT64 = 2**63 - 1
+
+_POLARS_TYPES: dict[str, pl.DataType] = {
+    "string": pl.String(),
+    "float": pl.Float64(),
+    "int": pl.Int64(),
+    "bool": pl.Boolean(),
+    "timestamp": pl.Datetime("us", "UTC"),
+    "json": pl.String(),  # canonical JSON text
+}
+
+
+@dataclass(frozen=True)
+class FieldSpec:
+    """One payload field: its type and constraints. `values` (strings) and `minimum`/`maximum`
+    (numbers) are optional; `naive_timestamps: utc` reads a timestamp without offset as UTC."""
+
+    name: str
+    type: str
+    required: bool = False
+    max_length: int | None = None
+    values: tuple[str, ...] | None = None
+    minimum: float | None = None
+    maximum: float | None = None
+    naive_timestamps: str = "reject"
+    description: str = ""
+
+    @property
+    def dtype(self) -> pl.DataType:
+        return _POLARS_TYPES[self.type]
+
+    def convert(self, obj: Mapping[str, Any]) -> Any:
+        """The field's value in `obj`, checked and normalised; None when absent and optional."""
+        raw = obj.get(self.name)
+        if raw is None:
+            if self.required:
+                raise InvalidEvent(self.name, "missing")
+            return None
+        convert = getattr(self, f"_{self.type}")
+        return convert(raw)
+
+    def _string(self, raw: Any) -> str:
+        name = self.name
+        if self.values is not None:
+            if not isinstance(raw, str) or raw not in self.values:
+                raise InvalidEvent(name, f"{str(raw)[:64]!r} is not one of {', '.join(sorted(self.values))}")
+            return raw
+        if not isinstance(raw, str):
+            raise InvalidEvent(name, f"must be a string, got {type(raw).__name__}")
+        if not raw.strip():
+            raise InvalidEvent(name, "must be a non-empty string")
+        if self.max_length is not None and len(raw) > self.max_length:
+            raise InvalidEvent(name, f"longer than {self.max_length} characters ({len(raw)})")
+        check_text(name, raw)
+        return raw
+
+    def _number(self, raw: Any, kind: str) -> float | int:
+        name = self.name
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise InvalidEvent(name, f"must be a number, got {type(raw).__name__}")
+        if kind == "int":
+            if isinstance(raw, float):
+                if not raw.is_integer():
+                    raise InvalidEvent(name, f"must be an integer, got {raw!r}")
+                raw = int(raw)
+            if abs(raw) > MAX_INT64:
+                raise InvalidEvent(name, "integer out of the 64-bit range")
+            value: float | int = raw
+        else:
+            try:
+                value = float(raw)
+            except OverflowError:
+                raise InvalidEvent(name, "integer too large for float64") from None
+            if not math.isfinite(value):
+                raise InvalidEvent(name, f"must be finite, got {value}")
+        if self.minimum is not None and value < self.minimum:
+            raise InvalidEvent(name, f"{value!r} is below the minimum {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise InvalidEvent(name, f"{value!r} is above the maximum {self.maximum:g}")
+        return value
+
+    def _float(self, raw: Any) -> float:
+        return float(self._number(raw, "float"))
+
+    def _int(self, raw: Any) -> int:
+        return int(self._number(raw, "int"))
+
+    def _bool(self, raw: Any) -> bool:
+        if not isinstance(raw, bool):
+            raise InvalidEvent(self.name, f"must be true or false, got {type(raw).__name__}")
+        return raw
+
+    def _timestamp(self, raw: Any) -> datetime:
+        if self.naive_timestamps == "utc" and isinstance(raw, str):
+            try:
+                parsed = datetime.fromisoformat(raw.strip())
+            except ValueError:
+                parsed = None
+            if parsed is not None and parsed.tzinfo is None:
+                return parsed.replace(tzinfo=UTC)
+        return parse_event_time(raw, self.name)
+
+    def _json(self, raw: Any) -> str:
+        return canonical_json(self.name, raw)
+
+    def _object(self, raw: Any) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            raise InvalidEvent(self.name, f"must be an object, got {type(raw).__name__}")
+        return raw
+
+
+def canonical_json(name: str, raw: Any) -> str:
+    """Sorted keys, no spaces: equal values give equal strings on replay; refuses what no sink takes."""
+    try:
+        text = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InvalidEvent(name, "contains a non-finite number (NaN or Infinity)") from None
+    except RecursionError:
+        raise InvalidEvent(name, "nested too deeply") from None
+    try:
+        size = len(text.encode("utf-8"))  # NUL inside is escaped (\\u0000) by json.dumps: no check needed
+    except UnicodeEncodeError as exc:
+        raise InvalidEvent(name, f"is not valid Unicode (a lone surrogate at character {exc.start})") from None
+    if size > MAX_ATTRIBUTES_BYTES:
+        raise InvalidEvent(name, f"{size} bytes of JSON, over the warehouse's {MAX_ATTRIBUTES_BYTES}-byte limit")
+    return text
+
+
+@dataclass(frozen=True)
+class Contract:
+    """The record format, the fields and their roles (see the module docstring)."""
+
+    fields: tuple[FieldSpec, ...]
+    keys: tuple[str, ...]
+    value: str
+    time: str  # a timestamp field's name, or ARRIVAL
+    event_id: str | None = None  # a string field's name; None: ids derive from the stream position
+    attributes: str | None = None  # an object field whose keys are the attributes, unknown fields merged in
+    unknown_fields: str = "attributes"
+    format: str = "json"
+    by_name: Mapping[str, FieldSpec] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
+
+    # --- the decoded event ------------------------------------------------------------------------
+    @property
+    def column_fields(self) -> tuple[FieldSpec, ...]:
+        """Declared fields that become columns under their names (the id and attributes fields have
+        the platform's columns `event_id` and `attributes`)."""
+        return tuple(f for f in self.fields if f.name not in (self.event_id, self.attributes))
+
+    def event_schema(self) -> dict[str, pl.DataType]:
+        """The decoded event's columns in order: `event_id`, the fields, `event_time` (unless a field
+        of that name is the time), `attributes`, then the stream position."""
+        schema: dict[str, pl.DataType] = {"event_id": pl.String()}
+        schema.update({f.name: f.dtype for f in self.column_fields})
+        schema.setdefault("event_time", pl.Datetime("us", "UTC"))
+        schema["attributes"] = pl.String()
+        schema.update(
+            {
+                "shard_id": pl.String(),
+                "sequence_number": pl.String(),
+                "sub_sequence": pl.Int64(),
+                "arrival_time": pl.Datetime("us", "UTC"),
+                "partition_key": pl.String(),
+            }
+        )
+        return schema
+
+    def to_event(self, obj: Any, arrival: datetime | None) -> dict[str, Any]:
+        """A parsed JSON payload to the event's contract columns (`event_id` None when the contract
+        has no id field, or the payload none); raise `InvalidEvent` naming the first bad field.
+
+        The event time is checked against `arrival` (`events.check_event_time`); without an arrival
+        (an event not read from a stream) it is not, and a `time: arrival` contract refuses it."""
+        if not isinstance(obj, dict):
+            raise InvalidEvent("<root>", f"must be a JSON object, got {type(obj).__name__}")
+        out: dict[str, Any] = {"event_id": None}
+        attributes: dict[str, Any] = {}
+        for spec in self.fields:
+            value = spec.convert(obj)
+            if spec.name == self.attributes:
+                attributes = dict(value or {})
+            elif spec.name == self.event_id:
+                out["event_id"] = value
+            else:
+                out[spec.name] = value
+        unknown = [name for name in obj if name not in self.by_name]
+        if unknown:
+            if self.unknown_fields == "reject":
+                raise InvalidEvent(unknown[0], "is not a field of the contract (unknown_fields: reject)")
+            for name in unknown:
+                if name in attributes:
+                    raise InvalidEvent(name, f"is both a top-level field and a key of {self.attributes}")
+                attributes[name] = obj[name]
+        out["attributes"] = canonical_json(self.attributes or "attributes", attributes) if attributes else "{}"
+        if self.time == ARRIVAL:
+            if arrival is None:
+                raise InvalidEvent("arrival_time", "missing: this contract's event time is the record's arrival")
+            out["event_time"] = arrival
+        else:
+            out["event_time"] = out[self.time]
+            if arrival is not None:
+                check_event_time_of(self.time, out["event_time"], arrival)
+        return out
+
+
+def check_event_time_of(name: str, moment: datetime, arrival: datetime) -> None:
+    """`events.check_event_time`, naming the contract's time field."""
+    try:
+        check_event_time(moment, arrival)
+    except InvalidEvent as exc:
+        raise InvalidEvent(name, exc.message) from None
+
+
+# The platform's original envelope, field for field.
+DEFAULT_CONTRACT = Contract(
+    fields=(
+        FieldSpec("source", "string", required=True, values=tuple(sorted(SOURCES))),
+        FieldSpec("event_id", "string", max_length=MAX_EVENT_ID_LEN),
+        FieldSpec("user_id", "string", required=True, max_length=64),
+        FieldSpec("event_type", "string", required=True, max_length=32),
+        FieldSpec("event_time", "timestamp", required=True),
+        FieldSpec("value", "float", required=True),
+        FieldSpec("attributes", "object"),
+    ),
+    keys=("user_id", "event_type"),
+    value="value",
+    time="event_time",
+    event_id="event_id",
+    attributes="attributes",
+)
+
+
+def validate_envelope(obj: Any) -> dict[str, Any]:
+    """An envelope of the default contract, checked and normalised (no stream position, so the event
+    time is not compared with an arrival): `event_id` (None when absent), `source`, `user_id`,
+    `event_type`, `event_time` (UTC), `value` (float), `attributes` (canonical JSON)."""
+    return DEFAULT_CONTRACT.to_event(obj, None)

@@ -21,6 +21,7 @@ class AnalyticsConfig:
     baseline_rows: int = 100
     sigmas: float = 3.0
     keys: tuple[str, ...] = ANALYTICS_KEYS
+    value: str = "value"  # the column the windows average
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> AnalyticsConfig:
@@ -36,5 +37,9 @@ class AnalyticsConfig:
     def new_detector(self) -> RollingAnomalyDetector:
         """An empty detector with these settings."""
         return RollingAnomalyDetector(
-            avg_rows=self.avg_rows, baseline_rows=self.baseline_rows, sigmas=self.sigmas, keys=self.keys
+            avg_rows=self.avg_rows,
+            baseline_rows=self.baseline_rows,
+            sigmas=self.sigmas,
+            keys=self.keys,
+            value=self.value,
         )

@@ -140,6 +140,7 @@ class RollingAnomalyDetector:
         baseline_rows: int = 100,
         sigmas: float = 3.0,
         keys: Sequence[str] = ("user_id", "event_type"),
+        value: str = VALUE,
     ) -> None:
         if isinstance(avg_rows, bool) or not isinstance(avg_rows, int) or avg_rows < 0:
             raise AnalyticsConfigError(f"avg_rows must be an integer >= 0, got {avg_rows!r}")
@@ -158,8 +159,11 @@ class RollingAnomalyDetector:
             raise AnalyticsConfigError(f"keys must be non-empty column names, got {keys!r}")
         if len(set(keys)) != len(keys):
             raise AnalyticsConfigError(f"keys must not repeat a column, got {keys!r}")
-        if VALUE in keys or "__kid" in keys:
-            raise AnalyticsConfigError(f"keys must not include the {VALUE!r} column (or the reserved '__kid')")
+        if not isinstance(value, str) or not value:
+            raise AnalyticsConfigError(f"value must be a column name, got {value!r}")
+        if value in keys or "__kid" in keys:
+            raise AnalyticsConfigError(f"keys must not include the {value!r} column (or the reserved '__kid')")
+        self.value = value
         self.avg_rows = avg_rows
         self.baseline_rows = baseline_rows
         self.sigmas = float(sigmas)
@@ -217,13 +221,14 @@ class RollingAnomalyDetector:
         if not isinstance(batch, pl.DataFrame):
             raise AnalyticsInputError(f"batch must be a polars DataFrame, got {type(batch).__name__}", column="<batch>")
         schema = batch.schema
-        for col in (*self.keys, VALUE):
+        column = self.value
+        for col in (*self.keys, column):
             if col not in schema:
                 raise AnalyticsInputError(
-                    f"batch is missing required column {col!r} (required: {', '.join((*self.keys, VALUE))})",
+                    f"batch is missing required column {col!r} (required: {', '.join((*self.keys, column))})",
                     column=col,
                 )
-        raw = batch.get_column(VALUE)
+        raw = batch.get_column(column)
         if not raw.dtype.is_numeric():
             row = 0
             if raw.dtype == pl.String:  # point at the first string that is not a number
@@ -231,25 +236,25 @@ class RollingAnomalyDetector:
                 row = int(bad[0]) if len(bad) else 0
             shown = raw[row] if len(raw) else None
             raise AnalyticsInputError(
-                f"column {VALUE!r} must be numeric, got dtype {raw.dtype} (first offending row {row}: {shown!r})",
-                column=VALUE,
+                f"column {column!r} must be numeric, got dtype {raw.dtype} (first offending row {row}: {shown!r})",
+                column=column,
                 row=row,
             )
         value = raw if raw.dtype == pl.Float64 else raw.cast(pl.Float64)
         if value.null_count():
             row = int(value.is_null().arg_true()[0])
             raise AnalyticsInputError(
-                f"column {VALUE!r} has a null at row {row} (first offending row); values must be present",
-                column=VALUE,
+                f"column {column!r} has a null at row {row} (first offending row); values must be present",
+                column=column,
                 row=row,
             )
         finite = np.isfinite(value.to_numpy())
         if not finite.all():
             row = int(finite.argmin())
             raise AnalyticsInputError(
-                f"column {VALUE!r} has a non-finite value {value[row]!r} at row {row} (first offending "
+                f"column {column!r} has a non-finite value {value[row]!r} at row {row} (first offending "
                 "row); NaN and infinities are rejected",
-                column=VALUE,
+                column=column,
                 row=row,
             )
         if self._keytab is not None:
@@ -424,7 +429,13 @@ class RollingAnomalyDetector:
                 raise AnalyticsConfigError(
                     f"cannot merge detectors with different configurations: {first._config()} vs {other._config()}"
                 )
-        out = cls(avg_rows=first.avg_rows, baseline_rows=first.baseline_rows, sigmas=first.sigmas, keys=first.keys)
+        out = cls(
+            avg_rows=first.avg_rows,
+            baseline_rows=first.baseline_rows,
+            sigmas=first.sigmas,
+            keys=first.keys,
+            value=first.value,
+        )
         held = [det for det in detectors if det._nkeys]
         if not held:
             return out
@@ -484,6 +495,8 @@ class RollingAnomalyDetector:
             "keys": list(self.keys),
             "block": self._block,
             "ring": self._ring,
+            # only when not the default: snapshots from before the setting existed stay comparable
+            **({"value": self.value} if self.value != VALUE else {}),
         }
 
     def snapshot(self) -> bytes:
@@ -595,7 +608,11 @@ class RollingAnomalyDetector:
         cfg = saved.config
         try:
             det = cls(
-                avg_rows=cfg["avg_rows"], baseline_rows=cfg["baseline_rows"], sigmas=cfg["sigmas"], keys=cfg["keys"]
+                avg_rows=cfg["avg_rows"],
+                baseline_rows=cfg["baseline_rows"],
+                sigmas=cfg["sigmas"],
+                keys=cfg["keys"],
+                value=cfg.get("value", VALUE),
             )
         except AnalyticsError as exc:
             raise AnalyticsSnapshotError(f"corrupt snapshot config: {exc}") from exc

@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 import urllib.request
+from dataclasses import replace
 
 from etl_platform import aws
 from etl_platform.config import ConfigError, Settings, load_settings
@@ -20,20 +21,36 @@ def _dagster_up(url: str) -> bool:
 
 
 def bootstrap(settings: Settings, log=print) -> None:
-    """Create the stream and the lake bucket, encrypt them, set retention/lifecycle, apply the alarms."""
+    """Create every pipeline's stream, the lake bucket and the lease table, encrypt them, set
+    retention/lifecycle, apply the alarms."""
     from etl_platform.ops.alarms import apply_alarms, load_alarms
     from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
-    from etl_platform.ops.security import secure_platform
+    from etl_platform.ops.security import load_security_config, secure_platform
+    from etl_platform.pipelines import load_pipelines
     from etl_platform.stream.leases import ensure_table
 
-    ensure_stream(aws.client("kinesis", settings), settings.stream_name)
+    pipelines = load_pipelines(settings)
+    kinesis = aws.client("kinesis", settings)
+    for pipeline in pipelines:
+        ensure_stream(kinesis, pipeline.stream.name, pipeline.stream.shards)
     ensure_table(aws.client("dynamodb", settings), settings.lease_table)
     ensure_bucket(aws.client("s3", settings), settings.lake_bucket, settings.aws_region)
-    secure_platform(settings, log=log)
-    alarms = apply_alarms(aws.client("cloudwatch", settings), load_alarms(), settings.stream_name)
+    alarms = load_alarms()
+    security = load_security_config()
+    applied = 0
+    for pipeline in pipelines:
+        spec = pipeline.stream
+        config = replace(
+            security,
+            stream_encryption=spec.encryption or security.stream_encryption,
+            retention_hours=spec.retention_hours or security.retention_hours,
+        )
+        secure_platform(settings, config, stream=spec.name, log=log)
+        applied += len(apply_alarms(aws.client("cloudwatch", settings), alarms, pipeline.stream.name))
+    streams = ", ".join(f"{p.stream.name} ({p.name})" for p in pipelines)
     log(
-        f"stream {settings.stream_name}, bucket {settings.lake_bucket} and lease table {settings.lease_table} ready; "
-        f"{len(alarms)} alarms applied"
+        f"streams {streams}, bucket {settings.lake_bucket} and lease table {settings.lease_table} ready; "
+        f"{applied} alarms applied"
     )
 
 
@@ -52,13 +69,18 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
         stack.down()
         return 0
     status = stack.status(settings)
+    status["pipelines"] = pipelines_status(settings)
     status["healthy"]["dagster"] = _dagster_up(settings.dagster_url)
     if args.json:
         print(json.dumps(status, indent=2))
     else:
         for key, value in status.items():
-            if key not in ("healthy", "logs"):
+            if key not in ("healthy", "logs", "pipelines"):
                 print(f"{key:<20} {value}")
+        for name, pipeline in status["pipelines"].items():
+            print(
+                f"{'pipeline ' + name:<20} stream {pipeline['stream_name']}, processed {pipeline['processed_prefix']}"
+            )
         for name, ok in status["healthy"].items():
             print(f"{name:<20} {'healthy' if ok else 'DOWN'}")
     # Dagster is optional for `status` (it only runs under `make dev`).
@@ -100,28 +122,58 @@ def _events_from_file(path: str):
                 raise SystemExit(f"{path}:{number}: not a JSON object: {exc}") from None
 
 
-def _demo_events(rate: float, duration: float, seed: int):
-    """Live demo traffic from all five sources at about `rate` events/s (forever when duration is 0)."""
+def pipelines_status(settings: Settings) -> dict:
+    """Per pipeline: its stream and where its data lives (for `stack status --json` and scripts)."""
+    from etl_platform.lake import layout
+    from etl_platform.pipelines import load_pipelines
+
+    bucket = settings.lake_bucket
+    return {
+        p.name: {
+            "stream_name": p.stream.name,
+            "shards": p.stream.shards,
+            "raw_prefix": f"s3://{bucket}/{p.dataset(layout.RAW)}/",
+            "processed_prefix": f"s3://{bucket}/{p.dataset(layout.PROCESSED)}/",
+            "errors_prefix": f"s3://{bucket}/{p.dataset(layout.ERRORS)}/",
+            "warehouse_schema": p.warehouse_schema,
+            "index_prefix": p.index_prefix,
+            "keys": list(p.contract.keys),
+            "value": p.contract.value,
+            "time": p.contract.time,
+        }
+        for p in load_pipelines(settings)
+    }
+
+
+def _demo_events(rate: float, duration: float, seed: int, pipeline):
+    """Live demo traffic at about `rate` events/s (forever when duration is 0): the five demo sources
+    for the default pipeline, records shaped by the contract for any other."""
     import time
     from datetime import UTC, datetime
 
-    from etl_platform.stream.sources import demo_mix
+    from etl_platform.stream.sources import contract_records, demo_mix
 
     started = time.monotonic()
     tick = 0
     while duration <= 0 or time.monotonic() - started < duration:
         batch = max(1, round(rate))
-        yield from demo_mix(batch, seed=seed * 1_000_003 + tick, start=datetime.now(UTC))
+        start = datetime.now(UTC)
+        if pipeline.is_default:
+            yield from demo_mix(batch, seed=seed * 1_000_003 + tick, start=start)
+        else:
+            yield from contract_records(pipeline.contract, batch, seed=seed * 1_000_003 + tick, start=start)
         tick += 1
         time.sleep(max(0.0, started + tick - time.monotonic()))
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from etl_platform.cli.options import selected_pipeline
     from etl_platform.ops.metrics import ProducerMetricsReporter
     from etl_platform.stream.producer import KinesisProducer, ProducerError
 
     progress = Progress(args.quiet)
-    stream = args.stream or settings.stream_name
+    pipeline = selected_pipeline(args, settings)
+    stream = args.stream or pipeline.stream.name
     # IncomingRecords/IncomingBytes for CloudWatch: the shard scaler and the throttling alarm read them.
     reporter = ProducerMetricsReporter(aws.client("cloudwatch", settings), stream)
 
@@ -129,11 +181,17 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         progress(f"produce: {stats.summary()}")
         reporter.update(stats)
 
-    producer = KinesisProducer(aws.client("kinesis", settings), stream, compress=args.gzip, progress=on_progress)
+    producer = KinesisProducer(
+        aws.client("kinesis", settings),
+        stream,
+        compress=args.gzip,
+        progress=on_progress,
+        partition_key_field=pipeline.contract.keys[0],
+    )
     if args.file:
         events = _events_from_file(args.file)
     else:
-        events = _demo_events(args.rate, args.duration, args.seed)
+        events = _demo_events(args.rate, args.duration, args.seed, pipeline)
     try:
         if args.kpl:
             stats = producer.send_kpl_aggregated(events)
@@ -165,27 +223,32 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not stats.rejected else 1
 
 
-def make_consumer(settings: Settings, on_stage=None, index: bool = True):
+def make_consumer(settings: Settings, on_stage=None, index: bool = True, pipeline=None):
+    """The shard consumer of `pipeline` (default: the default pipeline), as the Dagster workers build it."""
+    from etl_platform.pipelines import load_pipelines
     from etl_platform.search.bulk import IndexerConfig
     from etl_platform.search.client import make_client
-    from etl_platform.search.indexer import prefix_from_env, search_sink
+    from etl_platform.search.indexer import search_sink
     from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
     from etl_platform.stream.leases import LeaseTable
 
+    pipeline = pipeline or load_pipelines(settings).default
+    stream = pipeline.stream.name
     s3 = aws.client("s3", settings)
     return StreamConsumer(
         aws.client("kinesis", settings),
         s3,
         settings.lake_bucket,
-        settings.stream_name,
-        LeaseTable(aws.client("dynamodb", settings), settings.lease_table, settings.stream_name),
+        stream,
+        LeaseTable(aws.client("dynamodb", settings), settings.lease_table, stream),
         ConsumerConfig.from_env(profile=settings.profile),
         on_stage=on_stage,
         search_sink=search_sink(
-            make_client(settings), s3, settings.lake_bucket, prefix_from_env(), IndexerConfig.from_env()
+            make_client(settings), s3, settings.lake_bucket, pipeline.index_prefix, IndexerConfig.from_env(), pipeline
         )
         if index
         else None,
+        pipeline=pipeline,
     )
 
 
@@ -215,9 +278,14 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
     if not (args.shard or args.until_caught_up):
         print("consume: give --until-caught-up, or --shard ID to be one shard's worker", file=sys.stderr)
         return 2
+    from etl_platform.cli.options import selected_pipeline
+
     progress = Progress(args.quiet)
     consumer = make_consumer(
-        settings, on_stage=_fault_injector(os.environ.get("ETL_FAULT_KILL_AFTER")), index=not args.no_index
+        settings,
+        on_stage=_fault_injector(os.environ.get("ETL_FAULT_KILL_AFTER")),
+        index=not args.no_index,
+        pipeline=selected_pipeline(args, settings),
     )
     totals = {"batches": 0, "records": 0, "events": 0, "errors": 0, "anomalies": 0}
     stage_seconds: dict[str, float] = {}
@@ -273,6 +341,8 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from etl_platform.cli.options import add_pipeline_option
+
     parser = argparse.ArgumentParser(prog="etl-platform", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -291,8 +361,9 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--seed", type=int, default=0)
     produce.add_argument("--gzip", action="store_true", help="gzip each record, as the seed's producer does")
     produce.add_argument("--kpl", action="store_true", help="KPL-aggregate records")
-    produce.add_argument("--stream", help="stream name (default: the profile's)")
+    produce.add_argument("--stream", help="stream name (default: the pipeline's)")
     produce.add_argument("--quiet", action="store_true", help="no progress line")
+    add_pipeline_option(produce)
     produce.set_defaults(func=cmd_produce)
 
     consume = sub.add_parser(
@@ -308,6 +379,7 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--seconds", type=float, default=600.0, help="the --shard worker's budget (default 600)")
     consume.add_argument("--quiet", action="store_true", help="no progress line")
     consume.add_argument("--no-index", action="store_true", help="skip near-real-time OpenSearch indexing")
+    add_pipeline_option(consume)
     consume.set_defaults(func=cmd_consume)
 
     from etl_platform.cli.errors import add_errors_parser

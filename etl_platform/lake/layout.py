@@ -1,10 +1,13 @@
 """The S3 lake's layout and object I/O: one place that knows every prefix and file format.
 
-    raw/dt=YYYY-MM-DD/hour=HH/<shard>-<first seq>-<part>.jsonl.gz    decoded events + stream position
-    processed/dt=YYYY-MM-DD/hour=HH/<shard>-<first seq>-<part>.parquet  events + avg_value, anomaly_status
-    errors/dt=YYYY-MM-DD/hour=HH/<shard>-<first seq>-<part>.jsonl.gz   rejected records: raw bytes, reason
+    [<pipeline>/]raw/dt=YYYY-MM-DD/hour=HH/<shard>-<first seq>-<part>.jsonl.gz  decoded events + stream position
+    [<pipeline>/]processed/dt=YYYY-MM-DD/hour=HH/<shard>-<first seq>-<part>.parquet  + avg_value, anomaly_status
+    [<pipeline>/]errors/dt=YYYY-MM-DD/hour=HH/<shard>-<first seq>-<part>.jsonl.gz  rejected records, reason
     _state/<stream>/<shard>/<generation>-<seq>.bin|.base|.delta   committed analytics state chains
     _checkpoints/<stream>/<shard>.json                          checkpoints of older versions (stream/checkpoints.py)
+
+A pipeline other than the default one has its datasets under its name (`seed/raw/...`): a *dataset*
+below is the prefix with that root (`raw` or `seed/raw`), and `dataset_name` its last part.
 
 Object names derive from the stream position a micro-batch starts at (never from wall-clock time or
 a random id), so a retried batch, which starts at the same committed checkpoint and reads the same
@@ -47,16 +50,22 @@ def day_prefix(dataset: str, day: date | str) -> str:
     return f"{dataset}/dt={day_text}/"
 
 
+def dataset_name(dataset: str) -> str:
+    """`raw`, `processed` or `errors`: a dataset prefix without its pipeline root."""
+    return dataset.rsplit("/", 1)[-1]
+
+
 def object_key(dataset: str, partition: HourPartition, shard_id: str, first_sequence: str, part: int) -> str:
-    suffix = {RAW: "jsonl.gz", ERRORS: "jsonl.gz", PROCESSED: "parquet"}[dataset]
+    suffix = {RAW: "jsonl.gz", ERRORS: "jsonl.gz", PROCESSED: "parquet"}[dataset_name(dataset)]
     return f"{partition.prefix(dataset)}{shard_id}-{first_sequence}-{part:04d}.{suffix}"
 
 
 def processed_key_for(raw_key: str) -> str:
-    """The processed object that holds exactly the events of a raw object (same partition and name)."""
-    if not raw_key.startswith(f"{RAW}/") or not raw_key.endswith(".jsonl.gz"):
+    """The processed object that holds exactly the events of a raw object (same root, partition and name)."""
+    root, sep, rest = raw_key.partition(f"{RAW}/dt=")
+    if not sep or (root and not root.endswith("/")) or not raw_key.endswith(".jsonl.gz"):
         raise ValueError(f"not a raw object key: {raw_key}")
-    return f"{PROCESSED}/{raw_key[len(RAW) + 1 : -len('.jsonl.gz')]}.parquet"
+    return f"{root}{PROCESSED}/dt={rest[: -len('.jsonl.gz')]}.parquet"
 
 
 def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import Any
 
@@ -12,19 +13,26 @@ from etl_platform.events import EVENT_SCHEMA
 from etl_platform.lake import layout
 from etl_platform.lake.visibility import PendingObjects, committed
 
-RAW_SCHEMA: dict[str, pl.DataType] = {**EVENT_SCHEMA, "shard_depth": pl.Int32()}
+RAW_SCHEMA: dict[str, pl.DataType] = {**EVENT_SCHEMA, "shard_depth": pl.Int32()}  # the default pipeline's
 
 
-def read_raw(s3: Any, bucket: str, keys: list[str]) -> pl.DataFrame:
-    """Raw objects as one frame, with `_object` naming the object each row came from."""
+def lake_schema(event_schema: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
+    """A raw object's columns: a pipeline's decoded event (its contract's `event_schema`) + shard depth."""
+    return {**event_schema, "shard_depth": pl.Int32()}
+
+
+def read_raw(s3: Any, bucket: str, keys: list[str], schema: Mapping[str, pl.DataType] = RAW_SCHEMA) -> pl.DataFrame:
+    """Raw objects as one frame (`schema`: the pipeline's `lake_schema`), with `_object` naming the
+    object each row came from."""
+    schema = dict(schema)
     frames = [
-        pl.read_ndjson(gzip.decompress(layout.get(s3, bucket, key)), schema=RAW_SCHEMA).with_columns(
+        pl.read_ndjson(gzip.decompress(layout.get(s3, bucket, key)), schema=schema).with_columns(
             pl.lit(key).alias("_object")
         )
         for key in keys
     ]
     if not frames:
-        return pl.DataFrame(schema={**RAW_SCHEMA, "_object": pl.String()})
+        return pl.DataFrame(schema={**schema, "_object": pl.String()})
     return pl.concat(frames)
 
 
@@ -45,9 +53,17 @@ def keys_for_days(
     return committed(keys, pending)
 
 
-def read_day(s3: Any, bucket: str, dataset: str, day: date, pending: PendingObjects | None = None) -> pl.DataFrame:
-    """Every row of one day of `raw` or `processed`, from committed objects (see `visibility`)."""
+def read_day(
+    s3: Any,
+    bucket: str,
+    dataset: str,
+    day: date,
+    pending: PendingObjects | None = None,
+    schema: Mapping[str, pl.DataType] = RAW_SCHEMA,
+) -> pl.DataFrame:
+    """Every row of one day of a `raw` or `processed` dataset, from committed objects (see
+    `visibility`); raw rows have `schema` (the pipeline's `lake_schema`)."""
     keys = committed(layout.list_keys(s3, bucket, layout.day_prefix(dataset, day)), pending)
-    if dataset == layout.RAW:
-        return read_raw(s3, bucket, keys).drop("_object")
+    if layout.dataset_name(dataset) == layout.RAW:
+        return read_raw(s3, bucket, keys, schema).drop("_object")
     return read_processed(s3, bucket, keys)

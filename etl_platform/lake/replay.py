@@ -22,6 +22,7 @@ before it) or to a flush in progress, and is the stream's, never the replay's, t
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from typing import Any
@@ -31,7 +32,7 @@ import polars as pl
 from etl_platform.analytics import AnalyticsConfig
 from etl_platform.events import arrival_order
 from etl_platform.lake import layout
-from etl_platform.lake.readers import keys_for_days, read_raw
+from etl_platform.lake.readers import RAW_SCHEMA, keys_for_days, read_raw
 from etl_platform.lake.visibility import PendingObjects
 
 
@@ -53,15 +54,18 @@ def recompute_processed_day(
     lookback_days: int = 7,
     lookahead_days: int = 1,
     pending: PendingObjects | None = None,
+    root: str = "",
+    schema: Mapping[str, pl.DataType] = RAW_SCHEMA,
 ) -> ReplayResult:
-    """Rewrite day `day`'s processed objects from raw; `pending` names uncommitted objects to skip."""
+    """Rewrite day `day`'s processed objects from raw; `pending` names uncommitted objects to skip;
+    `root` and `schema` are the pipeline's lake root and raw columns (`readers.lake_schema`)."""
     config = config or AnalyticsConfig()
     first, last = day - timedelta(days=lookback_days), day + timedelta(days=lookahead_days)
-    keys = keys_for_days(s3, bucket, layout.RAW, first, last, pending)
-    history = arrival_order(read_raw(s3, bucket, keys))
+    keys = keys_for_days(s3, bucket, root + layout.RAW, first, last, pending)
+    history = arrival_order(read_raw(s3, bucket, keys, schema))
     processed = config.new_detector().process(history.drop("_object"))
     processed = processed.with_columns(history["_object"])
-    prefix = layout.day_prefix(layout.RAW, day)
+    prefix = layout.day_prefix(root + layout.RAW, day)
     todays = processed.filter(pl.col("_object").str.starts_with(prefix))
     result = ReplayResult(
         day=day,

@@ -69,9 +69,11 @@ def plan_flush(
     shard_id: str,
     first_sequence: str,
     max_object_bytes: int,
+    root: str = "",
 ) -> FlushPlan:
     """The objects for a flush's events (raw per event-time hour, each at most `max_object_bytes`
-    uncompressed) and its rejected records (errors/ per arrival hour, with the stream's name)."""
+    uncompressed) and its rejected records (errors/ per arrival hour, with the stream's name), under
+    the pipeline's lake `root`."""
     plan = FlushPlan()
     if frame.height:
         indexed = frame.with_row_index("_row").with_columns(pl.col("event_time").dt.truncate("1h").alias("_hour"))
@@ -80,13 +82,13 @@ def plan_flush(
             rows = group.drop("_hour")
             lines = rows.drop("_row").write_ndjson().splitlines()
             for part, (start, end) in enumerate(split_by_bytes(lines, max_object_bytes)):
-                key = layout.object_key(layout.RAW, partition, shard_id, first_sequence, part)
+                key = layout.object_key(root + layout.RAW, partition, shard_id, first_sequence, part)
                 plan.raw.append(
                     RawObject(key, lines[start:end], rows["_row"].slice(start, end - start), partition.day.isoformat())
                 )
     for err in errors:
         arrival = err.get("arrival_time") or datetime.now(UTC)
-        key = layout.object_key(layout.ERRORS, layout.HourPartition.of(arrival), shard_id, first_sequence, 0)
+        key = layout.object_key(root + layout.ERRORS, layout.HourPartition.of(arrival), shard_id, first_sequence, 0)
         plan.errors.setdefault(key, []).append({**err, "stream_name": stream_name})
     return plan
 

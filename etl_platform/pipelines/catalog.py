@@ -56,8 +56,8 @@ class StreamSpec:
 
     name: str
     shards: int = 2
-    retention_hours: int = 24
-    encryption: str = "KMS"
+    retention_hours: int | None = None  # None: config/lake.yaml's stream.retention_hours
+    encryption: str | None = None  # KMS | NONE; None: config/lake.yaml's stream.encryption
 
 
 @dataclass(frozen=True)
@@ -278,9 +278,9 @@ def parse_contract(data: Any, where: str) -> Contract:
     )
 
 
-def _analytics(data: Any, where: str, base: AnalyticsConfig, keys: tuple[str, ...]) -> AnalyticsConfig:
+def _analytics(data: Any, where: str, base: AnalyticsConfig, contract: Contract) -> AnalyticsConfig:
     data = _mapping(data, where, _ANALYTICS_KEYS)
-    config = replace(base, keys=keys)
+    config = replace(base, keys=contract.keys, value=contract.value)
     if "avg_rows" in data:
         config = replace(config, avg_rows=_int(data["avg_rows"], f"{where}.avg_rows", 0))
     if "baseline_rows" in data:
@@ -341,8 +341,12 @@ def parse_pipelines(data: Any, settings: Settings, env: Mapping[str, str], sourc
         stream = StreamSpec(
             name=stream_name,
             shards=_int(stream_data.get("shards", 2), f"{where}.stream.shards", 1, 500),
-            retention_hours=_int(stream_data.get("retention_hours", 24), f"{where}.stream.retention_hours", 24, 8760),
-            encryption=_one_of(stream_data.get("encryption", "KMS"), f"{where}.stream.encryption", STREAM_ENCRYPTIONS),
+            retention_hours=None
+            if stream_data.get("retention_hours") is None
+            else _int(stream_data["retention_hours"], f"{where}.stream.retention_hours", 24, 8760),
+            encryption=None
+            if stream_data.get("encryption") is None
+            else _one_of(stream_data["encryption"], f"{where}.stream.encryption", STREAM_ENCRYPTIONS),
         )
         schema = spec.get("warehouse_schema", default_schema if is_default else name.replace("-", "_"))
         if not isinstance(schema, str) or not FIELD_NAME_RE.match(schema):
@@ -351,7 +355,7 @@ def parse_pipelines(data: Any, settings: Settings, env: Mapping[str, str], sourc
             name=name,
             stream=stream,
             contract=contract,
-            analytics=_analytics(spec.get("analytics"), f"{where}.analytics", base, contract.keys),
+            analytics=_analytics(spec.get("analytics"), f"{where}.analytics", base, contract),
             lake_root="" if is_default else f"{name}/",
             warehouse_schema=schema,
             index_prefix=index_prefix if is_default else f"{index_prefix}{name}-",

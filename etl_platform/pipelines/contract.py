@@ -264,7 +264,7 @@ def check_event_time_of(name: str, moment: datetime, arrival: datetime) -> None:
 # The platform's original envelope, field for field.
 DEFAULT_CONTRACT = Contract(
     fields=(
-        FieldSpec("source", "string", required=True, values=tuple(sorted(SOURCES))),
+        FieldSpec("source", "string", required=True, max_length=16, values=tuple(sorted(SOURCES))),
         FieldSpec("event_id", "string", max_length=MAX_EVENT_ID_LEN),
         FieldSpec("user_id", "string", required=True, max_length=64),
         FieldSpec("event_type", "string", required=True, max_length=32),

@@ -33,7 +33,13 @@ class DayCounts:
 
 
 def day_counts(
-    client: Any, s3: Any, bucket: str, day: date, prefix: str = "", pending: PendingObjects | None = None
+    client: Any,
+    s3: Any,
+    bucket: str,
+    day: date,
+    prefix: str = "",
+    pending: PendingObjects | None = None,
+    root: str = "",
 ) -> DayCounts:
     """The day's distinct events (and distinct events with an ANOMALY row) in the lake's committed
     processed objects vs documents in its two daily indices.
@@ -44,7 +50,7 @@ def day_counts(
     """
     import polars as pl
 
-    keys = committed(layout.list_keys(s3, bucket, layout.day_prefix(layout.PROCESSED, day)), pending)
+    keys = committed(layout.list_keys(s3, bucket, layout.day_prefix(root + layout.PROCESSED, day)), pending)
     frames = [layout.read_parquet(layout.get(s3, bucket, key)).select("event_id", "anomaly_status") for key in keys]
     lake = pl.concat(frames) if frames else pl.DataFrame(schema={"event_id": pl.String, "anomaly_status": pl.String})
     rows = lake["event_id"].n_unique()

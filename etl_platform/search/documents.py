@@ -7,7 +7,9 @@ re-sending a document overwrites it (docs/architecture.md, "Delivery guarantees"
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import UTC, datetime
+from typing import Any
 
 import polars as pl
 
@@ -15,24 +17,27 @@ from etl_platform.search.indices import ANOMALIES, EVENT_PROPERTIES, EVENTS, che
 
 TIME_FORMAT = "%Y-%m-%dT%H:%M:%S%.6fZ"
 # Columns copied into a document as they are, in this order; `attributes` and `indexed_at` are added.
-DOC_COLUMNS = tuple(name for name in EVENT_PROPERTIES if name not in ("attributes", "indexed_at"))
+_ADDED = ("attributes", "indexed_at")
+DOC_COLUMNS = tuple(name for name in EVENT_PROPERTIES if name not in _ADDED)
 
 
 def timestamp(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
-def documents(frame: pl.DataFrame, indexed_at: datetime) -> pl.DataFrame:
+def documents(frame: pl.DataFrame, indexed_at: datetime, properties: Mapping[str, Any] | None = None) -> pl.DataFrame:
     """One JSON document per row (column `doc`), plus `_id` and the event-time `_day` (YYYY.MM.DD).
 
     Times become ISO-8601 UTC strings with microseconds; `attributes` (canonical JSON text from
     decoding) is spliced in as an object for the `flat_object` field. Columns the mapping does not know
     are left out, so the micro-batch frame (with `shard_depth` etc.) and a replayed one index alike.
+    `properties`: the pipeline's mapping (`indices.contract_properties`; default the default pipeline's).
     """
+    columns = DOC_COLUMNS if properties is None else tuple(n for n in properties if n not in _ADDED)
     if "event_id" not in frame.columns or "event_time" not in frame.columns:
         raise ValueError("a processed frame needs event_id and event_time columns")
     fields = []
-    for name in DOC_COLUMNS:
+    for name in columns:
         if name not in frame.columns:
             continue
         expr = pl.col(name)

@@ -22,10 +22,19 @@ import polars as pl
 
 from etl_platform.lake import layout
 from etl_platform.lake.visibility import PendingObjects
+from etl_platform.pipelines import Pipeline
 from etl_platform.search.backup import backup_failures, failed_prefix
 from etl_platform.search.bulk import BulkEngine, Failure, IndexerConfig, IndexingError, IndexStats, describe_error
 from etl_platform.search.documents import bulk_lines, documents, timestamp
-from etl_platform.search.indices import ANOMALIES, EVENTS, IndexSettings, check_prefix, ensure_templates, index_name
+from etl_platform.search.indices import (
+    ANOMALIES,
+    EVENTS,
+    IndexSettings,
+    check_prefix,
+    contract_properties,
+    ensure_templates,
+    index_name,
+)
 
 
 def prefix_from_env(env: Mapping[str, str] | None = None) -> str:
@@ -37,7 +46,9 @@ def prefix_from_env(env: Mapping[str, str] | None = None) -> str:
 _templates_ready: set[tuple[str, str]] = set()
 
 
-def _ensure_templates_once(client: Any, prefix: str, settings: IndexSettings | None) -> str | None:
+def _ensure_templates_once(
+    client: Any, prefix: str, settings: IndexSettings | None, properties: Mapping[str, Any] | None = None
+) -> str | None:
     """Templates once per process and target; a node that is unreachable or answers with an error
     (5xx, 429, 403, ...) is not an error here: the bulk requests that follow fail the same way and their
     documents are backed up, so the lake goes on. Returns the error text, if any."""
@@ -47,7 +58,7 @@ def _ensure_templates_once(client: Any, prefix: str, settings: IndexSettings | N
     if key in _templates_ready:
         return None
     try:
-        ensure_templates(client, prefix, settings)
+        ensure_templates(client, prefix, settings, properties)
     except OpenSearchException as exc:  # ConnectionError and TransportError (every HTTP error) included
         return describe_error(exc)[1]
     _templates_ready.add(key)
@@ -92,6 +103,7 @@ def index_processed_frame(
     config: IndexerConfig | None = None,
     now: datetime | None = None,
     index_settings: IndexSettings | None = None,
+    properties: Mapping[str, Any] | None = None,
 ) -> IndexStats:
     """Index a processed micro-batch (or any processed frame): events, and anomalies a second time.
 
@@ -104,8 +116,9 @@ def index_processed_frame(
         return IndexStats()
     started = time.monotonic()
     now = now or datetime.now(UTC)
-    template_error = _ensure_templates_once(client, prefix, index_settings)
-    stats = _index_lines(client, bulk_lines(documents(frame, now), prefix), s3, bucket, prefix, config, now)
+    template_error = _ensure_templates_once(client, prefix, index_settings, properties)
+    docs = documents(frame, now, properties)
+    stats = _index_lines(client, bulk_lines(docs, prefix), s3, bucket, prefix, config, now)
     if template_error and not stats.last_error:
         stats.last_error = template_error
     stats.seconds = time.monotonic() - started
@@ -149,6 +162,8 @@ def index_day(
     delete_stale: bool = True,
     progress: Callable[[str], None] | None = None,
     pending: PendingObjects | None = None,
+    root: str = "",
+    properties: Mapping[str, Any] | None = None,
 ) -> DayIndexResult:
     """Reindex one event-time day from `processed/dt=day/` so its indices equal the lake.
 
@@ -160,13 +175,13 @@ def index_day(
 
     config = config or IndexerConfig()
     started = datetime.now(UTC)
-    frame = read_day(s3, bucket, layout.PROCESSED, day, pending)
+    frame = read_day(s3, bucket, root + layout.PROCESSED, day, pending)
     result = DayIndexResult(day=day, rows=frame.height)
     if frame.height:
         result.anomalies = int((frame["anomaly_status"] == "ANOMALY").sum())
     if progress:
         progress(f"{day}: indexing {result.rows} rows ({result.anomalies} anomalies)")
-    result.stats = index_processed_frame(client, frame, s3, bucket, prefix, config, now=started)
+    result.stats = index_processed_frame(client, frame, s3, bucket, prefix, config, now=started, properties=properties)
     if result.stats.failed == 0:
         targets = [index_name(EVENTS, day, prefix), index_name(ANOMALIES, day, prefix)]
         client.indices.refresh(index=",".join(targets), ignore_unavailable=True, allow_no_indices=True)
@@ -263,13 +278,20 @@ def replay_failed(
 
 
 def search_sink(
-    client: Any, s3: Any, bucket: str, prefix: str = "", config: IndexerConfig | None = None
+    client: Any,
+    s3: Any,
+    bucket: str,
+    prefix: str = "",
+    config: IndexerConfig | None = None,
+    pipeline: Pipeline | None = None,
 ) -> Callable[[pl.DataFrame], IndexStats]:
-    """The consumer's near-real-time indexing step: each processed batch into the `prefix`ed indices."""
+    """The consumer's near-real-time indexing step: each processed batch into the `prefix`ed indices
+    (the pipeline's `index_prefix`), mapped by the pipeline's contract."""
     check_prefix(prefix)
     config = config or IndexerConfig()
+    properties = contract_properties(pipeline.contract) if pipeline is not None else None
 
     def sink(frame: pl.DataFrame) -> IndexStats:
-        return index_processed_frame(client, frame, s3, bucket, prefix=prefix, config=config)
+        return index_processed_frame(client, frame, s3, bucket, prefix=prefix, config=config, properties=properties)
 
     return sink

@@ -19,9 +19,12 @@ parallel deployments that share a cluster.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
+
+from etl_platform.pipelines import Contract
 
 EVENTS, ANOMALIES = "events", "anomalies"
 FAMILIES = (EVENTS, ANOMALIES)
@@ -48,6 +51,32 @@ EVENT_PROPERTIES: dict[str, dict[str, Any]] = {
     # When this copy of the document was written: the alert sensor's cursor (late batches included).
     "indexed_at": {"type": "date", "format": "strict_date_optional_time||epoch_millis"},
 }
+
+_DATE = {"type": "date", "format": "strict_date_optional_time||epoch_millis"}
+# A contract field's type -> its mapping (json fields are canonical JSON text: kept, not analysed).
+_FIELD_MAPPINGS: dict[str, dict[str, Any]] = {
+    "string": {"type": "keyword"},
+    "float": {"type": "double"},
+    "int": {"type": "long"},
+    "bool": {"type": "boolean"},
+    "timestamp": _DATE,
+    "json": {"type": "keyword", "ignore_above": 32766},
+}
+
+
+# The fields every pipeline's documents have, whatever its contract.
+_PLATFORM_FIELDS = frozenset(EVENT_PROPERTIES) - {"source", "user_id", "event_type", "value"}
+
+
+def contract_properties(contract: Contract) -> dict[str, dict[str, Any]]:
+    """Every field a pipeline's document carries: the platform's columns and the contract's fields
+    under their names (for the default contract, exactly `EVENT_PROPERTIES`)."""
+    properties: dict[str, dict[str, Any]] = {"event_id": EVENT_PROPERTIES["event_id"]}
+    properties.update({f.name: dict(_FIELD_MAPPINGS[f.type]) for f in contract.column_fields})
+    properties.setdefault("event_time", EVENT_PROPERTIES["event_time"])
+    properties.update({k: v for k, v in EVENT_PROPERTIES.items() if k in _PLATFORM_FIELDS and k not in properties})
+    return properties
+
 
 _VALID_PREFIX = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
 
@@ -107,12 +136,18 @@ def template_name(family: str, prefix: str = "") -> str:
     return f"{check_prefix(prefix)}etl-{family}"
 
 
-def mappings() -> dict[str, Any]:
-    return {"dynamic": False, "properties": EVENT_PROPERTIES}
+def mappings(properties: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    return {"dynamic": False, "properties": dict(properties or EVENT_PROPERTIES)}
 
 
-def template_body(family: str, prefix: str = "", settings: IndexSettings | None = None) -> dict[str, Any]:
-    """A composable index template: settings, mapping and the read alias for every daily index."""
+def template_body(
+    family: str,
+    prefix: str = "",
+    settings: IndexSettings | None = None,
+    properties: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A composable index template: settings, mapping (`properties`: a pipeline's
+    `contract_properties`, default the default pipeline's) and the read alias for every daily index."""
     settings = settings or IndexSettings()
     return {
         "index_patterns": [index_pattern(family, prefix)],
@@ -120,7 +155,7 @@ def template_body(family: str, prefix: str = "", settings: IndexSettings | None 
         "priority": 100 + len(prefix),
         "template": {
             "settings": settings.as_settings(),
-            "mappings": mappings(),
+            "mappings": mappings(properties),
             "aliases": {alias_name(family, prefix): {}},
         },
         "_meta": {"managed_by": "etl-platform", "version": TEMPLATE_VERSION, "family": family},
@@ -150,18 +185,25 @@ def _normalized(body: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def ensure_templates(client: Any, prefix: str = "", settings: IndexSettings | None = None) -> list[str]:
+def ensure_templates(
+    client: Any,
+    prefix: str = "",
+    settings: IndexSettings | None = None,
+    properties: Mapping[str, Any] | None = None,
+) -> list[str]:
     """Create or update both families' templates; returns the names written (none when already current).
 
     Idempotent and cheap when nothing changed (one GET per family), so every indexing path may call it.
-    Existing daily indices keep their mapping (a changed mapping applies from the next new index) but take
-    a changed refresh interval and replica count at once: both are dynamic settings.
+    Existing daily indices take a changed refresh interval and replica count at once (dynamic
+    settings) and fields added to the mapping (a contract's new optional field: an additive mapping
+    change); a field whose type changed keeps its old type there and takes the new one from the next
+    daily index.
     """
     settings = settings or IndexSettings()
     written = []
     for family in FAMILIES:
         name = template_name(family, prefix)
-        body = template_body(family, prefix, settings)
+        body = template_body(family, prefix, settings, properties)
         current = client.indices.get_index_template(name=name, ignore=404)
         found = [t["index_template"] for t in current.get("index_templates", []) if t.get("name") == name]
         if found:
@@ -178,11 +220,23 @@ def ensure_templates(client: Any, prefix: str = "", settings: IndexSettings | No
                 continue
         client.indices.put_index_template(name=name, body=body)
         dynamic = {k: v for k, v in settings.as_settings()["index"].items() if k != "number_of_shards"}
+        pattern = index_pattern(family, prefix)
         client.indices.put_settings(
-            index=index_pattern(family, prefix), body={"index": dynamic}, allow_no_indices=True, ignore_unavailable=True
+            index=pattern, body={"index": dynamic}, allow_no_indices=True, ignore_unavailable=True
         )
+        _add_new_fields(client, pattern, body["template"]["mappings"]["properties"])
         written.append(name)
     return written
+
+
+def _add_new_fields(client: Any, pattern: str, properties: Mapping[str, Any]) -> None:
+    """Put the properties existing indices of `pattern` lack (mapping changes are additive only)."""
+    current = client.indices.get_mapping(index=pattern, allow_no_indices=True, ignore_unavailable=True)
+    for index, body in current.items():
+        have = body.get("mappings", {}).get("properties", {})
+        new = {name: spec for name, spec in properties.items() if name not in have}
+        if new:
+            client.indices.put_mapping(index=index, body={"properties": new})
 
 
 def delete_all(client: Any, prefix: str) -> None:

@@ -38,6 +38,7 @@ from etl_platform.analytics import AnalyticsConfig, RollingAnomalyDetector
 from etl_platform.config import env_number
 from etl_platform.events import with_depth
 from etl_platform.lake import writers
+from etl_platform.pipelines import DEFAULT_CONTRACT, Pipeline
 from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints
 from etl_platform.stream.decoding import DecodedChunk, decode_chunks, isolate_unconvertible
 from etl_platform.stream.dedupe import SeenIds
@@ -222,13 +223,19 @@ class StreamConsumer:
         on_stage: Callable[[str, BatchResult], None] | None = None,
         search_sink: Callable[[pl.DataFrame], Any] | None = None,
         owner: str | None = None,
+        pipeline: Pipeline | None = None,
     ) -> None:
         self.kinesis, self.s3, self.bucket, self.stream_name = kinesis, s3, bucket, stream_name
+        # What the records are (contract), where they go in the lake (root) and their analytics: the
+        # pipeline's; without one, the default contract with `config.analytics`.
+        self.contract = pipeline.contract if pipeline else DEFAULT_CONTRACT
+        self.lake_root = pipeline.lake_root if pipeline else ""
         self.leases = leases
         # Near-real-time indexing of each read (before the lake commit, so a retry re-indexes the same
         # _ids); it must not raise for documents it could not index, only back them up.
         self.search_sink = search_sink
         self.config = config or ConsumerConfig()
+        self.analytics = pipeline.analytics if pipeline else self.config.analytics
         self.states = StateStore(s3, bucket, stream_name)
         self.owner = owner or default_owner()
         # Called after each durable stage ("raw", "processed", "committed"); fault-injection tests use it.
@@ -268,7 +275,7 @@ class StreamConsumer:
             return state
         states = [s for parent in lease.parents if parent in leases and (s := restore(leases[parent].state_key))]
         if not states:
-            return self.config.analytics.new_detector(), SeenIds(horizon)
+            return self.analytics.new_detector(), SeenIds(horizon)
         hash_range = next((sh.hash_key_range for sh in self.shards() if sh.shard_id == lease.shard_id), None)
         return (
             RollingAnomalyDetector.merge([detector for detector, _ in states], hash_range=hash_range),
@@ -408,7 +415,7 @@ class StreamConsumer:
         shard.outcome.reads += 1
         if not read.records and not result.records:
             result.timings.pop("read")  # an idle poll is no part of the next batch
-        for chunk in decode_chunks(result.shard_id, read.records, config.max_decoded_bytes):
+        for chunk in decode_chunks(result.shard_id, read.records, config.max_decoded_bytes, self.contract):
             self._analyse_and_index(chunk, shard)
             more = chunk.records[-1] is not read.records[-1]
             if more and shard.buffer.decoded_bytes >= config.max_decoded_bytes:
@@ -450,7 +457,7 @@ class StreamConsumer:
             errors = list(chunk.result.errors)
             events, duplicates = shard.seen.filter(chunk.result.events)
             result.duplicates += duplicates
-            frame = with_depth(isolate_unconvertible(events, errors), holder.lease.depth)
+            frame = with_depth(isolate_unconvertible(events, errors, self.contract), holder.lease.depth)
         with stage(result, "analytics"):
             processed = shard.detector.process(frame)
         buffer.add(chunk, frame, processed, errors)
@@ -476,6 +483,7 @@ class StreamConsumer:
             result.shard_id,
             result.first_sequence or "",
             self.config.buffer_bytes,
+            self.lake_root,
         )
         stale = set(lease.pending_objects) - set(plan.keys)  # written by an attempt that did not commit
         if plan.keys or stale:

@@ -26,6 +26,7 @@ from typing import Any
 
 from etl_platform.events import derive_event_id
 from etl_platform.lake import layout
+from etl_platform.pipelines.contract import DEFAULT_CONTRACT, Contract
 from etl_platform.stream.decoding import GZIP_MAGIC, decode_records
 from etl_platform.stream.producer import KinesisProducer
 
@@ -36,12 +37,12 @@ def redriven_key(error_key: str) -> str:
     return f"{REDRIVEN}/{error_key}.json"
 
 
-def error_keys(s3: Any, bucket: str, first: date, last: date) -> list[str]:
-    """The error objects of arrival days `first`..`last`, in key order."""
+def error_keys(s3: Any, bucket: str, first: date, last: date, root: str = "") -> list[str]:
+    """The error objects of arrival days `first`..`last` of the pipeline with lake `root`, in key order."""
     keys: list[str] = []
     day = first
     while day <= last:
-        keys += layout.list_keys(s3, bucket, layout.day_prefix(layout.ERRORS, day))
+        keys += layout.list_keys(s3, bucket, layout.day_prefix(root + layout.ERRORS, day))
         day += timedelta(days=1)
     return keys
 
@@ -54,13 +55,13 @@ def reason_kind(reason: str) -> str:
     return head[0]
 
 
-def summarize(s3: Any, bucket: str, first: date, last: date) -> list[dict[str, Any]]:
+def summarize(s3: Any, bucket: str, first: date, last: date, root: str = "") -> list[dict[str, Any]]:
     """Dead-lettered records per arrival day and kind of reason, with one example reason each and
     whether the day's objects were re-driven already."""
     counts: Counter[tuple[str, str]] = Counter()
     examples: dict[tuple[str, str], str] = {}
     redriven: Counter[tuple[str, str]] = Counter()
-    for key in error_keys(s3, bucket, first, last):
+    for key in error_keys(s3, bucket, first, last, root):
         day = layout.PARTITION_RE.search(key)
         done = _redriven(s3, bucket, key)
         for row in layout.read_jsonl_gz(layout.get(s3, bucket, key)):
@@ -95,8 +96,8 @@ def _redriven(s3: Any, bucket: str, error_key: str) -> dict[str, str]:
         return {}
 
 
-def _envelope(row: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
-    """The row's record decoded with today's validation: (envelope to put back, "") or (None, reason)."""
+def _envelope(row: dict[str, Any], contract: Contract) -> tuple[dict[str, Any] | None, str]:
+    """The row's record decoded with today's contract: (envelope to put back, "") or (None, reason)."""
     data = base64.b64decode(row.get("raw_base64") or "")
     record = {
         "Data": data,
@@ -106,14 +107,14 @@ def _envelope(row: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
         if row.get("arrival_time")
         else datetime.now(UTC),
     }
-    decoded = decode_records(str(row.get("shard_id") or ""), [record])
+    decoded = decode_records(str(row.get("shard_id") or ""), [record], contract)
     if decoded.errors:
         return None, decoded.errors[0]["reason"]
     payload = gzip.decompress(data) if data[:2] == GZIP_MAGIC else data
     envelope = json.loads(payload)
-    if not envelope.get("event_id"):
+    if contract.event_id is not None and not envelope.get(contract.event_id):
         # The id the event would have had, so a second re-drive is a duplicate of the same event.
-        envelope["event_id"] = derive_event_id(
+        envelope[contract.event_id] = derive_event_id(
             str(row["shard_id"]), str(row["sequence_number"]), int(row.get("sub_sequence") or 0)
         )
     return envelope, ""
@@ -127,11 +128,14 @@ def redrive(
     first: date,
     last: date,
     progress: Callable[[str], None] | None = None,
+    root: str = "",
+    contract: Contract = DEFAULT_CONTRACT,
 ) -> RedriveResult:
-    """Re-drive the dead letters of arrival days `first`..`last` (see the module docstring)."""
+    """Re-drive the dead letters of arrival days `first`..`last` of the pipeline with lake `root` and
+    `contract` (see the module docstring)."""
     result = RedriveResult()
     producer = KinesisProducer(kinesis, stream_name)
-    keys = error_keys(s3, bucket, first, last)
+    keys = error_keys(s3, bucket, first, last, root)
     for n, key in enumerate(keys, start=1):
         done = _redriven(s3, bucket, key)
         envelopes: dict[str, dict[str, Any]] = {}
@@ -140,14 +144,14 @@ def redrive(
             if position(row) in done:
                 result.redriven_before += 1
                 continue
-            envelope, reason = _envelope(row)
+            envelope, reason = _envelope(row, contract)
             if envelope is None:
                 invalid[reason_kind(reason)] += 1
             else:
                 envelopes[position(row)] = envelope
         if envelopes:
             producer.send(list(envelopes.values()))
-            done.update({pos: envelope["event_id"] for pos, envelope in envelopes.items()})
+            done.update({pos: str(envelope.get(contract.event_id or "", "")) for pos, envelope in envelopes.items()})
             record = {"redriven_at": datetime.now(UTC).isoformat(), "redriven": done}
             layout.put(s3, bucket, redriven_key(key), json.dumps(record).encode())
         result.objects += 1

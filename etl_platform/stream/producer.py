@@ -125,11 +125,15 @@ class KinesisProducer:
         max_backoff_s: float = 5.0,
         progress: Callable[[ProducerStats], None] | None = None,
         rng: random.Random | None = None,
+        partition_key_field: str = "user_id",
     ) -> None:
         if max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
         self.client = client
         self.stream_name = stream_name
+        # The field whose value is the partition key: a pipeline's first analytics key, so every
+        # event of a key lands on one shard, in order.
+        self.partition_key_field = partition_key_field
         self.compress = compress
         self.max_attempts = max_attempts
         self.base_backoff_s = base_backoff_s
@@ -150,13 +154,16 @@ class KinesisProducer:
 
     def _prepare(self, event: Any, stats: ProducerStats) -> tuple[str, bytes] | None:
         """(partition key, data) for an event, or None after recording why it was rejected."""
-        key = event.get("user_id") if isinstance(event, dict) else None
+        field = self.partition_key_field
+        key = event.get(field) if isinstance(event, dict) else None
+        if isinstance(key, int) and not isinstance(key, bool):
+            key = str(key)
         if not isinstance(key, str) or not key:
-            stats.rejected.append(Rejected(event, "partition key: user_id missing or not a non-empty string"))
+            stats.rejected.append(Rejected(event, f"partition key: {field} missing or not a non-empty string"))
             return None
         if len(key) > MAX_PARTITION_KEY_CHARS:
             stats.rejected.append(
-                Rejected(event, f"partition key: user_id longer than {MAX_PARTITION_KEY_CHARS} characters")
+                Rejected(event, f"partition key: {field} longer than {MAX_PARTITION_KEY_CHARS} characters")
             )
             return None
         try:
@@ -226,7 +233,7 @@ class KinesisProducer:
     # -- sending ---------------------------------------------------------------------------------
 
     def send(self, events: Iterable[Any]) -> ProducerStats:
-        """Send each event as one record (partition key = user_id); raise `ProducerError` on give-up."""
+        """Send each event as one record (partition key: `partition_key_field`); raise `ProducerError` on give-up."""
         stats = ProducerStats()
         self._send_entries(self._plain_entries(events, stats), stats)
         return stats

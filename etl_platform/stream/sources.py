@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from etl_platform.events import SOURCES
+from etl_platform.pipelines.contract import Contract, FieldSpec
 
 DEFAULT_START = datetime(2024, 1, 1, tzinfo=UTC)
 DEFAULT_USERS = 200
@@ -238,3 +239,67 @@ def demo_mix(
     streams = [_timed(s, n, seed, start, users, spike_rate) for s in sources]
     merged = heapq.merge(*streams, key=lambda pair: pair[0])
     return (event for _, (_when, event) in zip(range(n), merged, strict=False))
+
+
+# --- records of any pipeline's contract -------------------------------------------------------------
+_EVENT_TYPES = ("click", "view", "purchase", "signup")
+
+
+def contract_records(
+    contract: Contract,
+    n: int,
+    seed: int = 0,
+    start: datetime = DEFAULT_START,
+    *,
+    users: int = DEFAULT_USERS,
+    spike_rate: float = DEFAULT_SPIKE_RATE,
+) -> Iterator[dict[str, Any]]:
+    """`n` JSON-ready records shaped as `contract` declares (demo traffic for a pipeline of your own):
+    the first key field is a user among `users`, other keys one of a few types, the value normal per
+    key with rare spikes (`"_synthetic_spike": true` beside them, kept in attributes), every other
+    field a plausible value of its type; ids as uuid5 when the contract has an id field."""
+    if start.tzinfo is None:
+        raise ValueError("start must be timezone-aware")
+    rng = random.Random(f"contract:{seed}")
+    t = start.astimezone(UTC)
+    for i in range(n):
+        t += timedelta(microseconds=round(rng.expovariate(10.0) * 1e6))
+        user = rng.randrange(users)
+        spike = rng.random() < spike_rate
+        record: dict[str, Any] = {}
+        for spec in contract.fields:
+            if spec.name == contract.value:
+                mean = 50.0 + 10 * (user % 7)
+                value = _normal(rng, mean, mean / 10, spike, floor=-1e9)
+                record[spec.name] = round(value) if spec.type == "int" else round(value, 4)
+            elif spec.name == contract.event_id:
+                record[spec.name] = str(uuid.uuid5(_ID_NAMESPACE, f"contract|{seed}|{start.isoformat()}|{i}"))
+            elif spec.name == contract.attributes:
+                record[spec.name] = {"demo": True}
+            elif spec.name in contract.keys and spec.name == contract.keys[0]:
+                record[spec.name] = user if spec.type == "int" else f"user-{user:04d}"
+            elif not spec.required and rng.random() < 0.2:
+                continue  # optional fields are sometimes absent
+            else:
+                record[spec.name] = _field_value(rng, spec, t, is_key=spec.name in contract.keys)
+        if spike:
+            record["_synthetic_spike"] = True
+        yield record
+
+
+def _field_value(rng: random.Random, spec: FieldSpec, t: datetime, is_key: bool) -> Any:
+    if spec.type == "timestamp":
+        return iso_utc(t)
+    if spec.type == "string":
+        if spec.values:
+            return rng.choice(spec.values)
+        text = rng.choice(_EVENT_TYPES) if is_key else f"{spec.name}-{rng.randrange(10)}"
+        return text[: spec.max_length] if spec.max_length else text
+    if spec.type in ("float", "int"):
+        low = spec.minimum if spec.minimum is not None else 0.0
+        high = spec.maximum if spec.maximum is not None else low + 100.0
+        number = rng.uniform(low, high)
+        return int(number) if spec.type == "int" else round(number, 3)
+    if spec.type == "bool":
+        return rng.random() < 0.5
+    return {"n": rng.randrange(100)}  # json

@@ -22,11 +22,14 @@ from etl_platform.warehouse.base import (
 )
 from etl_platform.warehouse.schema import (
     DEFAULT_DRIFT_POLICY,
+    DEFAULT_LAYOUT,
     DIALECTS,
     DRIFT_POLICIES,
     TABLE_COLUMNS,
     TABLES,
     SchemaDriftError,
+    TableLayout,
+    table_layout,
 )
 from etl_platform.warehouse.source import PartitionCounts, partition_counts
 
@@ -37,6 +40,9 @@ __all__ = [
     "DRIFT_POLICIES",
     "TABLES",
     "TABLE_COLUMNS",
+    "DEFAULT_LAYOUT",
+    "TableLayout",
+    "table_layout",
     "LoadResult",
     "PartitionCounts",
     "PartitionMismatchError",
@@ -57,18 +63,21 @@ def connect(
     schema: str | None = None,
     password: str | None = None,
     iam_role: str | None = None,
+    layout: TableLayout = DEFAULT_LAYOUT,
+    lake_root: str = "",
 ) -> Warehouse:
     """A connected warehouse for `dialect` ("postgres" | "redshift"); schema defaults to
-    ETL_WAREHOUSE_SCHEMA or `etl`. Redshift needs the IAM role its COPY assumes to read the lake."""
+    ETL_WAREHOUSE_SCHEMA or `etl`. Redshift needs the IAM role its COPY assumes to read the lake.
+    `layout` and `lake_root` are the pipeline's (`schema.table_layout`, `Pipeline.lake_root`)."""
     schema = schema or default_schema()
     if dialect == "postgres":
         from etl_platform.warehouse.postgres import PostgresWarehouse
 
-        return PostgresWarehouse(dsn, schema, password=password)
+        return PostgresWarehouse(dsn, schema, password=password, layout=layout, lake_root=lake_root)
     if dialect == "redshift":
         from etl_platform.warehouse.redshift import RedshiftWarehouse
 
         if not iam_role:
             raise ValueError("the redshift dialect needs iam_role (ETL_REDSHIFT_IAM_ROLE) for COPY from S3")
-        return RedshiftWarehouse(dsn, schema, iam_role=iam_role, password=password)
+        return RedshiftWarehouse(dsn, schema, iam_role=iam_role, password=password, layout=layout, lake_root=lake_root)
     raise ValueError(f"unknown warehouse dialect {dialect!r}; expected one of {', '.join(DIALECTS)}")

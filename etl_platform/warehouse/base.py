@@ -19,7 +19,14 @@ from datetime import date
 from typing import Any
 
 from etl_platform.lake.visibility import PendingObjects
-from etl_platform.warehouse.schema import DEFAULT_DRIFT_POLICY, TABLES, check_policy, validate_identifier
+from etl_platform.warehouse.schema import (
+    DEFAULT_DRIFT_POLICY,
+    DEFAULT_LAYOUT,
+    TABLES,
+    TableLayout,
+    check_policy,
+    validate_identifier,
+)
 
 DEFAULT_SCHEMA = "etl"
 
@@ -79,12 +86,15 @@ class LoadResult:
 
 
 class Warehouse(ABC):
-    """One warehouse schema holding `events` and `anomalies`; PostgreSQL and Redshift implement it."""
+    """One warehouse schema holding a pipeline's `events` and `anomalies` (columns: `layout`, loaded
+    from the lake datasets under `lake_root`); PostgreSQL and Redshift implement it."""
 
     dialect: str = ""
 
-    def __init__(self, schema: str) -> None:
+    def __init__(self, schema: str, layout: TableLayout = DEFAULT_LAYOUT, lake_root: str = "") -> None:
         self.schema = validate_identifier(schema, "warehouse schema")
+        self.layout = layout
+        self.lake_root = lake_root
 
     def qualified(self, table: str) -> str:
         return f"{self.schema}.{table}"

@@ -47,10 +47,11 @@ from etl_platform.warehouse.base import (
 )
 from etl_platform.warehouse.schema import (
     DEFAULT_DRIFT_POLICY,
+    DEFAULT_LAYOUT,
     PARTITION_COLUMN,
-    TABLE_COLUMNS,
     TABLES,
     Column,
+    TableLayout,
     detect_drift,
     resolve_drift,
     table_kinds,
@@ -130,8 +131,16 @@ def partition_name(table: str, day: date) -> str:
 class PostgresWarehouse(Warehouse):
     dialect = "postgres"
 
-    def __init__(self, dsn: str, schema: str, password: str | None = None, connect_timeout: int = 10) -> None:
-        super().__init__(schema)
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        password: str | None = None,
+        connect_timeout: int = 10,
+        layout: TableLayout = DEFAULT_LAYOUT,
+        lake_root: str = "",
+    ) -> None:
+        super().__init__(schema, layout, lake_root)
         kwargs: dict[str, Any] = {"connect_timeout": connect_timeout}
         if password:
             kwargs["password"] = password
@@ -159,8 +168,11 @@ class PostgresWarehouse(Warehouse):
                         "it predates this loader: drop it and reload the partitions"
                     )
                 self.conn.execute(
-                    _sql("create_table", target=self._ident(table), columns=column_definitions(TABLE_COLUMNS))
+                    _sql("create_table", target=self._ident(table), columns=column_definitions(self.layout.columns))
                 )
+            # A contract's field added since the tables were made: an additive change, not drift.
+            existing = self.table_columns(TABLES[0])
+            self._add_columns([c for c in self.layout.data if c.name not in existing])
 
     def table_columns(self, table: str) -> dict[str, str]:
         with self.conn.transaction():  # its own, or a savepoint inside a load's
@@ -190,7 +202,7 @@ class PostgresWarehouse(Warehouse):
         started = time.monotonic()
         self.ensure_tables()
         with self._locked_load(day, tables):
-            objects = source.partition_objects(s3, bucket, day, pending)
+            objects = source.partition_objects(s3, bucket, day, pending, self.lake_root)
             data = source.read_objects(s3, bucket, objects)
             timings = {"read": time.monotonic() - started}
             results = self.load_table(
@@ -234,7 +246,8 @@ class PostgresWarehouse(Warehouse):
         existing = table_kinds(self.table_columns(tables[0]))
         added: tuple[Column, ...] = ()
         if data.num_columns:
-            added = resolve_drift(self.qualified(tables[0]), detect_drift(data.schema, existing), on_drift)
+            drift = detect_drift(data.schema, existing, self.layout.required)
+            added = resolve_drift(self.qualified(tables[0]), drift, on_drift)
         check_partition(data, day)
         kept, duplicates = source.first_arrivals(data)
         kinds = {**existing, **{c.name: c.kind for c in added}}

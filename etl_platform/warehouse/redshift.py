@@ -47,12 +47,12 @@ from etl_platform.warehouse.base import (
 from etl_platform.warehouse.schema import (
     ARRIVAL_ORDER,
     DEFAULT_DRIFT_POLICY,
-    EVENT_COLUMNS,
+    DEFAULT_LAYOUT,
     PARTITION_COLUMN,
     SEQUENCE_WIDTH,
-    TABLE_COLUMNS,
     TABLES,
     Column,
+    TableLayout,
     detect_drift,
     kind_of_arrow,
     resolve_drift,
@@ -60,10 +60,8 @@ from etl_platform.warehouse.schema import (
     validate_identifier,
 )
 
-DIST_KEY = "user_id"
 SORT_KEY = ("event_time",)
 STAGE = "etl_stage"
-_CORE = {c.name: c for c in EVENT_COLUMNS}
 
 
 def quote_ident(name: str) -> str:
@@ -106,8 +104,9 @@ class Statement:
 class RedshiftSql:
     """Redshift statements for one schema. Pure: every method returns SQL text."""
 
-    def __init__(self, schema: str, iam_role: str) -> None:
+    def __init__(self, schema: str, iam_role: str, layout: TableLayout = DEFAULT_LAYOUT) -> None:
         self.schema = validate_identifier(schema, "warehouse schema")
+        self.layout = layout
         if not iam_role.startswith("arn:aws:iam::"):
             raise ValueError(f"iam_role {iam_role!r} is not an IAM role ARN")
         self.iam_role = iam_role
@@ -119,17 +118,18 @@ class RedshiftSql:
     def create_schema(self) -> str:
         return f"CREATE SCHEMA IF NOT EXISTS {quote_ident(self.schema)}"
 
-    def create_table(self, name: str, columns: Sequence[Column] = TABLE_COLUMNS) -> str:
-        """Distributed by user (per-user marts join and aggregate locally), sorted by event time
+    def create_table(self, name: str, columns: Sequence[Column] | None = None) -> str:
+        """Distributed by user, the first key (per-user marts join and aggregate locally), sorted by event time
         (day deletes and time-range scans skip blocks through zone maps). The primary key is
         informational in Redshift: the load itself guarantees one row per event."""
+        columns = self.layout.columns if columns is None else columns
         body = ",\n    ".join(
             f"{quote_ident(c.name)} {c.sql_type('redshift')}{'' if c.nullable else ' NOT NULL'}" for c in columns
         )
         return (
             f"CREATE TABLE IF NOT EXISTS {self.table(name)} (\n    {body},\n"
             f"    PRIMARY KEY ({quote_ident('event_id')})\n)\n"
-            f"DISTSTYLE KEY\nDISTKEY ({quote_ident(DIST_KEY)})\n"
+            f"DISTSTYLE KEY\nDISTKEY ({quote_ident(self.layout.dist_key)})\n"
             f"COMPOUND SORTKEY ({', '.join(quote_ident(c) for c in SORT_KEY)})"
         )
 
@@ -250,19 +250,20 @@ def _day_literals(day: date) -> tuple[str, str]:
     return f"'{day.isoformat()} 00:00:00'::TIMESTAMP", f"'{end.isoformat()} 00:00:00'::TIMESTAMP"
 
 
-def copy_columns(schema: pa.Schema) -> tuple[Column, ...]:
-    """A Parquet schema as copy-table columns: core columns keep their sized types, so a too-long
+def copy_columns(schema: pa.Schema, layout: TableLayout = DEFAULT_LAYOUT) -> tuple[Column, ...]:
+    """A Parquet schema as copy-table columns: the layout's columns keep their sized types, so a too-long
     value fails the COPY with a row in sys_load_error_detail rather than later in the INSERT."""
-    return tuple(_CORE.get(f.name) or Column(f.name, kind_of_arrow(f.type)) for f in schema)
+    core = layout.by_name
+    return tuple(core.get(f.name) or Column(f.name, kind_of_arrow(f.type)) for f in schema)
 
 
 def group_objects(
-    objects: Sequence[source.LakeObject], schemas: Sequence[pa.Schema]
+    objects: Sequence[source.LakeObject], schemas: Sequence[pa.Schema], layout: TableLayout = DEFAULT_LAYOUT
 ) -> list[tuple[tuple[Column, ...], list[source.LakeObject]]]:
     """Objects by identical column layout (COPY maps Parquet columns to table columns by position)."""
     groups: dict[tuple[Column, ...], list[source.LakeObject]] = {}
     for obj, schema in zip(objects, schemas, strict=True):
-        groups.setdefault(copy_columns(schema), []).append(obj)
+        groups.setdefault(copy_columns(schema, layout), []).append(obj)
     return list(groups.items())
 
 
@@ -275,6 +276,7 @@ def plan_load(
     tables: Sequence[str] = TABLES,
     added: Sequence[Column] = (),
     load_id: str = "load",
+    layout: TableLayout = DEFAULT_LAYOUT,
 ) -> LoadPlan:
     """Copy groups (with their manifest keys) and the target columns to load.
 
@@ -283,14 +285,15 @@ def plan_load(
     """
     present = {name for schema in schemas for name in schema.names}
     kinds = {**table, **{c.name: c.kind for c in added}}
+    core = layout.by_name
     columns = tuple(
-        _CORE.get(name) or Column(name, kind)
+        core.get(name) or Column(name, kind)
         for name, kind in kinds.items()
         if name != PARTITION_COLUMN and name in present
     )
     groups = tuple(
         CopyGroup(source.manifest_key(day, i, load_id), cols, tuple(objs))
-        for i, (cols, objs) in enumerate(group_objects(objects, schemas))
+        for i, (cols, objs) in enumerate(group_objects(objects, schemas, layout))
     )
     return LoadPlan(bucket=bucket, day=day, groups=groups, columns=columns, tables=tuple(tables), added=tuple(added))
 
@@ -315,11 +318,19 @@ def parse_dsn(dsn: str) -> dict[str, Any]:
 class RedshiftWarehouse(Warehouse):
     dialect = "redshift"
 
-    def __init__(self, dsn: str, schema: str, iam_role: str, password: str | None = None) -> None:
-        super().__init__(schema)
+    def __init__(
+        self,
+        dsn: str,
+        schema: str,
+        iam_role: str,
+        password: str | None = None,
+        layout: TableLayout = DEFAULT_LAYOUT,
+        lake_root: str = "",
+    ) -> None:
+        super().__init__(schema, layout, lake_root)
         import redshift_connector
 
-        self.sql = RedshiftSql(schema, iam_role)
+        self.sql = RedshiftSql(schema, iam_role, layout)
         self.conn = redshift_connector.connect(password=password, **parse_dsn(dsn))
         self.conn.autocommit = True  # explicit BEGIN/COMMIT: the transaction is visible in the plan
         self.session_id = self._scalar("SELECT pg_backend_pid()")
@@ -338,6 +349,12 @@ class RedshiftWarehouse(Warehouse):
         cur.execute(self.sql.create_schema())
         for table in TABLES:
             cur.execute(self.sql.create_table(table))
+        # A contract's field added since the tables were made: an additive change, not drift.
+        existing = self.table_columns(TABLES[0])
+        for column in self.layout.data:
+            if column.name not in existing:
+                for table in TABLES:
+                    cur.execute(self.sql.add_column(table, column))
 
     def table_columns(self, table: str) -> dict[str, str]:
         cur = self.conn.cursor()
@@ -357,19 +374,19 @@ class RedshiftWarehouse(Warehouse):
         started = time.monotonic()
         timings: dict[str, float] = {}
         self.ensure_tables()
-        objects = source.partition_objects(s3, bucket, day, pending)
+        objects = source.partition_objects(s3, bucket, day, pending, self.lake_root)
         schemas = source.read_schemas(s3, bucket, objects)
         existing = self.table_columns("events")
         added: tuple[Column, ...] = ()
         if schemas:
-            drift = detect_drift(source.union_schema(schemas), table_kinds(existing))
+            drift = detect_drift(source.union_schema(schemas), table_kinds(existing), self.layout.required)
             added = resolve_drift(self.qualified("events"), drift, on_drift)
         for column in added:  # before the load transaction: Redshift commits DDL on its own
             for table in TABLES:
                 if column.name not in self.table_columns(table):
                     self.conn.cursor().execute(self.sql.add_column(table, column))
         load_id = uuid.uuid4().hex[:12]
-        plan = plan_load(bucket, day, objects, schemas, table_kinds(existing), tables, added, load_id)
+        plan = plan_load(bucket, day, objects, schemas, table_kinds(existing), tables, added, load_id, self.layout)
         for group in plan.groups:
             source.write_manifest(s3, bucket, group.manifest_key, group.objects)
         timings["plan"] = time.monotonic() - started

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from etl_platform.events import SEQUENCE_WIDTH
+from etl_platform.pipelines import Contract
 
 DIALECTS = ("postgres", "redshift")
 TABLES = ("events", "anomalies")
@@ -79,6 +80,60 @@ TABLE_COLUMNS: tuple[Column, ...] = (*EVENT_COLUMNS, Column(PARTITION_COLUMN, "d
 REQUIRED_COLUMNS = frozenset(DATA_COLUMNS)
 # Stream order, for keeping the first delivery when an event_id arrives twice (a producer retry).
 ARRIVAL_ORDER = ("shard_depth", "sequence_number", "sub_sequence")
+
+_POSITION_COLUMNS = tuple(c for c in EVENT_COLUMNS if c.name in ("shard_id", "sequence_number", "sub_sequence"))
+_FIELD_KINDS = {"string": "string", "float": "float64", "int": "int64", "bool": "bool", "timestamp": "timestamp"}
+
+
+@dataclass(frozen=True)
+class TableLayout:
+    """A pipeline's `events`/`anomalies` columns: every processed column (`data`, in table order), the
+    ones processed data must carry (`required`; an optional field added to a contract later may be
+    absent from older data and loads as NULL) and Redshift's distribution key."""
+
+    data: tuple[Column, ...]
+    required: frozenset[str]
+    dist_key: str
+
+    @property
+    def columns(self) -> tuple[Column, ...]:
+        """The table's columns: the data columns, then the partition column."""
+        return (*self.data, Column(PARTITION_COLUMN, "date", nullable=False))
+
+    @property
+    def by_name(self) -> dict[str, Column]:
+        return {c.name: c for c in self.data}
+
+
+DEFAULT_LAYOUT = TableLayout(EVENT_COLUMNS, REQUIRED_COLUMNS, "user_id")
+
+
+def table_layout(contract: Contract) -> TableLayout:
+    """The tables of a pipeline with `contract`: `event_id`, the contract's fields (strings sized by
+    `max_length` or their longest allowed value), `event_time`, `attributes`, the stream position and
+    the analytics columns. The first key is the distribution key; it and the time field are NOT NULL
+    when required (every other field may be absent from older data). For the
+    default contract this is exactly `DEFAULT_LAYOUT`."""
+    core = {c.name: c for c in EVENT_COLUMNS}
+    columns = [core["event_id"]]
+    for spec in contract.column_fields:
+        kind = "string" if spec.type == "json" else _FIELD_KINDS[spec.type]
+        length = spec.max_length
+        if kind == "string" and spec.values:
+            length = max(length or 0, *(len(v) for v in spec.values))
+        not_null = spec.required and spec.name in (contract.keys[0], contract.time)
+        columns.append(Column(spec.name, kind, length if kind == "string" else None, not not_null))
+    if "event_time" not in {c.name for c in columns}:
+        columns.append(core["event_time"])
+    columns += [
+        core[name] for name in DATA_COLUMNS if name not in {c.name for c in columns} and name not in _DEFAULT_FIELDS
+    ]
+    optional = {f.name for f in contract.column_fields if not f.required}
+    return TableLayout(tuple(columns), frozenset(c.name for c in columns) - optional, contract.keys[0])
+
+
+# The default contract's own fields in EVENT_COLUMNS (every other column is the platform's).
+_DEFAULT_FIELDS = frozenset({"source", "user_id", "event_type", "value"})
 
 
 def sql_type(kind: str, dialect: str, length: int | None = None) -> str:
@@ -186,11 +241,12 @@ class Drift:
         return not (self.new or self.absent or self.incompatible or self.unsupported)
 
 
-def detect_drift(data: pa.Schema, table: Mapping[str, str]) -> Drift:
+def detect_drift(data: pa.Schema, table: Mapping[str, str], required: Iterable[str] = DATA_COLUMNS) -> Drift:
     """Compare a processed data schema with a table's {column: kind} (from `kind_of_sql`).
 
-    Table columns the data lacks are fine only for optional columns added by earlier drift (they load
-    as NULL); a missing processed column (`REQUIRED_COLUMNS`) is drift, never a silent NULL.
+    Table columns the data lacks are fine only for optional columns (added by earlier drift, or an
+    optional contract field newer than the data: they load as NULL); a missing `required` column (the
+    layout's) is drift, never a silent NULL.
     """
     new: list[Column] = []
     incompatible: list[str] = []
@@ -212,7 +268,7 @@ def detect_drift(data: pa.Schema, table: Mapping[str, str]) -> Drift:
         if table_kind != kind and not loads_into(kind, table_kind):
             incompatible.append(f"{name}: table has {table_kind}, processed data has {kind} ({data_field.type})")
     present = set(data.names)
-    absent = tuple(name for name in DATA_COLUMNS if name not in present)
+    absent = tuple(name for name in required if name not in present)
     return Drift(tuple(new), absent, tuple(incompatible), tuple(unsupported))
 
 

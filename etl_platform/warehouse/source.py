@@ -38,9 +38,12 @@ class LakeObject:
     size: int
 
 
-def partition_objects(s3: Any, bucket: str, day: date, pending: PendingObjects | None = None) -> list[LakeObject]:
-    """The committed processed Parquet objects of one event-time day, in key order (lake.visibility)."""
-    prefix = layout.day_prefix(layout.PROCESSED, day)
+def partition_objects(
+    s3: Any, bucket: str, day: date, pending: PendingObjects | None = None, root: str = ""
+) -> list[LakeObject]:
+    """The committed processed Parquet objects of one event-time day of the pipeline with lake `root`,
+    in key order (lake.visibility)."""
+    prefix = layout.day_prefix(root + layout.PROCESSED, day)
     found: list[LakeObject] = []
     for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix):
         found += [

@@ -1,4 +1,4 @@
-"""The stream workers' code location: the shard worker job and the sensor that supervises it.
+"""The stream workers' code location: each pipeline's shard worker job and the sensor that supervises it.
 
 Kept apart from the main location (`definitions.py`) because the supervisor starts a run per worker
 and every run is a fresh process that imports its code location: this one imports neither dbt nor
@@ -12,15 +12,17 @@ from __future__ import annotations
 from dagster import Definitions
 
 from etl_platform.config import load_settings
-from resources import build_resources
-from sensors.kinesis import kinesis_microbatch_job, kinesis_microbatch_sensor
+from resources import build_resources, deployment_pipelines
+from sensors.kinesis import stream_definitions
 
 STREAM_RESOURCES = ("kinesis", "lake", "leases", "opensearch", "cloudwatch")
 
 settings = load_settings()  # fails here, at load, with the name of any bad setting
 
+jobs, sensors = stream_definitions(deployment_pipelines())  # a worker job and its supervisor per pipeline
+
 defs = Definitions(
-    jobs=[kinesis_microbatch_job],
-    sensors=[kinesis_microbatch_sensor],
+    jobs=jobs,
+    sensors=sensors,
     resources=build_resources(settings, only=STREAM_RESOURCES),
 )

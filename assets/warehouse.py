@@ -16,6 +16,7 @@ from datetime import date
 from dagster import (
     AssetCheckExecutionContext,
     AssetCheckResult,
+    AssetChecksDefinition,
     AssetCheckSeverity,
     AssetExecutionContext,
     AssetKey,
@@ -33,24 +34,31 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.ingestion import processed_events
+from assets.ingestion import DEFAULT_PIPELINE, pipeline_group, pipeline_key, pipeline_prefix
 from assets.partitions import daily_partitions
+from etl_platform.pipelines import Pipeline
 from etl_platform.warehouse import TABLES, partition_counts
 from etl_platform.warehouse.source import partition_objects, read_loaded
 from resources import LakeResource, WarehouseResource
-
-WAREHOUSE_KEYS: dict[str, AssetKey] = {table: AssetKey(f"warehouse_{table}") for table in TABLES}
 
 # eager() only ever considers the latest time partition; dropping that operand lets a reprocessed or
 # late day reload as well. newly_missing() still only fires for days that go missing after the
 # condition is applied, so turning it on does not launch a load for every historical day.
 WAREHOUSE_AUTOMATION = AutomationCondition.eager().without(AutomationCondition.in_latest_time_window())
 
-_DESCRIPTIONS = {
-    "events": "Every processed event, one row per event_id, with event_date (UTC day of event_time). "
-    "Redshift: DISTKEY(user_id) SORTKEY(event_time); PostgreSQL locally: partitioned by event_date.",
-    "anomalies": "The processed events the stream analytics flagged ANOMALY (same columns as events).",
-}
+
+def warehouse_keys(pipeline: Pipeline) -> dict[str, AssetKey]:
+    return {table: pipeline_key(pipeline, f"warehouse_{table}") for table in TABLES}
+
+
+def _descriptions(pipeline: Pipeline) -> dict[str, str]:
+    first_key = pipeline.contract.keys[0]
+    where = "" if pipeline.is_default else f" Schema {pipeline.warehouse_schema}."
+    return {
+        "events": "Every processed event, one row per event_id, with event_date (UTC day of event_time). "
+        f"Redshift: DISTKEY({first_key}) SORTKEY(event_time); PostgreSQL locally: partitioned by event_date." + where,
+        "anomalies": "The processed events the stream analytics flagged ANOMALY (same columns as events)." + where,
+    }
 
 
 class WarehouseLoadConfig(Config):
@@ -61,57 +69,97 @@ class WarehouseLoadConfig(Config):
     )
 
 
-@multi_asset(
-    name="warehouse_tables",
-    specs=[
-        AssetSpec(
-            key,
-            deps=[processed_events],
-            description=_DESCRIPTIONS[table],
-            group_name="warehouse",
-            kinds={"redshift"},
-            automation_condition=WAREHOUSE_AUTOMATION,
-        )
-        for table, key in WAREHOUSE_KEYS.items()
-    ],
-    partitions_def=daily_partitions,
-    backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
-    # A load that failed (a lost connection, a lock timeout, a database restart) rolled back whole:
-    # retrying it is safe, and a day must not stay stale until the lake next changes.
-    retry_policy=RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
-    can_subset=True,
-)
-def warehouse_tables(
-    context: AssetExecutionContext, config: WarehouseLoadConfig, warehouse: WarehouseResource, lake: LakeResource
-) -> Iterator[MaterializeResult]:
-    """Load the partition's processed day into the selected tables (one transaction)."""
-    day = date.fromisoformat(context.partition_key)
-    tables = [table for table, key in WAREHOUSE_KEYS.items() if key in context.selected_asset_keys]
-    policy = config.on_drift or warehouse.on_drift
-    with warehouse.open() as wh:
-        results = wh.load_day(
-            lake.client(), lake.bucket, day, tables=tables, on_drift=policy, pending=lake.pending_objects()
-        )
-    for table, result in results.items():
-        context.log.info(
-            f"{result.table} {day}: {result.rows_loaded} rows loaded, {result.rows_deleted} replaced, "
-            f"{result.duplicates_dropped} duplicate deliveries dropped, {result.seconds:.2f}s "
-            f"({', '.join(f'{k} {v:.2f}s' for k, v in result.timings.items())})"
-        )
-        yield MaterializeResult(
-            asset_key=WAREHOUSE_KEYS[table],
-            metadata={
-                **result.metadata(),
-                "dagster/row_count": result.rows_loaded,
-                "dagster/table_name": result.table,
-                "dialect": warehouse.dialect,
-                "load_seconds": MetadataValue.float(round(result.seconds, 3)),
-            },
-        )
+def warehouse_assets_for(pipeline: Pipeline) -> tuple[list, list]:
+    """The pipeline's warehouse load (both tables, one multi-asset) and its two checks."""
+    keys = warehouse_keys(pipeline)
+    processed = pipeline_key(pipeline, "processed_events")
+    descriptions = _descriptions(pipeline)
+    stream_name = None if pipeline.is_default else pipeline.stream.name  # the default: the lake resource's
+
+    @multi_asset(
+        name="warehouse_tables" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_warehouse_tables",
+        specs=[
+            AssetSpec(
+                key,
+                deps=[processed],
+                description=descriptions[table],
+                group_name=pipeline_group(pipeline, "warehouse"),
+                kinds={"redshift"},
+                automation_condition=WAREHOUSE_AUTOMATION,
+            )
+            for table, key in keys.items()
+        ],
+        partitions_def=daily_partitions,
+        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=1),
+        # A load that failed (a lost connection, a lock timeout, a database restart) rolled back whole:
+        # retrying it is safe, and a day must not stay stale until the lake next changes.
+        retry_policy=RetryPolicy(max_retries=3, delay=5, backoff=Backoff.EXPONENTIAL, jitter=Jitter.PLUS_MINUS),
+        can_subset=True,
+    )
+    def warehouse_tables(
+        context: AssetExecutionContext, config: WarehouseLoadConfig, warehouse: WarehouseResource, lake: LakeResource
+    ) -> Iterator[MaterializeResult]:
+        """Load the partition's processed day into the selected tables (one transaction)."""
+        day = date.fromisoformat(context.partition_key)
+        tables = [table for table, key in keys.items() if key in context.selected_asset_keys]
+        policy = config.on_drift or warehouse.on_drift
+        with warehouse.open(pipeline) as wh:
+            results = wh.load_day(
+                lake.client(),
+                lake.bucket,
+                day,
+                tables=tables,
+                on_drift=policy,
+                pending=lake.pending_objects(stream_name),
+            )
+        for table, result in results.items():
+            context.log.info(
+                f"{result.table} {day}: {result.rows_loaded} rows loaded, {result.rows_deleted} replaced, "
+                f"{result.duplicates_dropped} duplicate deliveries dropped, {result.seconds:.2f}s "
+                f"({', '.join(f'{k} {v:.2f}s' for k, v in result.timings.items())})"
+            )
+            yield MaterializeResult(
+                asset_key=keys[table],
+                metadata={
+                    **result.metadata(),
+                    "dagster/row_count": result.rows_loaded,
+                    "dagster/table_name": result.table,
+                    "dialect": warehouse.dialect,
+                    "load_seconds": MetadataValue.float(round(result.seconds, 3)),
+                },
+            )
+
+    checks = [_reconcile_check(pipeline, table, keys[table]) for table in TABLES]
+    return [warehouse_tables], checks
+
+
+def _reconcile_check(pipeline: Pipeline, table: str, key: AssetKey) -> AssetChecksDefinition:
+    what = "distinct events" if table == "events" else "distinct ANOMALY events"
+
+    # Partitioned asset checks (one result per day, like the asset) are a preview feature in Dagster
+    # 1.13 (assets/_dagster_preview.py); it is the only way to check the partition that was loaded
+    # rather than whichever was last.
+    @asset_check(
+        asset=key,
+        name=f"warehouse_{table}_match_processed",
+        partitions_def=daily_partitions,
+        blocking=True,
+        description=f"The day's rows in the {table} table equal the processed partition's {what}, once each.",
+    )
+    def reconcile_check(
+        context: AssetCheckExecutionContext, warehouse: WarehouseResource, lake: LakeResource
+    ) -> AssetCheckResult:
+        return _reconcile(context, table, warehouse, lake, pipeline)
+
+    return reconcile_check
 
 
 def _reconcile(
-    context: AssetCheckExecutionContext, table: str, warehouse: WarehouseResource, lake: LakeResource
+    context: AssetCheckExecutionContext,
+    table: str,
+    warehouse: WarehouseResource,
+    lake: LakeResource,
+    pipeline: Pipeline = DEFAULT_PIPELINE,
 ) -> AssetCheckResult:
     """The table's rows for the day against the lake's committed rows.
 
@@ -120,17 +168,20 @@ def _reconcile(
     make the table stale, not wrong: a WARN (not blocking), which the automation's next load clears.
     """
     day = date.fromisoformat(context.partition_key)
-    s3, pending = lake.client(), lake.pending_objects()
-    loaded = read_loaded(s3, lake.bucket, warehouse.schema_name, day)
-    at_load = partition_counts(s3, lake.bucket, day, pending, only=loaded)
-    committed = [o.key for o in partition_objects(s3, lake.bucket, day, pending)]
+    s3, pending = lake.client(), lake.pending_objects(None if pipeline.is_default else pipeline.stream.name)
+    root = pipeline.lake_root
+    loaded = read_loaded(s3, lake.bucket, warehouse.schema_for(pipeline), day)
+    at_load = partition_counts(s3, lake.bucket, day, pending, only=loaded, root=root)
+    committed = [o.key for o in partition_objects(s3, lake.bucket, day, pending, root)]
     # A second read of the day only when the stream committed objects since the load.
     now = (
-        at_load if loaded is None or set(committed) == set(loaded) else partition_counts(s3, lake.bucket, day, pending)
+        at_load
+        if loaded is None or set(committed) == set(loaded)
+        else partition_counts(s3, lake.bucket, day, pending, root=root)
     )
     want = at_load.events if table == "events" else at_load.anomalies
     want_now = now.events if table == "events" else now.anomalies
-    with warehouse.open() as wh:
+    with warehouse.open(pipeline) as wh:
         rows, distinct = wh.count_rows(table, day)
     correct = rows == want and distinct == rows
     current = correct and want_now == want
@@ -157,32 +208,7 @@ def _reconcile(
     )
 
 
-# Partitioned asset checks (one result per day, like the asset) are a preview feature in Dagster
-# 1.13 (assets/_dagster_preview.py); it is the only way to check the partition that was loaded
-# rather than whichever was last.
-@asset_check(
-    asset=WAREHOUSE_KEYS["events"],
-    partitions_def=daily_partitions,
-    blocking=True,
-    description="The day's rows in the events table equal the processed partition's distinct events, once each.",
-)
-def warehouse_events_match_processed(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource, lake: LakeResource
-) -> AssetCheckResult:
-    return _reconcile(context, "events", warehouse, lake)
-
-
-@asset_check(
-    asset=WAREHOUSE_KEYS["anomalies"],
-    partitions_def=daily_partitions,
-    blocking=True,
-    description="The day's rows in the anomalies table equal the processed partition's distinct ANOMALY events.",
-)
-def warehouse_anomalies_match_processed(
-    context: AssetCheckExecutionContext, warehouse: WarehouseResource, lake: LakeResource
-) -> AssetCheckResult:
-    return _reconcile(context, "anomalies", warehouse, lake)
-
-
-warehouse_assets = [warehouse_tables]
-warehouse_checks = [warehouse_events_match_processed, warehouse_anomalies_match_processed]
+warehouse_assets, warehouse_checks = warehouse_assets_for(DEFAULT_PIPELINE)
+(warehouse_tables,) = warehouse_assets
+warehouse_events_match_processed, warehouse_anomalies_match_processed = warehouse_checks
+WAREHOUSE_KEYS = warehouse_keys(DEFAULT_PIPELINE)

@@ -6,6 +6,7 @@ shows them); assets, sensors, jobs and hooks read nothing from the environment t
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Collection, Mapping
 from typing import Any
@@ -17,6 +18,7 @@ from etl_platform.analytics import AnalyticsConfig
 from etl_platform.config import ConfigError, Settings, env_number, load_settings
 from etl_platform.ops.alarms import DEFAULT_PATH as DEFAULT_ALARMS_FILE
 from etl_platform.ops.scaling import ScalingPolicy
+from etl_platform.pipelines import Pipelines, load_pipelines
 from etl_platform.search.indexer import IndexerConfig, prefix_from_env
 from etl_platform.stream.consumer import ConsumerConfig
 from etl_platform.warehouse import default_drift_policy, default_schema
@@ -35,6 +37,7 @@ from resources.platform import (
 
 __all__ = [
     "build_resources",
+    "deployment_pipelines",
     "AlertsResource",
     "AnalyticsResource",
     "CloudWatchResource",
@@ -137,6 +140,14 @@ def build_resources(
     if unknown:
         raise ValueError(f"unknown resources: {', '.join(unknown)}")
     return {name: resources[name] for name in only}
+
+
+@functools.cache
+def deployment_pipelines() -> Pipelines:
+    """The deployment's pipelines (ETL_PIPELINES_FILE, default config/pipelines.yaml), loaded once per
+    process: the asset graph, the workers and their supervisors are built from them at code-location
+    load, which fails there naming any bad setting."""
+    return load_pipelines(load_settings())
 
 
 def _fields(config: Any, *names: str) -> dict[str, Any]:

@@ -22,12 +22,13 @@ from etl_platform.lake.visibility import PendingObjects
 from etl_platform.ops.alarms import Alarm, load_alarms
 from etl_platform.ops.alerts import Sink, build_sinks
 from etl_platform.ops.scaling import ScalingPolicy
+from etl_platform.pipelines import Pipeline
 from etl_platform.search.bulk import IndexerConfig, IndexStats
 from etl_platform.search.indexer import search_sink
-from etl_platform.search.indices import check_prefix
+from etl_platform.search.indices import check_prefix, contract_properties
 from etl_platform.stream.consumer import FIREHOSE_BUFFER_BYTES, FIREHOSE_BUFFER_INTERVAL_S, ConsumerConfig
 from etl_platform.stream.leases import LeaseTable
-from etl_platform.warehouse import DEFAULT_SCHEMA, Warehouse, connect
+from etl_platform.warehouse import DEFAULT_SCHEMA, Warehouse, connect, table_layout
 from etl_platform.warehouse.schema import DEFAULT_DRIFT_POLICY, check_policy, validate_identifier
 
 
@@ -172,11 +173,13 @@ class LakeResource(ConfigurableResource):
     def client(self) -> Any:
         return self.s3.get_client()
 
-    def pending_objects(self) -> PendingObjects | None:
-        """What lake readers pass as `pending` (None without a lease table: every object is read)."""
-        if self.leases is None or self.stream_name is None:
+    def pending_objects(self, stream_name: str | None = None) -> PendingObjects | None:
+        """What lake readers pass as `pending` for the lake datasets of `stream_name`'s pipeline (default:
+        this resource's stream, the default pipeline's); None without a lease table: every object is read."""
+        stream_name = stream_name or self.stream_name
+        if self.leases is None or stream_name is None:
             return None
-        return self.leases.table(self.stream_name).pending_objects
+        return self.leases.table(stream_name).pending_objects
 
 
 class WarehouseResource(ConfigurableResource):
@@ -205,9 +208,26 @@ class WarehouseResource(ConfigurableResource):
     def _known_drift_policy(cls, value: Any) -> Any:
         return _check_literal(value, check_policy)
 
-    def open(self) -> Warehouse:
-        """A connected etl_platform warehouse for this dialect and schema (a context manager)."""
-        return connect(self.dialect, self.dsn, schema=self.schema_name, password=self.password, iam_role=self.iam_role)
+    def schema_for(self, pipeline: Pipeline | None = None) -> str:
+        """The pipeline's schema: the default pipeline's is this resource's `schema_name`."""
+        return self.schema_name if pipeline is None or pipeline.is_default else pipeline.warehouse_schema
+
+    def open(self, pipeline: Pipeline | None = None) -> Warehouse:
+        """A connected etl_platform warehouse for this dialect and the pipeline's schema and tables
+        (default: the default pipeline's), as a context manager."""
+        if pipeline is None:
+            return connect(
+                self.dialect, self.dsn, schema=self.schema_name, password=self.password, iam_role=self.iam_role
+            )
+        return connect(
+            self.dialect,
+            self.dsn,
+            schema=self.schema_for(pipeline),
+            password=self.password,
+            iam_role=self.iam_role,
+            layout=table_layout(pipeline.contract),
+            lake_root=pipeline.lake_root,
+        )
 
 
 class OpenSearchResource(ConfigurableResource):
@@ -254,9 +274,17 @@ class OpenSearchResource(ConfigurableResource):
             max_bulk_bytes=self.bulk_bytes, max_total_wait_s=self.max_wait_s, concurrency=self.concurrency
         )
 
-    def search_sink(self, s3: Any, bucket: str) -> Callable[[Any], IndexStats]:
+    def prefix_for(self, pipeline: Pipeline | None = None) -> str:
+        """The pipeline's index prefix: this resource's, then the pipeline's own part (`seed-`)."""
+        return self.index_prefix + (pipeline.own_index_prefix if pipeline is not None else "")
+
+    def properties_for(self, pipeline: Pipeline | None = None) -> dict[str, Any] | None:
+        """The pipeline's document mapping (None: the default pipeline's)."""
+        return contract_properties(pipeline.contract) if pipeline is not None else None
+
+    def search_sink(self, s3: Any, bucket: str, pipeline: Pipeline | None = None) -> Callable[[Any], IndexStats]:
         """The consumer's near-real-time indexing step (failed documents are backed up to the lake)."""
-        return search_sink(self.client(), s3, bucket, self.index_prefix, self.indexer_config())
+        return search_sink(self.client(), s3, bucket, self.prefix_for(pipeline), self.indexer_config(), pipeline)
 
 
 class ScalingResource(ConfigurableResource):

@@ -15,19 +15,21 @@ checkpoint, lag and last commit as an observation of the `kinesis_stream` asset.
 
 import json
 import time
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from dagster import (
-    AssetKey,
     AssetMaterialization,
     AssetObservation,
     Config,
     DagsterRunStatus,
     DefaultSensorStatus,
+    JobDefinition,
     MetadataValue,
     OpExecutionContext,
     RunRequest,
     RunsFilter,
+    SensorDefinition,
     SensorEvaluationContext,
     SensorResult,
     SkipReason,
@@ -38,19 +40,30 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.ingestion import PROCESSED_COLUMN_METADATA, RAW_COLUMN_METADATA
+from assets.ingestion import (
+    DEFAULT_PIPELINE,
+    pipeline_key,
+    pipeline_prefix,
+    processed_column_metadata,
+    raw_column_metadata,
+)
+from etl_platform.pipelines import Pipeline
 from etl_platform.stream.consumer import BatchResult, StreamConsumer, WorkBudget
 from etl_platform.stream.leases import Lease
 from etl_platform.stream.scheduling import WorkerRun, supervise
 from resources import CloudWatchResource, KinesisResource, LakeResource, LeaseTableResource, OpenSearchResource
 from sensors.alarms import delivery_failure_metrics, publish_batch_metrics
 
-SHARD_TAG = "etl/shard"  # the worker's shards joined by "+" (the run queue allows one run per value)
+SHARD_TAG = "etl/shard"  # the worker's shards joined by "+" (the run queue allows two runs per value)
+PIPELINE_TAG = "etl/pipeline"
 
 
-def shard_tag(shard_id: str) -> str:
-    """A tag each worker run carries per shard it owns, to find a shard's runs."""
-    return f"etl/shard.{shard_id}"
+def shard_tag(shard_id: str, pipeline: Pipeline | None = None) -> str:
+    """A tag each worker run carries per shard it owns, to find a shard's runs (shard ids repeat
+    across streams, so another pipeline's carry its name)."""
+    if pipeline is None or pipeline.is_default:
+        return f"etl/shard.{shard_id}"
+    return f"etl/shard.{pipeline.name}.{shard_id}"
 
 
 IN_FLIGHT = {
@@ -63,23 +76,31 @@ IN_FLIGHT = {
 STATUS_EVERY_S = 30.0
 
 
+def stream_of(pipeline: Pipeline, kinesis: KinesisResource) -> str:
+    """The pipeline's stream: the default pipeline's is the kinesis resource's."""
+    return kinesis.stream_name if pipeline.is_default else pipeline.stream.name
+
+
 def consumer_for(
     kinesis: KinesisResource,
     lake: LakeResource,
     leases: LeaseTableResource,
     opensearch: OpenSearchResource | None = None,
     owner: str | None = None,
+    pipeline: Pipeline = DEFAULT_PIPELINE,
 ) -> StreamConsumer:
     s3 = lake.client()
+    stream = stream_of(pipeline, kinesis)
     return StreamConsumer(
         kinesis.client(),
         s3,
         lake.bucket,
-        kinesis.stream_name,
-        leases.table(kinesis.stream_name),
+        stream,
+        leases.table(stream),
         kinesis.consumer_config(),
-        search_sink=opensearch.search_sink(s3, lake.bucket) if opensearch else None,
+        search_sink=opensearch.search_sink(s3, lake.bucket, pipeline) if opensearch else None,
         owner=owner,
+        pipeline=pipeline,
     )
 
 
@@ -97,17 +118,20 @@ class ShardWorkerConfig(Config):
     )
 
 
-def log_materializations(context: OpExecutionContext, result: BatchResult) -> None:
+def log_materializations(
+    context: OpExecutionContext, result: BatchResult, pipeline: Pipeline = DEFAULT_PIPELINE
+) -> None:
     """Report the lake partitions this batch wrote, with counts and latency, for the UI."""
+    raw_metadata, processed_metadata = raw_column_metadata(pipeline), processed_column_metadata(pipeline)
     for day, rows in sorted(result.rows_by_day.items()):
         common = {"rows": rows, "shard_id": result.shard_id, "first_sequence": result.first_sequence or ""}
         context.log_event(
             AssetMaterialization(
-                AssetKey("raw_events"),
+                pipeline_key(pipeline, "raw_events"),
                 partition=day,
                 metadata={
                     **common,
-                    **RAW_COLUMN_METADATA,
+                    **raw_metadata,
                     "errors_in_batch": result.errors,
                     "objects": len(result.raw_objects),
                 },
@@ -115,11 +139,11 @@ def log_materializations(context: OpExecutionContext, result: BatchResult) -> No
         )
         context.log_event(
             AssetMaterialization(
-                AssetKey("processed_events"),
+                pipeline_key(pipeline, "processed_events"),
                 partition=day,
                 metadata={
                     **common,
-                    **PROCESSED_COLUMN_METADATA,
+                    **processed_metadata,
                     "anomalies_in_batch": result.anomalies,
                     "latency_s": round(result.max_latency_s, 3),
                     "batch_seconds": round(result.timings.get("total", 0.0), 3),
@@ -128,52 +152,66 @@ def log_materializations(context: OpExecutionContext, result: BatchResult) -> No
         )
 
 
-@op(description="Own one shard's lease and consume it until the budget ends (see sensors/kinesis.py).")
-def consume_shard(
-    context: OpExecutionContext,
-    config: ShardWorkerConfig,
-    kinesis: KinesisResource,
-    lake: LakeResource,
-    leases: LeaseTableResource,
-    opensearch: OpenSearchResource,
-    cloudwatch: CloudWatchResource,
-) -> None:
-    consumer = consumer_for(kinesis, lake, leases, opensearch, owner=f"run:{context.run_id}")
-    budget_s = config.budget_s if config.budget_s is not None else kinesis.worker_budget_s
+def worker_job(pipeline: Pipeline) -> JobDefinition:
+    """The pipeline's shard worker job: a run owns some of its stream's shards until its budget ends."""
+    prefix = "" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_"
 
-    def on_batch(result: BatchResult) -> None:
-        context.log.info(
-            f"shard {result.shard_id}: {result.records} records -> {result.events} events, {result.errors} errors, "
-            f"{result.anomalies} anomalies, {result.search_indexed} indexed ({result.search_failed} backed up); "
-            f"ended={result.ended} behind={result.millis_behind_latest}ms "
-            f"timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
-        )
-        log_materializations(context, result)
-        publish_batch_metrics(cloudwatch, kinesis.stream_name, result, context.log)
+    @op(
+        name=f"{prefix}consume_shard",
+        description=f"Own shards of {pipeline.name}'s stream and consume them until the budget ends "
+        "(see sensors/kinesis.py).",
+    )
+    def consume_shard(
+        context: OpExecutionContext,
+        config: ShardWorkerConfig,
+        kinesis: KinesisResource,
+        lake: LakeResource,
+        leases: LeaseTableResource,
+        opensearch: OpenSearchResource,
+        cloudwatch: CloudWatchResource,
+    ) -> None:
+        consumer = consumer_for(kinesis, lake, leases, opensearch, owner=f"run:{context.run_id}", pipeline=pipeline)
+        budget_s = config.budget_s if config.budget_s is not None else kinesis.worker_budget_s
 
-    budget = WorkBudget(seconds=budget_s, until_caught_up=config.until_caught_up, lease_wait_s=config.lease_wait_s)
-    for outcome in consumer.work_many(config.shard_ids, budget, on_batch=on_batch):
-        context.log.info(
-            f"shard {outcome.shard_id}: {len(outcome.batches)} batches in {outcome.reads} reads; "
-            f"stopped: {outcome.stop_reason}" + (f" ({outcome.held_by})" if outcome.held_by else "")
-        )
+        def on_batch(result: BatchResult) -> None:
+            context.log.info(
+                f"shard {result.shard_id}: {result.records} records -> {result.events} events, {result.errors} "
+                f"errors, {result.anomalies} anomalies, {result.search_indexed} indexed ({result.search_failed} "
+                f"backed up); ended={result.ended} behind={result.millis_behind_latest}ms "
+                f"timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
+            )
+            log_materializations(context, result, pipeline)
+            publish_batch_metrics(cloudwatch, consumer.stream_name, result, context.log)
+
+        budget = WorkBudget(seconds=budget_s, until_caught_up=config.until_caught_up, lease_wait_s=config.lease_wait_s)
+        for outcome in consumer.work_many(config.shard_ids, budget, on_batch=on_batch):
+            context.log.info(
+                f"shard {outcome.shard_id}: {len(outcome.batches)} batches in {outcome.reads} reads; "
+                f"stopped: {outcome.stop_reason}" + (f" ({outcome.held_by})" if outcome.held_by else "")
+            )
+
+    @job(
+        name=f"{prefix}kinesis_microbatch_job",
+        # One op: in-process execution saves a Python start.
+        executor_def=in_process_executor,
+        hooks={delivery_failure_metrics},
+        tags={PIPELINE_TAG: pipeline.name},
+        description=f"A shard worker of pipeline {pipeline.name}: owns shards' leases and loops micro-batches "
+        "until its budget ends.",
+    )
+    def kinesis_microbatch_job() -> None:
+        consume_shard()
+
+    return kinesis_microbatch_job
 
 
-@job(
-    # One op: in-process execution saves a Python start.
-    executor_def=in_process_executor,
-    hooks={delivery_failure_metrics},
-    description="A shard worker: owns one shard's lease and loops micro-batches until its budget ends.",
-)
-def kinesis_microbatch_job() -> None:
-    consume_shard()
-
-
-def _worker_runs(context: SensorEvaluationContext, shard_ids: list[str]) -> dict[str, list[WorkerRun]]:
+def _worker_runs(
+    context: SensorEvaluationContext, shard_ids: list[str], pipeline: Pipeline
+) -> dict[str, list[WorkerRun]]:
     runs: dict[str, list[WorkerRun]] = {}
     for sid in shard_ids:
         records = context.instance.get_run_records(
-            filters=RunsFilter(tags={shard_tag(sid): "owner"}, statuses=list(IN_FLIGHT)), limit=10
+            filters=RunsFilter(tags={shard_tag(sid, pipeline): "owner"}, statuses=list(IN_FLIGHT)), limit=10
         )
         runs[sid] = [
             WorkerRun(record.dagster_run.run_id, IN_FLIGHT[record.dagster_run.status], record.start_time)
@@ -197,21 +235,39 @@ def _status_table(leases: dict[str, Lease], now: float) -> str:
     return "\n".join(rows)
 
 
-@sensor(
-    job=kinesis_microbatch_job,
-    minimum_interval_seconds=5,
-    default_status=DefaultSensorStatus.RUNNING,
-    description="Keeps a live shard worker per readable Kinesis shard (lineage-ordered, one owner per shard).",
-)
-def kinesis_microbatch_sensor(
-    context: SensorEvaluationContext, kinesis: KinesisResource, lake: LakeResource, leases: LeaseTableResource
+def worker_sensor(pipeline: Pipeline, job_def: JobDefinition) -> SensorDefinition:
+    """The supervisor of the pipeline's shard workers (see the module docstring)."""
+    prefix = "" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_"
+
+    @sensor(
+        name=f"{prefix}kinesis_microbatch_sensor",
+        job=job_def,
+        minimum_interval_seconds=5,
+        default_status=DefaultSensorStatus.RUNNING,
+        description=f"Keeps a live shard worker per readable shard of {pipeline.name}'s stream (lineage-ordered, "
+        "one owner per shard).",
+    )
+    def kinesis_microbatch_sensor(
+        context: SensorEvaluationContext, kinesis: KinesisResource, lake: LakeResource, leases: LeaseTableResource
+    ) -> SensorResult | SkipReason:
+        return _supervise(context, pipeline, kinesis, lake, leases)
+
+    return kinesis_microbatch_sensor
+
+
+def _supervise(
+    context: SensorEvaluationContext,
+    pipeline: Pipeline,
+    kinesis: KinesisResource,
+    lake: LakeResource,
+    leases: LeaseTableResource,
 ) -> SensorResult | SkipReason:
-    consumer = consumer_for(kinesis, lake, leases)
+    consumer = consumer_for(kinesis, lake, leases, pipeline=pipeline)
     now = time.time()
     table = consumer.sync_leases()
     plan = supervise(
         table,
-        _worker_runs(context, [lease.shard_id for lease in consumer.readable(table)]),
+        _worker_runs(context, [lease.shard_id for lease in consumer.readable(table)], pipeline),
         now,
         handover_lead_s=kinesis.handover_lead_s,
     )
@@ -226,7 +282,7 @@ def kinesis_microbatch_sensor(
         cursor["status_at"] = now
         events.append(
             AssetObservation(
-                asset_key=AssetKey("kinesis_stream"),
+                asset_key=pipeline_key(pipeline, "kinesis_stream"),
                 metadata={
                     "shards": MetadataValue.md(_status_table(table, now)),
                     "open_shards": sum(1 for lease in table.values() if not lease.finished),
@@ -238,15 +294,33 @@ def kinesis_microbatch_sensor(
     size = kinesis.shards_per_worker
     wait_s = kinesis.handover_lead_s + kinesis.lease_duration_s
     groups = [plan.launch[i : i + size] for i in range(0, len(plan.launch), size)]
+    op_name = "consume_shard" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_consume_shard"
+    group_tag = "" if pipeline.is_default else f"{pipeline.name}:"
     requests = [
         RunRequest(
             # A successor started ahead of a handover waits out the lead and the owner's last flush.
-            run_config={"ops": {"consume_shard": {"config": {"shard_ids": group, "lease_wait_s": wait_s}}}},
-            tags={SHARD_TAG: "+".join(group), **{shard_tag(sid): "owner" for sid in group}},
+            run_config={"ops": {op_name: {"config": {"shard_ids": group, "lease_wait_s": wait_s}}}},
+            tags={SHARD_TAG: group_tag + "+".join(group), **{shard_tag(sid, pipeline): "owner" for sid in group}},
         )
         for group in groups
     ]
     if requests or events:
         return SensorResult(run_requests=requests, asset_events=events)
     summary = ", ".join(f"{sid}: {why}" for sid, why in plan.waiting.items())
-    return SkipReason(f"{len(table)} shards, every readable one has a worker" + (f" ({summary})" if summary else ""))
+    return SkipReason(
+        f"{pipeline.name}: {len(table)} shards, every readable one has a worker" + (f" ({summary})" if summary else "")
+    )
+
+
+kinesis_microbatch_job = worker_job(DEFAULT_PIPELINE)
+kinesis_microbatch_sensor = worker_sensor(DEFAULT_PIPELINE, kinesis_microbatch_job)
+
+
+def stream_definitions(pipelines: Iterable[Pipeline]) -> tuple[list[JobDefinition], list[SensorDefinition]]:
+    """Every pipeline's worker job and supervisor (the default pipeline's are the module's own)."""
+    jobs, sensors = [kinesis_microbatch_job], [kinesis_microbatch_sensor]
+    for pipeline in pipelines:
+        if not pipeline.is_default:
+            jobs.append(worker_job(pipeline))
+            sensors.append(worker_sensor(pipeline, jobs[-1]))
+    return jobs, sensors

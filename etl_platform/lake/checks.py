@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection, Mapping, Sequence
+
 import polars as pl
 
 from etl_platform.lake.readers import RAW_SCHEMA
@@ -10,20 +12,25 @@ PROCESSED_SCHEMA: dict[str, pl.DataType] = {**RAW_SCHEMA, "avg_value": pl.Float6
 KEY_COLUMNS = ("event_id", "user_id", "event_type", "event_time", "value", "anomaly_status")
 
 
-def schema_problems(frame: pl.DataFrame) -> list[str]:
-    """Missing columns and wrong types, as readable lines; extra columns are allowed (schema drift
-    is the warehouse loader's decision, not the lake's)."""
+def schema_problems(
+    frame: pl.DataFrame, schema: Mapping[str, pl.DataType] = PROCESSED_SCHEMA, optional: Collection[str] = ()
+) -> list[str]:
+    """Missing columns and wrong types against `schema` (a pipeline contract's `processed_schema()`),
+    as readable lines; `optional` columns may be missing (a field newer than the data); extra columns
+    are allowed (schema drift is the warehouse loader's decision, not the lake's)."""
     problems = []
-    for name, dtype in PROCESSED_SCHEMA.items():
+    for name, dtype in schema.items():
         if name not in frame.columns:
-            problems.append(f"missing column {name}")
+            if name not in optional:
+                problems.append(f"missing column {name}")
         elif frame.schema[name] != dtype:
             problems.append(f"column {name} is {frame.schema[name]}, expected {dtype}")
     return problems
 
 
-def null_key_counts(frame: pl.DataFrame) -> dict[str, int]:
-    return {c: int(frame[c].null_count()) for c in KEY_COLUMNS if c in frame.columns}
+def null_key_counts(frame: pl.DataFrame, columns: Sequence[str] = KEY_COLUMNS) -> dict[str, int]:
+    """Nulls per column that must have a value (a pipeline contract's `never_null`)."""
+    return {c: int(frame[c].null_count()) for c in columns if c in frame.columns}
 
 
 def reconcile(raw: pl.DataFrame, processed: pl.DataFrame) -> dict[str, int]:

@@ -16,13 +16,8 @@ from etl_platform.lake.visibility import PendingObjects, committed
 RAW_SCHEMA: dict[str, pl.DataType] = {**EVENT_SCHEMA, "shard_depth": pl.Int32()}  # the default pipeline's
 
 
-def lake_schema(event_schema: Mapping[str, pl.DataType]) -> dict[str, pl.DataType]:
-    """A raw object's columns: a pipeline's decoded event (its contract's `event_schema`) + shard depth."""
-    return {**event_schema, "shard_depth": pl.Int32()}
-
-
 def read_raw(s3: Any, bucket: str, keys: list[str], schema: Mapping[str, pl.DataType] = RAW_SCHEMA) -> pl.DataFrame:
-    """Raw objects as one frame (`schema`: the pipeline's `lake_schema`), with `_object` naming the
+    """Raw objects as one frame (`schema`: the pipeline contract's `raw_schema()`), with `_object` naming the
     object each row came from."""
     schema = dict(schema)
     frames = [
@@ -62,7 +57,7 @@ def read_day(
     schema: Mapping[str, pl.DataType] = RAW_SCHEMA,
 ) -> pl.DataFrame:
     """Every row of one day of a `raw` or `processed` dataset, from committed objects (see
-    `visibility`); raw rows have `schema` (the pipeline's `lake_schema`)."""
+    `visibility`); raw rows have `schema` (the pipeline contract's `raw_schema()`)."""
     keys = committed(layout.list_keys(s3, bucket, layout.day_prefix(dataset, day)), pending)
     if layout.dataset_name(dataset) == layout.RAW:
         return read_raw(s3, bucket, keys, schema).drop("_object")

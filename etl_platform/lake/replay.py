@@ -58,7 +58,7 @@ def recompute_processed_day(
     schema: Mapping[str, pl.DataType] = RAW_SCHEMA,
 ) -> ReplayResult:
     """Rewrite day `day`'s processed objects from raw; `pending` names uncommitted objects to skip;
-    `root` and `schema` are the pipeline's lake root and raw columns (`readers.lake_schema`)."""
+    `root` and `schema` are the pipeline's lake root and raw columns (its contract's `raw_schema()`)."""
     config = config or AnalyticsConfig()
     first, last = day - timedelta(days=lookback_days), day + timedelta(days=lookahead_days)
     keys = keys_for_days(s3, bucket, root + layout.RAW, first, last, pending)

@@ -78,6 +78,11 @@ class Pipeline:
     def is_default(self) -> bool:
         return self.name == DEFAULT_PIPELINE
 
+    @property
+    def own_index_prefix(self) -> str:
+        """What the pipeline adds to the deployment's index prefix: nothing for the default pipeline."""
+        return "" if self.is_default else f"{self.name}-"
+
     def dataset(self, name: str) -> str:
         """A lake dataset's prefix for this pipeline: `raw`, `seed/raw`, ..."""
         return f"{self.lake_root}{name}"
@@ -358,7 +363,7 @@ def parse_pipelines(data: Any, settings: Settings, env: Mapping[str, str], sourc
             analytics=_analytics(spec.get("analytics"), f"{where}.analytics", base, contract),
             lake_root="" if is_default else f"{name}/",
             warehouse_schema=schema,
-            index_prefix=index_prefix if is_default else f"{index_prefix}{name}-",
+            index_prefix=index_prefix + ("" if is_default else f"{name}-"),
             transforms=_transforms(spec.get("transforms"), f"{where}.transforms"),
             description=str(spec.get("description", "")).strip(),
         )

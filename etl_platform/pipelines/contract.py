@@ -215,6 +215,27 @@ class Contract:
         )
         return schema
 
+    def raw_schema(self) -> dict[str, pl.DataType]:
+        """A raw lake object's columns: the event and the generation of its shard (`shard_depth`)."""
+        return {**self.event_schema(), "shard_depth": pl.Int32()}
+
+    def processed_schema(self) -> dict[str, pl.DataType]:
+        """A processed Parquet object's columns: the raw ones and the two analytics columns."""
+        return {**self.raw_schema(), "avg_value": pl.Float64(), "anomaly_status": pl.String()}
+
+    @property
+    def optional_fields(self) -> tuple[str, ...]:
+        """Fields that may be absent from a record, and so from data older than the field."""
+        return tuple(f.name for f in self.column_fields if not f.required)
+
+    @property
+    def never_null(self) -> tuple[str, ...]:
+        """Columns every processed row has a value in (what the lake check counts nulls of)."""
+        required = tuple(
+            f.name for f in self.column_fields if f.required and (f.name in self.keys or f.name == self.value)
+        )
+        return ("event_id", *required, "event_time", "anomaly_status")
+
     def to_event(self, obj: Any, arrival: datetime | None) -> dict[str, Any]:
         """A parsed JSON payload to the event's contract columns (`event_id` None when the contract
         has no id field, or the payload none); raise `InvalidEvent` naming the first bad field.

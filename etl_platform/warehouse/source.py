@@ -191,12 +191,18 @@ class PartitionCounts:
 
 
 def partition_counts(
-    s3: Any, bucket: str, day: date, pending: PendingObjects | None = None, only: Sequence[str] | None = None
+    s3: Any,
+    bucket: str,
+    day: date,
+    pending: PendingObjects | None = None,
+    only: Sequence[str] | None = None,
+    root: str = "",
 ) -> PartitionCounts:
     """Counts computed from the lake alone (two columns read), for reconciliation checks: over the
-    day's committed objects, or over those of them named in `only` (what a load read)."""
+    day's committed objects of the pipeline with lake `root`, or over those of them named in `only`
+    (what a load read)."""
     columns = ["event_id", "anomaly_status", *ARRIVAL_ORDER]
-    objects = partition_objects(s3, bucket, day, pending)
+    objects = partition_objects(s3, bucket, day, pending, root)
     if only is not None:
         named = set(only)
         objects = [o for o in objects if o.key in named]

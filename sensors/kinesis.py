@@ -176,8 +176,8 @@ def worker_job(pipeline: Pipeline) -> JobDefinition:
         def on_batch(result: BatchResult) -> None:
             context.log.info(
                 f"shard {result.shard_id}: {result.records} records -> {result.events} events, {result.errors} "
-                f"errors, {result.anomalies} anomalies, {result.search_indexed} indexed ({result.search_failed} "
-                f"backed up); ended={result.ended} behind={result.millis_behind_latest}ms "
+                f"errors, {result.dropped} dropped, {result.anomalies} anomalies, {result.search_indexed} indexed "
+                f"({result.search_failed} backed up); ended={result.ended} behind={result.millis_behind_latest}ms "
                 f"timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
             )
             log_materializations(context, result, pipeline)

@@ -287,14 +287,14 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         index=not args.no_index,
         pipeline=selected_pipeline(args, settings),
     )
-    totals = {"batches": 0, "records": 0, "events": 0, "errors": 0, "anomalies": 0}
+    totals = {"batches": 0, "records": 0, "events": 0, "errors": 0, "dropped": 0, "anomalies": 0}
     stage_seconds: dict[str, float] = {}
     shards_seen: set[str] = set()
     started = time.monotonic()
 
     def report(result) -> None:
         totals["batches"] += 1
-        for name in ("records", "events", "errors", "anomalies"):
+        for name in ("records", "events", "errors", "dropped", "anomalies"):
             totals[name] += getattr(result, name)
         shards_seen.add(result.shard_id)
         for stage, seconds in result.timings.items():

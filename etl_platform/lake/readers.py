@@ -32,8 +32,10 @@ def read_raw(s3: Any, bucket: str, keys: list[str], schema: Mapping[str, pl.Data
 
 
 def read_processed(s3: Any, bucket: str, keys: list[str]) -> pl.DataFrame:
+    """Processed objects as one frame; objects written before a contract gained a field lack its
+    column, which reads as null for their rows."""
     frames = [layout.read_parquet(layout.get(s3, bucket, key)) for key in keys]
-    return pl.concat(frames) if frames else pl.DataFrame()
+    return pl.concat(frames, how="diagonal_relaxed") if frames else pl.DataFrame()
 
 
 def keys_for_days(

@@ -296,6 +296,9 @@ def _analytics(data: Any, where: str, base: AnalyticsConfig, contract: Contract)
 
 
 def _transforms(data: Any, where: str) -> tuple[str, ...]:
+    """Dotted paths, each imported now: a transform that cannot be found fails start-up, naming it."""
+    from etl_platform.pipelines.transforms import resolve
+
     if data is None:
         return ()
     if not isinstance(data, list):
@@ -303,6 +306,7 @@ def _transforms(data: Any, where: str) -> tuple[str, ...]:
     for i, path in enumerate(data):
         if not isinstance(path, str) or "." not in path or not all(p.isidentifier() for p in path.split(".")):
             raise ConfigError(f"{where}[{i}]: {path!r} is not a dotted path (package.module.function)")
+        resolve(path, f"{where}[{i}]")
     return tuple(data)
 
 

@@ -236,6 +236,21 @@ class Contract:
         )
         return ("event_id", *required, "event_time", "anomaly_status")
 
+    def to_payload(self, event: Mapping[str, Any]) -> dict[str, Any]:
+        """A decoded event back to a payload this contract takes (for re-driving a record that failed
+        after decoding): the fields under their names, the id, the attributes as they came."""
+        attributes = json.loads(event.get("attributes") or "{}")
+        payload: dict[str, Any] = {} if self.attributes is not None else dict(attributes)
+        for spec in self.fields:
+            if spec.name == self.attributes:
+                payload[spec.name] = attributes
+            elif spec.name == self.event_id:
+                payload[spec.name] = event.get("event_id")
+            elif event.get(spec.name) is not None:
+                value = event[spec.name]
+                payload[spec.name] = json.loads(value) if spec.type == "json" else value
+        return payload
+
     def to_event(self, obj: Any, arrival: datetime | None) -> dict[str, Any]:
         """A parsed JSON payload to the event's contract columns (`event_id` None when the contract
         has no id field, or the payload none); raise `InvalidEvent` naming the first bad field.

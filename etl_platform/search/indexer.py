@@ -43,7 +43,7 @@ def prefix_from_env(env: Mapping[str, str] | None = None) -> str:
     return check_prefix(env.get("ETL_OPENSEARCH_INDEX_PREFIX", ""))
 
 
-_templates_ready: set[tuple[str, str]] = set()
+_templates_ready: set[tuple[str, str, str]] = set()
 
 
 def _ensure_templates_once(
@@ -54,7 +54,9 @@ def _ensure_templates_once(
     documents are backed up, so the lake goes on. Returns the error text, if any."""
     from opensearchpy.exceptions import OpenSearchException
 
-    key = (repr(getattr(getattr(client, "transport", None), "hosts", id(client))), prefix)
+    # The mapping is part of the key: a contract that gained a field updates its templates.
+    mapping = json.dumps(properties, sort_keys=True) if properties is not None else ""
+    key = (repr(getattr(getattr(client, "transport", None), "hosts", id(client))), prefix, mapping)
     if key in _templates_ready:
         return None
     try:

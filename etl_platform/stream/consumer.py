@@ -39,6 +39,7 @@ from etl_platform.config import env_number
 from etl_platform.events import with_depth
 from etl_platform.lake import writers
 from etl_platform.pipelines import DEFAULT_CONTRACT, Pipeline
+from etl_platform.pipelines.transforms import Transforms
 from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints
 from etl_platform.stream.decoding import DecodedChunk, decode_chunks, isolate_unconvertible
 from etl_platform.stream.dedupe import SeenIds
@@ -102,6 +103,7 @@ class BatchResult:
     decoded_bytes: int = 0  # the records' payloads after decompression
     events: int = 0
     duplicates: int = 0  # deliveries of an event_id seen lately, dropped (stream.dedupe)
+    dropped: int = 0  # events a transform dropped (its `Dropped` outcome)
     errors: int = 0
     anomalies: int = 0
     ended: bool = False
@@ -230,6 +232,7 @@ class StreamConsumer:
         # pipeline's; without one, the default contract with `config.analytics`.
         self.contract = pipeline.contract if pipeline else DEFAULT_CONTRACT
         self.lake_root = pipeline.lake_root if pipeline else ""
+        self.transforms = Transforms(self.contract, pipeline.transforms if pipeline else ())
         self.leases = leases
         # Near-real-time indexing of each read (before the lake commit, so a retry re-indexes the same
         # _ids); it must not raise for documents it could not index, only back them up.
@@ -457,7 +460,13 @@ class StreamConsumer:
             errors = list(chunk.result.errors)
             events, duplicates = shard.seen.filter(chunk.result.events)
             result.duplicates += duplicates
-            frame = with_depth(isolate_unconvertible(events, errors, self.contract), holder.lease.depth)
+            frame = isolate_unconvertible(events, errors, self.contract)
+        if self.transforms:
+            with stage(result, "transform"):
+                transformed = self.transforms.apply(frame)
+                frame, result.dropped = transformed.events, result.dropped + transformed.dropped
+                errors += transformed.errors
+        frame = with_depth(frame, holder.lease.depth)
         with stage(result, "analytics"):
             processed = shard.detector.process(frame)
         buffer.add(chunk, frame, processed, errors)

@@ -166,9 +166,43 @@ def demo_events(kinesis, stream) -> list[dict]:
     return events
 
 
+SEED_RECORDS = 60
+
+
 @pytest.fixture
-def dagster_ui(stream, bucket, demo_events, tmp_path) -> Iterator[DagsterUI]:
-    """`dagster dev` (webserver + daemon) on a free loopback port, against the test's stream and bucket."""
+def seed_stream(kinesis, unique_name) -> Iterator[str]:
+    """The shipped `seed` pipeline's own stream for the test, with records the seed's producer put."""
+    from etl_platform.ops.provisioning import ensure_stream
+    from tests.integration.seed_producer import compress_and_send_data
+
+    name = f"{unique_name}-seed"
+    ensure_stream(kinesis, name, shards=1)
+    endpoint = kinesis.meta.endpoint_url
+    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_KINESIS", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL_KINESIS=endpoint, AWS_DEFAULT_REGION=kinesis.meta.region_name)
+    try:
+        for i in range(SEED_RECORDS):
+            user = f"user-{i % 4}"
+            when = datetime(2026, 6, 2, 8, tzinfo=UTC).replace(second=i % 60).isoformat()
+            data = {"user_id": user, "event_type": "click", "timestamp": when, "value": 10.0 + i % 7}
+            compress_and_send_data(name, {**data, "partition_key": user})
+    finally:
+        for key, value in saved.items():
+            os.environ.pop(key, None) if value is None else os.environ.__setitem__(key, value)
+    yield name
+    kinesis.delete_stream(StreamName=name, EnforceConsumerDeletion=True)
+
+
+@pytest.fixture
+def dagster_ui(stream, seed_stream, bucket, demo_events, tmp_path) -> Iterator[DagsterUI]:
+    """`dagster dev` (webserver + daemon) on a free loopback port, against the test's stream and bucket,
+    with the shipped pipelines (the default one and `seed`, on its own test stream) side by side."""
+    import yaml
+
+    pipelines = yaml.safe_load((REPO / "config" / "pipelines.yaml").read_text())
+    pipelines["pipelines"]["seed"]["stream"]["name"] = seed_stream
+    pipelines_file = tmp_path / "pipelines.yaml"
+    pipelines_file.write_text(yaml.safe_dump(pipelines))
     home = tmp_path / "dagster_home"
     home.mkdir()
     shutil.copy(REPO / "config" / "dagster.local.yaml", home / "dagster.yaml")
@@ -178,6 +212,7 @@ def dagster_ui(stream, bucket, demo_events, tmp_path) -> Iterator[DagsterUI]:
         DAGSTER_HOME=str(home),
         ETL_STREAM_NAME=stream,
         ETL_LAKE_BUCKET=bucket,
+        ETL_PIPELINES_FILE=str(pipelines_file),
         ETL_BUFFER_INTERVAL_S="1",
         # Shard workers hand their shard over after a few seconds, so the tour sees them succeed (and the
         # supervisor start the next ones).

@@ -4,7 +4,9 @@
 (b) `kinesis_microbatch_sensor` is running and its runs of `kinesis_microbatch_job` succeed;
 (c) a partition backfill of `processed_events`, launched from the asset page, succeeds;
 (d) terminating a running shard worker (as the UI's Terminate does) hands its shard to a new worker:
-    nothing lost, nothing duplicated, the analytics exact.
+    nothing lost, nothing duplicated, the analytics exact;
+(e) a second pipeline (the shipped `seed`, with its own contract and stream) runs beside the default
+    one: its workers succeed, its records reach its lake prefix, and its assets have their own group.
 
 GraphQL (`/graphql`) is used only to wait for the daemon; every assertion about what users see is
 made on the page. Screenshots go to .stack/screenshots/ (ETL_E2E_SCREENSHOTS=docs/screenshots refreshes
@@ -116,12 +118,12 @@ BACKFILL_OK = {"COMPLETED", "COMPLETED_SUCCESS"}
 BACKFILL_FAILED = {"FAILED", "FAILING", "COMPLETED_FAILED", "CANCELED", "CANCELING"}
 
 
-def _wait_for_sensor_runs(page, ui: DagsterUI, shards: list[str]) -> list[dict]:
+def _wait_for_sensor_runs(page, ui: DagsterUI, shards: list[str], job: str = JOB) -> list[dict]:
     """Until every shard has a successful run of the job (the sensor launches one per shard with data)."""
     deadline = time.monotonic() + SENSOR_RUNS_TIMEOUT_S
     runs: list[dict] = []
     while time.monotonic() < deadline:
-        result = ui.graphql(_RUNS_QUERY, {"job": JOB})["runsOrError"]
+        result = ui.graphql(_RUNS_QUERY, {"job": job})["runsOrError"]
         if result["__typename"] != "Runs":
             _fail(page, ui, f"listing {JOB} runs: {result}", log=True)
         runs = result["results"]
@@ -134,7 +136,7 @@ def _wait_for_sensor_runs(page, ui: DagsterUI, shards: list[str]) -> list[dict]:
             if r["status"] == "SUCCESS"
             for t in r["tags"]
             if t["key"] == SHARD_TAG
-            for sid in t["value"].split("+")
+            for sid in t["value"].split(":")[-1].split("+")
         }
         if done >= set(shards):
             return [r for r in runs if r["status"] == "SUCCESS"]
@@ -431,3 +433,32 @@ def test_dagster_ui_graph_sensor_and_backfill(page, dagster_ui, kinesis, s3, str
     progress("runs page checked")
     check_terminated_worker_hands_over(page, dagster_ui, kinesis, s3, stream, dagster_ui.bucket)  # (d)
     progress("a terminated worker's shard was taken over")
+    check_second_pipeline(page, dagster_ui, kinesis, s3)  # (e)
+    progress("the seed pipeline ran beside the default one")
+
+
+def check_second_pipeline(page, ui: DagsterUI, kinesis, s3) -> None:
+    """The seed pipeline's workers succeed, its lake prefix fills, and its group shows its own assets."""
+    from playwright.sync_api import expect
+
+    from tests.e2e.conftest import SEED_RECORDS
+
+    seed_stream = f"{ui.stream}-seed"
+    shards = [s["ShardId"] for s in kinesis.list_shards(StreamName=seed_stream)["Shards"]]
+    _wait_for_sensor_runs(page, ui, shards, job=f"seed_{JOB}")
+    deadline = time.monotonic() + SENSOR_RUNS_TIMEOUT_S
+    while (rows := lake_rows(s3, ui.bucket, "seed/processed").height) < SEED_RECORDS:
+        if time.monotonic() > deadline:
+            _fail(page, ui, f"the seed pipeline's lake has {rows} of {SEED_RECORDS} rows", log=True)
+        time.sleep(2)
+    page.goto(f"{ui.url}/locations/etl_platform/asset-groups/seed")
+    graph = page.locator("svg foreignObject")
+    for name in ("raw_events", "processed_events", "warehouse_events", "search_index"):
+        node = graph.locator(f'[data-tooltip="{name}"]').or_(graph.get_by_text(name, exact=True))
+        _expect(
+            page,
+            ui,
+            lambda node=node: expect(node.first).to_be_visible(timeout=UI_TIMEOUT_MS),
+            f"the seed group's graph does not show {name}",
+        )
+    _shot(page, "seed-group.png")

@@ -35,6 +35,9 @@ pids+=($!)
 # Demo traffic from the five simulated sources; the Kinesis sensor picks it up within seconds.
 etl-platform produce --source demo --rate "${ETL_DEMO_RATE:-20}" --duration 0 --gzip --quiet &
 pids+=($!)
+# And records shaped as the seed pipeline's contract (config/pipelines.yaml), on its own stream.
+etl-platform produce --pipeline seed --source demo --rate "${ETL_SEED_DEMO_RATE:-5}" --duration 0 --gzip --quiet &
+pids+=($!)
 
 echo "dev: Dagster UI at http://127.0.0.1:${port} (Ctrl-C stops everything)"
 wait "${pids[0]}"

@@ -178,8 +178,15 @@ def seed_stream(kinesis, unique_name) -> Iterator[str]:
     name = f"{unique_name}-seed"
     ensure_stream(kinesis, name, shards=1)
     endpoint = kinesis.meta.endpoint_url
-    saved = {k: os.environ.get(k) for k in ("AWS_ENDPOINT_URL_KINESIS", "AWS_DEFAULT_REGION")}
-    os.environ.update(AWS_ENDPOINT_URL_KINESIS=endpoint, AWS_DEFAULT_REGION=kinesis.meta.region_name)
+    # boto3's default client, as the seed's code makes it, finds the local stream through the environment.
+    local = {
+        "AWS_ENDPOINT_URL_KINESIS": endpoint,
+        "AWS_DEFAULT_REGION": kinesis.meta.region_name,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+    }
+    saved = {k: os.environ.get(k) for k in local}
+    os.environ.update(local)
     try:
         for i in range(SEED_RECORDS):
             user = f"user-{i % 4}"

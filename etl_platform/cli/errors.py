@@ -22,6 +22,8 @@ from etl_platform.config import Settings
 
 def add_errors_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `errors` and its sub-commands on the main CLI's subparsers; handler: `cmd_errors`."""
+    from etl_platform.cli.options import add_pipeline_option
+
     errors = subparsers.add_parser(
         "errors",
         help="list the dead-lettered records (errors/) and re-drive them after a fix",
@@ -32,6 +34,7 @@ def add_errors_parser(subparsers: Any) -> argparse.ArgumentParser:
     errors.add_argument("--from", dest="first", type=date.fromisoformat, help="first arrival day (YYYY-MM-DD)")
     errors.add_argument("--to", dest="last", type=date.fromisoformat, help="last arrival day (default: today)")
     errors.add_argument("--json", action="store_true", help="print JSON")
+    add_pipeline_option(errors)
     errors.set_defaults(func=cmd_errors)
     return errors
 
@@ -40,8 +43,11 @@ def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
     from botocore.exceptions import BotoCoreError, ClientError
 
     from etl_platform import aws
+    from etl_platform.cli.options import selected_pipeline
     from etl_platform.search.queries import format_table
     from etl_platform.stream import dead_letters
+
+    pipeline = selected_pipeline(args, settings)
 
     last = args.last or datetime.now(UTC).date()
     first = args.first or last - timedelta(days=6)
@@ -51,7 +57,7 @@ def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
     s3 = aws.client("s3", settings)
     try:
         if args.action == "list":
-            rows = dead_letters.summarize(s3, settings.lake_bucket, first, last)
+            rows = dead_letters.summarize(s3, settings.lake_bucket, first, last, pipeline.lake_root)
             if args.json:
                 print(json.dumps(rows, indent=2))
             elif rows:
@@ -63,10 +69,12 @@ def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
             s3,
             settings.lake_bucket,
             aws.client("kinesis", settings),
-            settings.stream_name,
+            pipeline.stream.name,
             first,
             last,
             progress=None if args.json else lambda line: print(line, file=sys.stderr),
+            root=pipeline.lake_root,
+            contract=pipeline.contract,
         )
     except (BotoCoreError, ClientError) as exc:
         print(
@@ -85,7 +93,7 @@ def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
     else:
         still = ", ".join(f"{kind}: {n}" for kind, n in result.still_invalid.most_common()) or "none"
         print(
-            f"{result.redriven} records put back on {settings.stream_name} from {result.objects} error objects "
+            f"{result.redriven} records put back on {pipeline.stream.name} from {result.objects} error objects "
             f"({result.redriven_before} re-driven before); still refused: {still}"
         )
     return 0

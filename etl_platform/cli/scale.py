@@ -17,10 +17,13 @@ from etl_platform.config import ConfigError, Settings
 
 def add_scale_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `scale` on the main CLI's sub-parsers."""
+    from etl_platform.cli.options import add_pipeline_option
+
     p = subparsers.add_parser("scale", help="decide (and apply) the stream's shard count from CloudWatch load")
     p.add_argument("--dry-run", action="store_true", help="decide and print, change nothing")
     p.add_argument("--json", action="store_true", help="print inputs and decision as JSON")
-    p.add_argument("--stream", help="stream name (default: the profile's)")
+    p.add_argument("--stream", help="stream name (default: the pipeline's)")
+    add_pipeline_option(p)
     p.add_argument("--replay", metavar="FILE", help="replay a recorded load series (JSON) offline instead")
     p.add_argument(
         "--changes",
@@ -89,9 +92,10 @@ def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
     if args.replay:
         return cmd_replay(args)
     from etl_platform import aws
+    from etl_platform.cli.options import selected_pipeline
     from etl_platform.ops.scaling import ScalingHistory, ScalingPolicy, scale_stream
 
-    stream = args.stream or settings.stream_name
+    stream = args.stream or selected_pipeline(args, settings).stream.name
     policy = ScalingPolicy.from_env(**_overrides(args))
     report = scale_stream(
         aws.client("kinesis", settings),

@@ -20,10 +20,13 @@ from datetime import date
 from typing import Any
 
 from etl_platform.config import Settings
+from etl_platform.pipelines import Pipeline
 
 
 def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `search` and its sub-commands on the main CLI's subparsers; handler: `cmd_search`."""
+    from etl_platform.cli.options import add_pipeline_option
+
     search = subparsers.add_parser(
         "search",
         help="query OpenSearch (user events, anomalies, top users) and operate the indices",
@@ -32,7 +35,10 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     )
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    common.add_argument("--prefix", default=None, help="index name prefix (default: ETL_OPENSEARCH_INDEX_PREFIX)")
+    common.add_argument(
+        "--prefix", default=None, help="index name prefix (default: ETL_OPENSEARCH_INDEX_PREFIX + the pipeline's)"
+    )
+    add_pipeline_option(common)
     window = argparse.ArgumentParser(add_help=False)
     window.add_argument("--from", dest="start", default="24h", help="start (inclusive): now, 15m/2h/7d ago, or ISO")
     window.add_argument("--to", dest="end", default="now", help="end (exclusive): now, 15m/2h/7d ago, or ISO")
@@ -72,14 +78,16 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     """Run one `search` sub-command; returns the process exit code."""
     from opensearchpy.exceptions import ConnectionError as OSConnectionError
 
+    from etl_platform.cli.options import selected_pipeline
     from etl_platform.search.client import make_client
     from etl_platform.search.indexer import prefix_from_env
     from etl_platform.search.indices import check_prefix
 
-    prefix = check_prefix(args.prefix) if args.prefix is not None else prefix_from_env()
+    pipeline = selected_pipeline(args, settings)
+    prefix = check_prefix(args.prefix) if args.prefix is not None else prefix_from_env() + pipeline.own_index_prefix
     client = make_client(settings)
     try:
-        return _run(args, settings, client, prefix)
+        return _run(args, settings, client, prefix, pipeline)
     except OSConnectionError as exc:
         print(f"search: OpenSearch at {settings.opensearch_url} is unreachable: {exc}", file=sys.stderr)
         return 1
@@ -90,32 +98,36 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
         client.close()
 
 
-def _run(args: argparse.Namespace, settings: Settings, client: Any, prefix: str) -> int:
+def _run(args: argparse.Namespace, settings: Settings, client: Any, prefix: str, pipeline: Pipeline) -> int:
     from etl_platform.search import queries
 
     command = args.search_command
+    names = queries.QueryFields.of(pipeline.contract)
     if command in ("user", "anomalies", "top-users"):
         start, end = queries.parse_time(args.start), queries.parse_time(args.end)
         if command == "user":
-            _print(queries.user_events(client, args.user_id, start, end, prefix, limit=args.limit), args.json)
+            rows = queries.user_events(client, args.user_id, start, end, prefix, limit=args.limit, names=names)
+            _print(rows, args.json)
         elif command == "anomalies":
-            _print(queries.anomaly_breakdown(client, start, end, prefix, args.event_type, args.source), args.json)
+            rows = queries.anomaly_breakdown(client, start, end, prefix, args.event_type, args.source, names=names)
+            _print(rows, args.json)
         else:
-            rows = queries.top_anomalous_users(client, start, end, prefix, limit=args.limit)
-            _print(rows, args.json, None if args.json else ["user_id", "anomalies", "event_types", "max_value", "last"])
+            rows = queries.top_anomalous_users(client, start, end, prefix, limit=args.limit, names=names)
+            columns = [names.user, "anomalies", "event_types", "max_value", "last"]
+            _print(rows, args.json, None if args.json else columns)
         return 0
 
     from etl_platform import aws
     from etl_platform.search.bulk import IndexerConfig
     from etl_platform.search.indexer import index_day, replay_failed
-    from etl_platform.search.indices import ensure_templates
+    from etl_platform.search.indices import contract_properties, ensure_templates
 
     def progress(text: str) -> None:
         if not args.json:
             print(text, file=sys.stderr)
 
     if command == "templates":
-        written = ensure_templates(client, prefix)
+        written = ensure_templates(client, prefix, properties=contract_properties(pipeline.contract))
         _print({"written": written}, True) if args.json else print(
             f"templates written: {', '.join(written)}" if written else "templates already current"
         )
@@ -124,7 +136,7 @@ def _run(args: argparse.Namespace, settings: Settings, client: Any, prefix: str)
     if command == "index-day":
         from etl_platform.stream.leases import LeaseTable
 
-        leases = LeaseTable(aws.client("dynamodb", settings), settings.lease_table, settings.stream_name)
+        leases = LeaseTable(aws.client("dynamodb", settings), settings.lease_table, pipeline.stream.name)
         result = index_day(
             client,
             s3,
@@ -134,6 +146,8 @@ def _run(args: argparse.Namespace, settings: Settings, client: Any, prefix: str)
             IndexerConfig.from_env(),
             progress=progress,
             pending=leases.pending_objects,
+            root=pipeline.lake_root,
+            properties=contract_properties(pipeline.contract),
         )
         out = {
             "day": args.day.isoformat(),

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
+from etl_platform.pipelines import Contract
 from etl_platform.search.indices import ANOMALIES, EVENTS, alias_name
 
 PAGE = 1000
@@ -22,6 +24,39 @@ _RELATIVE = re.compile(r"^(\d+)\s*([smhdw])$")
 _UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
 
 USER_EVENT_FIELDS = ("event_time", "event_id", "source", "event_type", "value", "avg_value", "anomaly_status")
+
+
+@dataclass(frozen=True)
+class QueryFields:
+    """Which document fields the questions use: the default pipeline's envelope, or a contract's
+    (`of`): the user is its first key, the kind its second key, the value its value field."""
+
+    user: str = "user_id"
+    kind: str | None = "event_type"
+    source: str | None = "source"
+    value: str = "value"
+
+    @classmethod
+    def of(cls, contract: Contract) -> QueryFields:
+        return cls(
+            user=contract.keys[0],
+            kind=contract.keys[1] if len(contract.keys) > 1 else None,
+            source="source" if "source" in contract.by_name else None,
+            value=contract.value,
+        )
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        """What anomalies are broken down by."""
+        return tuple(f for f in (self.kind, self.source) if f) or (self.user,)
+
+    @property
+    def user_event_fields(self) -> tuple[str, ...]:
+        named = ("event_time", "event_id", self.source, self.kind, self.value, "avg_value", "anomaly_status")
+        return tuple(f for f in named if f)
+
+
+DEFAULT_FIELDS = QueryFields()
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
@@ -67,10 +102,12 @@ def user_events(
     end: datetime,
     prefix: str = "",
     limit: int = 100,
-    fields: Sequence[str] = USER_EVENT_FIELDS,
+    fields: Sequence[str] | None = None,
+    names: QueryFields = DEFAULT_FIELDS,
 ) -> list[dict[str, Any]]:
     """A user's events in [start, end), oldest first (ties by event_id), at most `limit`."""
-    query = {"bool": {"filter": [{"term": {"user_id": user_id}}, _range(start, end)]}}
+    fields = names.user_event_fields if fields is None else fields
+    query = {"bool": {"filter": [{"term": {names.user: user_id}}, _range(start, end)]}}
     rows: list[dict[str, Any]] = []
     after: list[Any] | None = None
     while len(rows) < limit:
@@ -98,23 +135,25 @@ def anomaly_breakdown(
     prefix: str = "",
     event_type: str | None = None,
     source: str | None = None,
+    names: QueryFields = DEFAULT_FIELDS,
 ) -> list[dict[str, Any]]:
-    """Anomalies in [start, end) per (event_type, source): count, max and mean value, first and last time.
+    """Anomalies in [start, end) per (event_type, source) (a contract's second key and source, as
+    `names` has them): count, max and mean value, first and last time.
 
-    Sorted by count (descending), then event_type and source.
+    Sorted by count (descending), then the group fields.
     """
     filters: list[dict[str, Any]] = [_range(start, end)]
-    if event_type:
-        filters.append({"term": {"event_type": event_type}})
-    if source:
-        filters.append({"term": {"source": source}})
+    if event_type and names.kind:
+        filters.append({"term": {names.kind: event_type}})
+    if source and names.source:
+        filters.append({"term": {names.source: source}})
     composite: dict[str, Any] = {
         "size": PAGE,
-        "sources": [{"event_type": {"terms": {"field": "event_type"}}}, {"source": {"terms": {"field": "source"}}}],
+        "sources": [{name: {"terms": {"field": name}}} for name in names.groups],
     }
     aggs = {
-        "max_value": {"max": {"field": "value"}},
-        "mean_value": {"avg": {"field": "value"}},
+        "max_value": {"max": {"field": names.value}},
+        "mean_value": {"avg": {"field": names.value}},
         "first": {"min": {"field": "event_time"}},
         "last": {"max": {"field": "event_time"}},
     }
@@ -130,8 +169,7 @@ def anomaly_breakdown(
         for bucket in groups.get("buckets", []):
             rows.append(
                 {
-                    "event_type": bucket["key"]["event_type"],
-                    "source": bucket["key"]["source"],
+                    **{name: bucket["key"][name] for name in names.groups},
                     "anomalies": bucket["doc_count"],
                     "max_value": bucket["max_value"]["value"],
                     "mean_value": bucket["mean_value"]["value"],
@@ -142,29 +180,35 @@ def anomaly_breakdown(
         if "after_key" not in groups or len(groups.get("buckets", [])) < PAGE:
             break
         composite["after"] = groups["after_key"]
-    rows.sort(key=lambda r: (-r["anomalies"], r["event_type"], r["source"]))
+    rows.sort(key=lambda r: (-r["anomalies"], *(str(r[name]) for name in names.groups)))
     return rows
 
 
 def top_anomalous_users(
-    client: Any, start: datetime, end: datetime, prefix: str = "", limit: int = 10
+    client: Any,
+    start: datetime,
+    end: datetime,
+    prefix: str = "",
+    limit: int = 10,
+    names: QueryFields = DEFAULT_FIELDS,
 ) -> list[dict[str, Any]]:
-    """Users with the most anomalies in [start, end); ties broken by user_id. At most `limit` rows."""
+    """Users (a contract's first key) with the most anomalies in [start, end); ties broken by the user.
+    At most `limit` rows."""
     body = {
         "size": 0,
         "query": {"bool": {"filter": [_range(start, end)]}},
         "aggs": {
             "users": {
                 "terms": {
-                    "field": "user_id",
+                    "field": names.user,
                     "size": limit,
                     "shard_size": max(1000, limit * 50),
                     "order": [{"_count": "desc"}, {"_key": "asc"}],
                     "show_term_doc_count_error": True,
                 },
                 "aggs": {
-                    "event_types": {"cardinality": {"field": "event_type"}},
-                    "max_value": {"max": {"field": "value"}},
+                    "event_types": {"cardinality": {"field": names.kind or names.user}},
+                    "max_value": {"max": {"field": names.value}},
                     "last": {"max": {"field": "event_time"}},
                 },
             }
@@ -174,7 +218,7 @@ def top_anomalous_users(
     buckets = result.get("aggregations", {}).get("users", {}).get("buckets", [])
     return [
         {
-            "user_id": b["key"],
+            names.user: b["key"],
             "anomalies": b["doc_count"],
             "event_types": b["event_types"]["value"],
             "max_value": b["max_value"]["value"],

@@ -134,7 +134,7 @@ def redrive(
     """Re-drive the dead letters of arrival days `first`..`last` of the pipeline with lake `root` and
     `contract` (see the module docstring)."""
     result = RedriveResult()
-    producer = KinesisProducer(kinesis, stream_name)
+    producer = KinesisProducer(kinesis, stream_name, partition_key_field=contract.keys[0])
     keys = error_keys(s3, bucket, first, last, root)
     for n, key in enumerate(keys, start=1):
         done = _redriven(s3, bucket, key)

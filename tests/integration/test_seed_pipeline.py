@@ -196,3 +196,29 @@ def test_the_seeds_producer_reaches_processed_warehouse_and_search_with_the_seed
     hits = client.search(index=alias, body={"query": {"term": {"user_id": "user-1"}}, "size": 1})["hits"]["hits"]
     assert hits and "timestamp" in hits[0]["_source"]
     client.close()
+
+    # the CLI works on the pipeline it is told
+    found = json.loads(cli("search", "user", "user-1", "--pipeline", "seed", "--from", "2h", "--json", env=env).stdout)
+    assert found and all(row["event_type"] in ("click", "view", "purchase") for row in found)
+    assert "source" not in found[0] and "avg_value" in found[0]
+    scale = json.loads(cli("scale", "--pipeline", "seed", "--dry-run", "--json", env=env).stdout)
+    assert scale["stream"] == pipeline.stream.name
+    listed = json.loads(cli("errors", "list", "--pipeline", "seed", "--json", env=env).stdout)
+    assert listed == []  # nothing of the seed's was refused
+
+
+def test_an_unknown_pipeline_or_a_malformed_pipelines_file_is_one_line_naming_it(tmp_path):
+    unknown = cli("consume", "--pipeline", "nope", "--until-caught-up", check=False)
+    assert unknown.returncode == 2
+    assert unknown.stderr.strip() == "configuration error: unknown pipeline 'nope'; the pipelines are: default, seed"
+    broken = tmp_path / "pipelines.yaml"
+    broken.write_text(
+        "pipelines:\n  iot:\n    stream: {name: iot}\n    contract:\n"
+        "      fields: {t: {type: timestamp, required: true}}\n"
+        "      keys: [t]\n      value: reading\n      time: t\n"
+    )
+    failed = cli(
+        "produce", "--pipeline", "iot", "--source", "demo", env={"ETL_PIPELINES_FILE": str(broken)}, check=False
+    )
+    assert failed.returncode == 2 and "Traceback" not in failed.stderr
+    assert f"{broken}: pipelines.iot.contract.keys[0]: 't' is a timestamp field" in failed.stderr

@@ -34,6 +34,7 @@ from etl_platform.events import (
     parse_event_time,
 )
 
+_ABSENT = object()
 FIELD_TYPES = ("string", "float", "int", "bool", "timestamp", "json", "object")
 FORMATS = ("json",)  # each record (or KPL sub-record) one JSON object; gzip detected by its magic bytes
 UNKNOWN_FIELD_POLICIES = ("attributes", "reject")
@@ -71,25 +72,24 @@ class FieldSpec:
     maximum: float | None = None
     naive_timestamps: str = "reject"
     description: str = ""
+    _allowed: frozenset[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_allowed", frozenset(self.values or ()))
 
     @property
     def dtype(self) -> pl.DataType:
         return _POLARS_TYPES[self.type]
 
-    def convert(self, obj: Mapping[str, Any]) -> Any:
-        """The field's value in `obj`, checked and normalised; None when absent and optional."""
-        raw = obj.get(self.name)
-        if raw is None:
-            if self.required:
-                raise InvalidEvent(self.name, "missing")
-            return None
-        convert = getattr(self, f"_{self.type}")
-        return convert(raw)
+    def converter(self) -> Any:
+        """The function from a present (non-null) JSON value to the field's value, checked and
+        normalised; it raises `InvalidEvent` naming the field."""
+        return getattr(self, f"_{self.type}")
 
     def _string(self, raw: Any) -> str:
         name = self.name
         if self.values is not None:
-            if not isinstance(raw, str) or raw not in self.values:
+            if not isinstance(raw, str) or raw not in self._allowed:
                 raise InvalidEvent(name, f"{str(raw)[:64]!r} is not one of {', '.join(sorted(self.values))}")
             return raw
         if not isinstance(raw, str):
@@ -101,36 +101,38 @@ class FieldSpec:
         check_text(name, raw)
         return raw
 
-    def _number(self, raw: Any, kind: str) -> float | int:
-        name = self.name
-        if isinstance(raw, bool) or not isinstance(raw, int | float):
-            raise InvalidEvent(name, f"must be a number, got {type(raw).__name__}")
-        if kind == "int":
-            if isinstance(raw, float):
-                if not raw.is_integer():
-                    raise InvalidEvent(name, f"must be an integer, got {raw!r}")
-                raw = int(raw)
-            if abs(raw) > MAX_INT64:
-                raise InvalidEvent(name, "integer out of the 64-bit range")
-            value: float | int = raw
-        else:
+    def _bounds(self, value: float) -> None:
+        if self.minimum is not None and value < self.minimum:
+            raise InvalidEvent(self.name, f"{value!r} is below the minimum {self.minimum:g}")
+        if self.maximum is not None and value > self.maximum:
+            raise InvalidEvent(self.name, f"{value!r} is above the maximum {self.maximum:g}")
+
+    def _float(self, raw: Any) -> float:
+        if type(raw) is float:  # the common case, checked first: a JSON number with a fraction
+            value = raw
+        elif isinstance(raw, int) and not isinstance(raw, bool):
             try:
                 value = float(raw)
             except OverflowError:
-                raise InvalidEvent(name, "integer too large for float64") from None
-            if not math.isfinite(value):
-                raise InvalidEvent(name, f"must be finite, got {value}")
-        if self.minimum is not None and value < self.minimum:
-            raise InvalidEvent(name, f"{value!r} is below the minimum {self.minimum:g}")
-        if self.maximum is not None and value > self.maximum:
-            raise InvalidEvent(name, f"{value!r} is above the maximum {self.maximum:g}")
+                raise InvalidEvent(self.name, "integer too large for float64") from None
+        else:
+            raise InvalidEvent(self.name, f"must be a number, got {type(raw).__name__}")
+        if not math.isfinite(value):
+            raise InvalidEvent(self.name, f"must be finite, got {value}")
+        self._bounds(value)
         return value
 
-    def _float(self, raw: Any) -> float:
-        return float(self._number(raw, "float"))
-
     def _int(self, raw: Any) -> int:
-        return int(self._number(raw, "int"))
+        if isinstance(raw, bool) or not isinstance(raw, int | float):
+            raise InvalidEvent(self.name, f"must be a number, got {type(raw).__name__}")
+        if isinstance(raw, float):
+            if not raw.is_integer():
+                raise InvalidEvent(self.name, f"must be an integer, got {raw!r}")
+            raw = int(raw)
+        if abs(raw) > MAX_INT64:
+            raise InvalidEvent(self.name, "integer out of the 64-bit range")
+        self._bounds(raw)
+        return raw
 
     def _bool(self, raw: Any) -> bool:
         if not isinstance(raw, bool):
@@ -187,8 +189,15 @@ class Contract:
     format: str = "json"
     by_name: Mapping[str, FieldSpec] = field(init=False, repr=False, compare=False)
 
+    _plan: tuple[tuple[str, str, bool, Any], ...] = field(init=False, repr=False, compare=False)
+
     def __post_init__(self) -> None:
         object.__setattr__(self, "by_name", {f.name: f for f in self.fields})
+        # Per field, once: where its value goes (the id, the attributes or its own column), whether it
+        # is required, and its converter; `to_event` runs for every record.
+        slots = {self.event_id: "event_id", self.attributes: "attributes"}
+        plan = tuple((f.name, slots.get(f.name, f.name), f.required, f.converter()) for f in self.fields)
+        object.__setattr__(self, "_plan", plan)
 
     # --- the decoded event ------------------------------------------------------------------------
     @property
@@ -261,16 +270,23 @@ class Contract:
             raise InvalidEvent("<root>", f"must be a JSON object, got {type(obj).__name__}")
         out: dict[str, Any] = {"event_id": None}
         attributes: dict[str, Any] = {}
-        for spec in self.fields:
-            value = spec.convert(obj)
-            if spec.name == self.attributes:
-                attributes = dict(value or {})
-            elif spec.name == self.event_id:
-                out["event_id"] = value
+        present = 0  # declared fields the payload has (even as null): fewer than its keys means unknown ones
+        for name, slot, required, convert in self._plan:
+            raw = obj.get(name, _ABSENT)
+            if raw is _ABSENT or raw is None:
+                if required:
+                    raise InvalidEvent(name, "missing")
+                value = None
+                present += raw is None
             else:
-                out[spec.name] = value
-        unknown = [name for name in obj if name not in self.by_name]
-        if unknown:
+                value = convert(raw)
+                present += 1
+            if slot == "attributes":
+                attributes = dict(value) if value else attributes
+            else:
+                out[slot] = value
+        if len(obj) > present:
+            unknown = [name for name in obj if name not in self.by_name]
             if self.unknown_fields == "reject":
                 raise InvalidEvent(unknown[0], "is not a field of the contract (unknown_fields: reject)")
             for name in unknown:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -81,6 +82,22 @@ def env_number(env: Mapping[str, str], var: str, default: Any, kind: type, minim
     if value < minimum:
         raise ConfigError(f"{var}={raw!r} must be at least {minimum}")
     return value
+
+
+def read_yaml(path: Path, what: str, error: type[ConfigError] = ConfigError, setting: str | None = None) -> Any:
+    """A configuration file's YAML document; `error` names the file (and the `setting` that chose it)
+    when it cannot be read or parsed."""
+    import yaml
+
+    where = f"{setting}={str(path)!r}" if setting else str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise error(f"{where}: cannot read the {what}: {exc.strerror or exc}") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise error(f"{path}: not valid YAML: {exc}") from None
 
 
 def local_port(service: str, env: Mapping[str, str] | None = None) -> int:

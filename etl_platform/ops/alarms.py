@@ -21,9 +21,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from etl_platform.config import ConfigError
+from etl_platform.config import ConfigError, read_yaml
 from etl_platform.ops.metrics import DIMENSION, NAMESPACE, STATISTICS, combine_datapoints
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "alarms.yaml"
@@ -170,15 +168,7 @@ def load_alarms(path: str | Path | None = None) -> list[Alarm]:
     import os
 
     path = Path(path or os.environ.get("ETL_ALARMS_FILE") or DEFAULT_PATH)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise AlarmConfigError(f"{path}: cannot read alarms file: {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise AlarmConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_alarms(data, str(path))
+    return parse_alarms(read_yaml(path, "alarms file", AlarmConfigError), str(path))
 
 
 # --- CloudWatch -----------------------------------------------------------------------------------

@@ -23,9 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from etl_platform.config import ConfigError, Settings
+from etl_platform.config import ConfigError, Settings, read_yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_PATH = REPO / "config" / "lake.yaml"
@@ -169,13 +167,7 @@ def parse_security_config(data: Any, source: str = "lake.yaml") -> SecurityConfi
 def load_security_config(path: str | Path | None = None) -> SecurityConfig:
     """`config/lake.yaml` (or ETL_LAKE_CONFIG), validated."""
     path = Path(path or os.environ.get("ETL_LAKE_CONFIG") or DEFAULT_PATH)
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise SecurityConfigError(f"{path}: cannot read: {exc}") from None
-    except yaml.YAMLError as exc:
-        raise SecurityConfigError(f"{path}: not valid YAML: {exc}") from None
-    return parse_security_config(data, str(path))
+    return parse_security_config(read_yaml(path, "lake config", SecurityConfigError), str(path))
 
 
 # --- KMS ------------------------------------------------------------------------------------------

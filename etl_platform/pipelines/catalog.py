@@ -21,10 +21,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from etl_platform.analytics import AnalyticsConfig
-from etl_platform.config import ConfigError, Settings
+from etl_platform.config import ConfigError, Settings, read_yaml
 from etl_platform.pipelines.contract import (
     ARRIVAL,
     DEFAULT_CONTRACT,
@@ -388,12 +386,5 @@ def load_pipelines(
     """The deployment's pipelines from ETL_PIPELINES_FILE (default `config/pipelines.yaml`)."""
     env = os.environ if env is None else env
     path = Path(path or env.get("ETL_PIPELINES_FILE") or DEFAULT_PATH)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"ETL_PIPELINES_FILE={str(path)!r}: cannot read the pipelines file: {exc.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    data = read_yaml(path, "pipelines file", setting="ETL_PIPELINES_FILE")
     return parse_pipelines(data, settings, env, str(path))

@@ -14,13 +14,22 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from dagster import DefaultSensorStatus, HookContext, SensorEvaluationContext, SkipReason, failure_hook, sensor
+from dagster import (
+    DefaultSensorStatus,
+    HookContext,
+    HookDefinition,
+    SensorEvaluationContext,
+    SkipReason,
+    failure_hook,
+    sensor,
+)
 
 from etl_platform.ops import metrics as m
 from etl_platform.ops.alarms import ALARM, OK, AlarmState, evaluate_states
 from etl_platform.ops.alerts import ALERTS_PREFIX, Alert, Outbox, Sink
+from etl_platform.pipelines import Pipeline
 from etl_platform.stream.consumer import BatchResult
-from resources import AlertsResource, CloudWatchResource, KinesisResource, LakeResource
+from resources import AlertsResource, CloudWatchResource, KinesisResource, LakeResource, deployment_pipelines
 
 RENOTIFY_S = 3600  # a still-breaching alarm is re-sent this often
 SENT_RETENTION = timedelta(days=2)  # dedupe keys older than this are forgotten
@@ -103,10 +112,15 @@ def cloudwatch_alarms_sensor(
     alerts: AlertsResource,
 ) -> SkipReason:
     now = datetime.now(UTC)
-    stream = kinesis.stream_name
-    states = evaluate_states(cloudwatch.client(), cloudwatch.alarms(), stream, now)
     cursor = json.loads(context.cursor) if context.cursor else {}
-    due = due_breaches(states, cursor, now)
+    # Every pipeline's stream; the default one's cursor is the top level (as before pipelines existed).
+    streams = [kinesis.stream_name, *(p.stream.name for p in deployment_pipelines() if not p.is_default)]
+    states, due = [], []
+    for stream in streams:
+        found = evaluate_states(cloudwatch.client(), cloudwatch.alarms(), stream, now)
+        section = cursor if stream == streams[0] else cursor.setdefault("streams", {}).setdefault(stream, {})
+        due += due_breaches(found, section, now)
+        states += found
     for state in due:
         context.log.warning(f"ALARM {state.message()}")
     # Every tick, not only with new breaches: alerts a sink failed to take earlier are retried.
@@ -115,7 +129,9 @@ def cloudwatch_alarms_sensor(
     for sink, error in errors.items():
         context.log.error(f"alarm alert sink {sink} failed (alert kept pending): {error}")
     context.update_cursor(json.dumps(cursor, sort_keys=True))
-    summary = ", ".join(f"{s.alarm.name}={s.state}" for s in states)
+    summary = ", ".join(
+        f"{s.alarm.name}={s.state}" + ("" if s.stream == streams[0] else f" ({s.stream})") for s in states
+    )
     return SkipReason(f"{len(due)} new breach(es); {summary}" + (f"; sink errors: {errors}" if errors else ""))
 
 
@@ -130,14 +146,26 @@ def publish_batch_metrics(cloudwatch: CloudWatchResource, stream: str, result: B
             log.warning(f"could not publish metrics for {stream}: {type(exc).__name__}: {exc}")
 
 
-@failure_hook(required_resource_keys={"kinesis", "cloudwatch"})
-def delivery_failure_metrics(context: HookContext) -> None:
-    """On a failed micro-batch op: DeliveryToS3.Errors=1, DeliveryToS3.Success=0 (the delivery alarm)."""
-    stream = context.resources.kinesis.stream_name
-    try:
-        m.publish(context.resources.cloudwatch.client(), m.failed_batch_metrics(stream))
-    except Exception as exc:
-        context.log.warning(f"could not publish failure metrics for {stream}: {type(exc).__name__}: {exc}")
+def failure_metrics_hook(pipeline: Pipeline | None = None) -> HookDefinition:
+    """On a failed worker op: DeliveryToS3.Errors=1, DeliveryToS3.Success=0 (the delivery alarm) for the
+    worker's stream (the default pipeline's is the kinesis resource's)."""
+    other = pipeline is not None and not pipeline.is_default
+
+    @failure_hook(
+        name=f"{pipeline.name.replace('-', '_')}_delivery_failure_metrics" if other else "delivery_failure_metrics",
+        required_resource_keys={"kinesis", "cloudwatch"},
+    )
+    def delivery_failure_metrics(context: HookContext) -> None:
+        stream = pipeline.stream.name if other else context.resources.kinesis.stream_name
+        try:
+            m.publish(context.resources.cloudwatch.client(), m.failed_batch_metrics(stream))
+        except Exception as exc:
+            context.log.warning(f"could not publish failure metrics for {stream}: {type(exc).__name__}: {exc}")
+
+    return delivery_failure_metrics
+
+
+delivery_failure_metrics = failure_metrics_hook()
 
 
 alarm_sensors = [cloudwatch_alarms_sensor]

@@ -52,7 +52,7 @@ from etl_platform.stream.consumer import BatchResult, StreamConsumer, WorkBudget
 from etl_platform.stream.leases import Lease
 from etl_platform.stream.scheduling import WorkerRun, supervise
 from resources import CloudWatchResource, KinesisResource, LakeResource, LeaseTableResource, OpenSearchResource
-from sensors.alarms import delivery_failure_metrics, publish_batch_metrics
+from sensors.alarms import failure_metrics_hook, publish_batch_metrics
 
 SHARD_TAG = "etl/shard"  # the worker's shards joined by "+" (the run queue allows two runs per value)
 PIPELINE_TAG = "etl/pipeline"
@@ -194,7 +194,7 @@ def worker_job(pipeline: Pipeline) -> JobDefinition:
         name=f"{prefix}kinesis_microbatch_job",
         # One op: in-process execution saves a Python start.
         executor_def=in_process_executor,
-        hooks={delivery_failure_metrics},
+        hooks={failure_metrics_hook(pipeline)},
         tags={PIPELINE_TAG: pipeline.name},
         description=f"A shard worker of pipeline {pipeline.name}: owns shards' leases and loops micro-batches "
         "until its budget ends.",

@@ -220,8 +220,8 @@ class AlarmState:
 
     @property
     def key(self) -> str:
-        """Dedupe key: the alarm and the newest period it was evaluated on."""
-        return f"{self.alarm.name}@{self.period_start.isoformat()}"
+        """Dedupe key: the alarm, the stream and the newest period it was evaluated on."""
+        return f"{self.alarm.name}@{self.stream}@{self.period_start.isoformat()}"
 
     def message(self) -> str:
         shown = ", ".join("-" if v is None else f"{v:g}" for v in self.values)

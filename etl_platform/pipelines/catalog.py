@@ -43,8 +43,9 @@ PIPELINE_NAME_RE = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 # The default pipeline's schema when ETL_WAREHOUSE_SCHEMA is unset (warehouse.DEFAULT_SCHEMA; a unit
 # test keeps the two equal: the warehouse layer sits above this one).
 DEFAULT_WAREHOUSE_SCHEMA = "etl"
-# Top-level lake prefixes of the default pipeline and the platform: no pipeline may be named so.
-RESERVED_NAMES = frozenset({"raw", "processed", "errors", "search-failed", "etl", "public"})
+# Top-level lake prefixes and schemas of the default pipeline and the platform: no pipeline is named so.
+# Index families too: `<prefix>events-events-*` would fall under the default pipeline's `<prefix>events-*`.
+RESERVED_NAMES = frozenset({"raw", "processed", "errors", "search-failed", "etl", "public", "events", "anomalies"})
 STREAM_ENCRYPTIONS = ("KMS", "NONE")
 
 

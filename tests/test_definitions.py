@@ -115,3 +115,57 @@ def test_a_bad_profile_fails_loading_naming_the_setting(tmp_path):
     )
     assert result.returncode != 0
     assert "AWS_REGION" in result.stderr
+
+
+@pytest.mark.parametrize("location", ["definitions", "stream_definitions"])
+def test_a_malformed_pipelines_file_fails_loading_naming_the_field(tmp_path, location):
+    bad = tmp_path / "pipelines.yaml"
+    bad.write_text(
+        "pipelines:\n  plant:\n    stream: {name: plant}\n    contract:\n"
+        "      fields: {device: {type: string, required: true}, ts: {type: timestamp, required: true}}\n"
+        "      keys: [device]\n      value: reading\n      time: ts\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", f"import {location}"],
+        capture_output=True,
+        text=True,
+        env={"ETL_PIPELINES_FILE": str(bad), "PATH": "/usr/bin:/bin"},
+        timeout=120,
+    )
+    assert result.returncode != 0
+    assert f"{bad}: pipelines.plant.contract.value: 'reading' is not a declared field" in result.stderr
+
+
+def test_every_pipeline_has_its_assets_group_worker_and_supervisor(tmp_path, monkeypatch):
+    """The shipped file's two pipelines: the seed's assets under its key prefix and in its own group,
+    with their checks, its worker job and supervisor in the stream location."""
+    from dagster import AssetKey
+
+    import definitions
+    import stream_definitions
+
+    main = importlib.reload(definitions).defs
+    graph = main.resolve_asset_graph()
+    seed = {k.to_user_string() for k in graph.get_all_asset_keys() if k.path[0] == "seed"}
+    assert seed == {
+        f"seed/{name}"
+        for name in (
+            "kinesis_stream",
+            "raw_events",
+            "processed_events",
+            "warehouse_events",
+            "warehouse_anomalies",
+            "search_index",
+        )
+    }
+    assert {graph.get(AssetKey(["seed", n])).group_name for n in ("raw_events", "search_index")} == {"seed"}
+    checks = {str(c.name) for c in graph.asset_check_keys if c.asset_key.path[0] == "seed"}
+    assert checks == {
+        "processed_matches_raw",
+        "processed_schema_and_keys",
+        "warehouse_events_match_processed",
+        "warehouse_anomalies_match_processed",
+        "search_index_matches_lake",
+    }
+    stream = importlib.reload(stream_definitions).defs
+    assert stream.resolve_sensor_def("seed_kinesis_microbatch_sensor").job_name == "seed_kinesis_microbatch_job"

@@ -22,6 +22,7 @@ LOCAL_PORTS = {
     "moto": ("ETL_MOTO_PORT", 5050),
     "postgres": ("ETL_POSTGRES_PORT", 5439),
     "opensearch": ("ETL_OPENSEARCH_PORT", 9200),
+    "kafka": ("ETL_KAFKA_PORT", 9092),  # the broker's controller listens on the next port
     "dagster": ("ETL_DAGSTER_PORT", 3000),
 }
 
@@ -46,6 +47,7 @@ class Settings:
     cloudwatch_endpoint: str | None = None
     sns_endpoint: str | None = None
     dynamodb_endpoint: str | None = None
+    kafka_bootstrap: str | None = None  # host:port[,host:port]; MSK's bootstrap brokers in the aws profile
     lease_table: str = "etl-platform-leases"  # the consumers' lease table (DynamoDB)
     redshift_iam_role: str | None = None
     alert_webhook_url: str | None = None
@@ -137,6 +139,7 @@ def _local(env: Mapping[str, str]) -> Settings:
         cloudwatch_endpoint=moto,
         sns_endpoint=moto,
         dynamodb_endpoint=moto,
+        kafka_bootstrap=f"{host}:{local_port('kafka', env)}",
         lease_table=env.get("ETL_LEASE_TABLE", "etl-platform-leases"),
         alert_webhook_url=env.get("ETL_ALERT_WEBHOOK_URL") or None,
         sns_topic_arn=None,
@@ -190,5 +193,6 @@ def _aws(env: Mapping[str, str]) -> Settings:
         alert_webhook_url=webhook,
         sns_topic_arn=env.get("ETL_ALERT_SNS_TOPIC_ARN") or None,
         lease_table=env.get("ETL_LEASE_TABLE", "etl-platform-leases"),
+        kafka_bootstrap=env.get("ETL_KAFKA_BOOTSTRAP") or None,
         tls=True,
     )

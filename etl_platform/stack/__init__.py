@@ -8,6 +8,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from etl_platform.stack.kafka import KafkaService
 from etl_platform.stack.kinesis import KinesisService
 from etl_platform.stack.moto import MotoService
 from etl_platform.stack.opensearch import OpenSearchService
@@ -24,7 +25,13 @@ class LocalStack:
         paths = paths or StackPaths.default()
         self.services: dict[str, LocalService] = {
             svc.name: svc
-            for svc in (KinesisService(paths), MotoService(paths), PostgresService(paths), OpenSearchService(paths))
+            for svc in (
+                KinesisService(paths),
+                MotoService(paths),
+                PostgresService(paths),
+                OpenSearchService(paths),
+                KafkaService(paths),
+            )
         }
 
     def up(self, log=print, names: list[str] | None = None) -> dict[str, float]:
@@ -60,6 +67,7 @@ class LocalStack:
             "stream_name": settings.stream_name,
             "postgres_dsn": settings.warehouse_dsn,
             "opensearch_url": settings.opensearch_url,
+            "kafka_bootstrap": settings.kafka_bootstrap,
             "dagster_url": settings.dagster_url,
             "healthy": health,
             "logs": {name: str(svc.log_path) for name, svc in self.services.items()},

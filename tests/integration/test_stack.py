@@ -20,6 +20,7 @@ REQUIRED_KEYS = {
     "postgres_dsn",
     "opensearch_url",
     "dagster_url",
+    "kafka_bootstrap",
     "healthy",
 }
 
@@ -34,12 +35,14 @@ def test_status_json_lists_every_endpoint_and_health(settings):
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert REQUIRED_KEYS <= set(status)
-    assert {k: status["healthy"][k] for k in ("kinesis", "moto", "postgres", "opensearch")} == {
+    assert {k: status["healthy"][k] for k in ("kinesis", "moto", "postgres", "opensearch", "kafka")} == {
         "kinesis": True,
         "moto": True,
         "postgres": True,
         "opensearch": True,
+        "kafka": True,
     }
+    assert status["kafka_bootstrap"] == "127.0.0.1:9092"
     assert status["postgres_dsn"].startswith("postgresql://") and "127.0.0.1" in status["postgres_dsn"]
     for key in ("kinesis_endpoint", "s3_endpoint", "opensearch_url", "dagster_url"):
         assert status[key].startswith("http://127.0.0.1:")
@@ -63,6 +66,33 @@ def test_kinesis_put_and_get_round_trip(kinesis, stream):
     )["ShardIterator"]
     records = kinesis.get_records(ShardIterator=it)["Records"]
     assert [(r["Data"], r["PartitionKey"]) for r in records] == [(b'{"x": 1}', "u1")]
+
+
+def test_kafka_broker_round_trip_with_a_plain_client(settings, unique_name):
+    """The local KRaft broker takes a topic, a keyed record and gives it back with its offset."""
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    admin = AdminClient({"bootstrap.servers": settings.kafka_bootstrap})
+    admin.create_topics([NewTopic(unique_name, num_partitions=2, replication_factor=1)])[unique_name].result(30)
+    try:
+        producer = Producer({"bootstrap.servers": settings.kafka_bootstrap})
+        producer.produce(unique_name, key=b"u1", value=b'{"x": 1}', partition=1)
+        assert producer.flush(10) == 0
+        consumer = Consumer(
+            {"bootstrap.servers": settings.kafka_bootstrap, "group.id": unique_name, "auto.offset.reset": "earliest"}
+        )
+        consumer.subscribe([unique_name])
+        message = None
+        for _ in range(30):
+            message = consumer.poll(1.0)
+            if message is not None and not message.error():
+                break
+        consumer.close()
+        assert message is not None and not message.error()
+        assert (message.key(), message.value(), message.partition(), message.offset()) == (b"u1", b'{"x": 1}', 1, 0)
+    finally:
+        admin.delete_topics([unique_name])[unique_name].result(30)
 
 
 def test_s3_round_trip(s3, bucket):

@@ -46,6 +46,7 @@ def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
     from etl_platform.cli.options import selected_pipeline
     from etl_platform.search.queries import format_table
     from etl_platform.stream import dead_letters
+    from etl_platform.stream.connect import stream_producer
 
     pipeline = selected_pipeline(args, settings)
 
@@ -75,6 +76,7 @@ def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
             progress=None if args.json else lambda line: print(line, file=sys.stderr),
             root=pipeline.lake_root,
             contract=pipeline.contract,
+            producer=stream_producer(pipeline, settings),
         )
     except (BotoCoreError, ClientError) as exc:
         print(

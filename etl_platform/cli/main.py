@@ -24,7 +24,7 @@ def bootstrap(settings: Settings, log=print) -> None:
     """Create every pipeline's stream, the lake bucket and the lease table, encrypt them, set
     retention/lifecycle, apply the alarms."""
     from etl_platform.ops.alarms import apply_alarms, load_alarms
-    from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
+    from etl_platform.ops.provisioning import ensure_bucket, ensure_stream, ensure_topic
     from etl_platform.ops.security import load_security_config, secure_platform
     from etl_platform.pipelines import load_pipelines
     from etl_platform.stream.leases import ensure_table
@@ -32,7 +32,15 @@ def bootstrap(settings: Settings, log=print) -> None:
     pipelines = load_pipelines(settings)
     kinesis = aws.client("kinesis", settings)
     for pipeline in pipelines:
-        ensure_stream(kinesis, pipeline.stream.name, pipeline.stream.shards)
+        spec = pipeline.stream
+        if spec.kind == "kafka":
+            from confluent_kafka.admin import AdminClient
+
+            from etl_platform.stream.kafka import kafka_config
+
+            ensure_topic(AdminClient(kafka_config(settings)), spec.name, spec.shards, spec.retention_hours)
+        else:
+            ensure_stream(kinesis, spec.name, spec.shards)
     ensure_table(aws.client("dynamodb", settings), settings.lease_table)
     ensure_bucket(aws.client("s3", settings), settings.lake_bucket, settings.aws_region)
     alarms = load_alarms()
@@ -40,6 +48,9 @@ def bootstrap(settings: Settings, log=print) -> None:
     applied = 0
     for pipeline in pipelines:
         spec = pipeline.stream
+        if spec.kind != "kinesis":
+            applied += len(apply_alarms(aws.client("cloudwatch", settings), alarms, spec.name))
+            continue
         config = replace(
             security,
             stream_encryption=spec.encryption or security.stream_encryption,
@@ -169,7 +180,8 @@ def _demo_events(rate: float, duration: float, seed: int, pipeline):
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from etl_platform.cli.options import selected_pipeline
     from etl_platform.ops.metrics import ProducerMetricsReporter
-    from etl_platform.stream.producer import KinesisProducer, ProducerError
+    from etl_platform.stream.connect import stream_producer
+    from etl_platform.stream.producer import ProducerError
 
     progress = Progress(args.quiet)
     pipeline = selected_pipeline(args, settings)
@@ -181,13 +193,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         progress(f"produce: {stats.summary()}")
         reporter.update(stats)
 
-    producer = KinesisProducer(
-        aws.client("kinesis", settings),
-        stream,
-        compress=args.gzip,
-        progress=on_progress,
-        partition_key_field=pipeline.contract.keys[0],
-    )
+    producer = stream_producer(pipeline, settings, stream, compress=args.gzip, progress=on_progress)
     if args.file:
         events = _events_from_file(args.file)
     else:
@@ -229,14 +235,16 @@ def make_consumer(settings: Settings, on_stage=None, index: bool = True, pipelin
     from etl_platform.search.bulk import IndexerConfig
     from etl_platform.search.client import make_client
     from etl_platform.search.indexer import search_sink
+    from etl_platform.stream.connect import stream_source
     from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
     from etl_platform.stream.leases import LeaseTable
 
     pipeline = pipeline or load_pipelines(settings).default
     stream = pipeline.stream.name
     s3 = aws.client("s3", settings)
+    kinesis = aws.client("kinesis", settings)
     return StreamConsumer(
-        aws.client("kinesis", settings),
+        kinesis,
         s3,
         settings.lake_bucket,
         stream,
@@ -249,6 +257,7 @@ def make_consumer(settings: Settings, on_stage=None, index: bool = True, pipelin
         if index
         else None,
         pipeline=pipeline,
+        source=stream_source(pipeline, settings, kinesis),
     )
 
 

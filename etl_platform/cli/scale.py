@@ -95,7 +95,13 @@ def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
     from etl_platform.cli.options import selected_pipeline
     from etl_platform.ops.scaling import ScalingHistory, ScalingPolicy, scale_stream
 
-    stream = args.stream or selected_pipeline(args, settings).stream.name
+    pipeline = selected_pipeline(args, settings)
+    if pipeline.stream.kind != "kinesis" and not args.stream:
+        raise ConfigError(
+            f"pipeline {pipeline.name} reads the Kafka topic {pipeline.stream.name}: shard scaling is for Kinesis "
+            "streams (a topic's partitions are added with the Kafka admin tools, and the workers pick them up)"
+        )
+    stream = args.stream or pipeline.stream.name
     policy = ScalingPolicy.from_env(**_overrides(args))
     report = scale_stream(
         aws.client("kinesis", settings),

@@ -24,6 +24,26 @@ def ensure_stream(kinesis: Any, stream_name: str, shards: int = DEFAULT_SHARDS, 
         time.sleep(0.1)
 
 
+def ensure_topic(admin: Any, topic: str, partitions: int = DEFAULT_SHARDS, retention_hours: int | None = None) -> None:
+    """Create the Kafka topic if absent, with the broker's append time as each message's timestamp
+    (the record's arrival, as Kinesis' ApproximateArrivalTimestamp); an existing topic is left as it is."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic  # pyright: ignore[reportPrivateImportUsage]
+
+    if topic in admin.list_topics(timeout=10).topics:
+        return
+    config = {"message.timestamp.type": "LogAppendTime"}
+    if retention_hours:
+        config["retention.ms"] = str(retention_hours * 3_600_000)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=-1, config=config)])[
+            topic
+        ].result(30)
+    except KafkaException as exc:
+        if "TOPIC_ALREADY_EXISTS" not in str(exc):
+            raise
+
+
 def ensure_bucket(s3: Any, bucket: str, region: str) -> None:
     """Create the lake bucket if absent, with public access blocked."""
     existing = {b["Name"] for b in s3.list_buckets().get("Buckets", [])}

@@ -51,12 +51,13 @@ STREAM_ENCRYPTIONS = ("KMS", "NONE")
 
 @dataclass(frozen=True)
 class StreamSpec:
-    """The source stream: its name, and what `stack up` (and the deploy) create it with."""
+    """The source: a Kinesis stream or a Kafka topic, and what `stack up` (and the deploy) create it with."""
 
-    name: str
-    shards: int = 2
-    retention_hours: int | None = None  # None: config/lake.yaml's stream.retention_hours
-    encryption: str | None = None  # KMS | NONE; None: config/lake.yaml's stream.encryption
+    name: str  # the Kinesis stream, or the Kafka topic
+    shards: int = 2  # Kinesis shards, or the topic's partitions
+    retention_hours: int | None = None  # None: config/lake.yaml's stream.retention_hours (Kafka: the broker's)
+    encryption: str | None = None  # KMS | NONE; None: config/lake.yaml's stream.encryption (Kinesis only)
+    kind: str = "kinesis"  # kinesis | kafka
 
 
 @dataclass(frozen=True)
@@ -171,7 +172,9 @@ def _field_name(value: Any, where: str, fields: Mapping[str, FieldSpec]) -> str:
 _FIELD_KEYS = ("type", "required", "max_length", "values", "min", "max", "naive_timestamps", "description")
 _CONTRACT_KEYS = ("format", "fields", "keys", "value", "time", "event_id", "attributes", "unknown_fields")
 _PIPELINE_KEYS = ("description", "stream", "contract", "analytics", "warehouse_schema", "transforms")
-_STREAM_KEYS = ("name", "shards", "retention_hours", "encryption")
+_STREAM_KEYS = ("kind", "name", "shards", "retention_hours", "encryption")
+_KAFKA_KEYS = ("kind", "topic", "partitions", "retention_hours")
+SOURCE_KINDS = ("kinesis", "kafka")
 _ANALYTICS_KEYS = ("avg_rows", "baseline_rows", "sigmas")
 
 
@@ -282,6 +285,35 @@ def parse_contract(data: Any, where: str) -> Contract:
     )
 
 
+def _stream(data: Any, where: str, default_name: str | None) -> StreamSpec:
+    """A pipeline's source: a Kinesis stream (`name`, `shards`, `retention_hours`, `encryption`) or,
+    with `kind: kafka`, a topic (`topic`, `partitions`, `retention_hours`). The default pipeline's is
+    the deployment's Kinesis stream (`default_name`)."""
+    kind = "kinesis" if data is None or not isinstance(data, Mapping) else data.get("kind", "kinesis")
+    kind = _one_of(kind, f"{where}.kind", SOURCE_KINDS)
+    if default_name is not None and kind != "kinesis":
+        raise ConfigError(f"{where}.kind: the default pipeline reads the deployment's Kinesis stream")
+    data = _mapping(data, where, _KAFKA_KEYS if kind == "kafka" else _STREAM_KEYS)
+    name_key, count_key = ("topic", "partitions") if kind == "kafka" else ("name", "shards")
+    if default_name is not None:
+        name = default_name  # ETL_STREAM_NAME: the deployment's stream
+    elif name_key not in data:
+        raise ConfigError(f"{where}.{name_key}: missing (required)")
+    else:
+        name = _string(data[name_key], f"{where}.{name_key}")
+    retention = data.get("retention_hours")
+    encryption = data.get("encryption")
+    return StreamSpec(
+        name=name,
+        shards=_int(data.get(count_key, 2), f"{where}.{count_key}", 1, 500),
+        retention_hours=None
+        if retention is None
+        else _int(retention, f"{where}.retention_hours", 1 if kind == "kafka" else 24, 8760),
+        encryption=None if encryption is None else _one_of(encryption, f"{where}.encryption", STREAM_ENCRYPTIONS),
+        kind=kind,
+    )
+
+
 def _analytics(data: Any, where: str, base: AnalyticsConfig, contract: Contract) -> AnalyticsConfig:
     data = _mapping(data, where, _ANALYTICS_KEYS)
     config = replace(base, keys=contract.keys, value=contract.value)
@@ -336,26 +368,10 @@ def parse_pipelines(data: Any, settings: Settings, env: Mapping[str, str], sourc
             contract = DEFAULT_CONTRACT
         else:
             raise ConfigError(f"{where}.contract: missing (required)")
-        stream_data = _mapping(spec.get("stream"), f"{where}.stream", _STREAM_KEYS)
-        if is_default:
-            stream_name = settings.stream_name  # ETL_STREAM_NAME: the deployment's stream
-        elif "name" not in stream_data:
-            raise ConfigError(f"{where}.stream.name: missing (required)")
-        else:
-            stream_name = _string(stream_data["name"], f"{where}.stream.name")
-        if stream_name in streams:
-            raise ConfigError(f"{where}.stream.name: {stream_name!r} is already the stream of {streams[stream_name]}")
-        streams[stream_name] = name
-        stream = StreamSpec(
-            name=stream_name,
-            shards=_int(stream_data.get("shards", 2), f"{where}.stream.shards", 1, 500),
-            retention_hours=None
-            if stream_data.get("retention_hours") is None
-            else _int(stream_data["retention_hours"], f"{where}.stream.retention_hours", 24, 8760),
-            encryption=None
-            if stream_data.get("encryption") is None
-            else _one_of(stream_data["encryption"], f"{where}.stream.encryption", STREAM_ENCRYPTIONS),
-        )
+        stream = _stream(spec.get("stream"), f"{where}.stream", settings.stream_name if is_default else None)
+        if stream.name in streams:
+            raise ConfigError(f"{where}.stream: {stream.name!r} is already the stream of {streams[stream.name]}")
+        streams[stream.name] = name
         schema = spec.get("warehouse_schema", default_schema if is_default else name.replace("-", "_"))
         if not isinstance(schema, str) or not FIELD_NAME_RE.match(schema):
             raise ConfigError(f"{where}.warehouse_schema: {schema!r} must be lower-case letters, digits and _")

@@ -44,8 +44,8 @@ from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints
 from etl_platform.stream.decoding import DecodedChunk, decode_chunks, isolate_unconvertible
 from etl_platform.stream.dedupe import SeenIds
 from etl_platform.stream.leases import Lease, LeaseHolder, LeaseLost, LeaseTable, readable
-from etl_platform.stream.reader import ReadResult, ShardReader, record_size
-from etl_platform.stream.shards import Shard, list_shards
+from etl_platform.stream.reader import KinesisSource, ReadResult, Source, SourceReader, record_size
+from etl_platform.stream.shards import Shard
 
 # Firehose's S3 defaults are 5 MiB / 300 s.
 FIREHOSE_BUFFER_BYTES = 5 * 1024 * 1024
@@ -196,7 +196,7 @@ class _Shard:
     holder: LeaseHolder
     detector: RollingAnomalyDetector
     seen: SeenIds  # producer ids delivered lately (stream.dedupe)
-    reader: ShardReader
+    reader: SourceReader
     buffer: _Buffer
     outcome: WorkResult
 
@@ -226,8 +226,12 @@ class StreamConsumer:
         search_sink: Callable[[pl.DataFrame], Any] | None = None,
         owner: str | None = None,
         pipeline: Pipeline | None = None,
+        source: Source | None = None,
     ) -> None:
         self.kinesis, self.s3, self.bucket, self.stream_name = kinesis, s3, bucket, stream_name
+        # Where the shards and their records come from: the Kinesis stream, or a Kafka topic
+        # (`stream.kafka.KafkaSource`, whose partitions are shards and offsets sequence numbers).
+        self.source = source or KinesisSource(kinesis, stream_name)
         # What the records are (contract), where they go in the lake (root) and their analytics: the
         # pipeline's; without one, the default contract with `config.analytics`.
         self.contract = pipeline.contract if pipeline else DEFAULT_CONTRACT
@@ -246,7 +250,7 @@ class StreamConsumer:
 
     # --- planning ---------------------------------------------------------------------------------
     def shards(self) -> list[Shard]:
-        return list_shards(self.kinesis, self.stream_name)
+        return self.source.list_shards()
 
     def sync_leases(self, shards: list[Shard] | None = None) -> dict[str, Lease]:
         """Every shard's lease, creating those of new shards (migrating older versions' checkpoints)."""
@@ -345,6 +349,7 @@ class StreamConsumer:
             self._rounds(shards, claims, claim, budget, should_stop, on_batch)
         finally:
             for shard in shards:
+                shard.reader.close()
                 if not shard.outcome.lease_lost:
                     self.leases.release(shard.holder)
         return outcomes
@@ -356,7 +361,7 @@ class StreamConsumer:
             holder=holder,
             detector=detector,
             seen=seen,
-            reader=ShardReader(self.kinesis, self.stream_name, lease.shard_id, lease.checkpoint),
+            reader=self.source.reader(lease.shard_id, lease.checkpoint),
             buffer=_Buffer(BatchResult(shard_id=lease.shard_id)),
             outcome=outcome,
         )
@@ -534,6 +539,8 @@ class StreamConsumer:
             )
         with stage(result, "state"):
             self.states.discard_superseded(lease.state_key, state_key, shard.detector)
+        if checkpoint:
+            shard.reader.mirror_commit(checkpoint)
         result.committed = True
         result.timings["total"] = sum(v for k, v in result.timings.items() if k != "total")
         self.on_stage("committed", result)

@@ -130,11 +130,12 @@ def redrive(
     progress: Callable[[str], None] | None = None,
     root: str = "",
     contract: Contract = DEFAULT_CONTRACT,
+    producer: KinesisProducer | None = None,
 ) -> RedriveResult:
     """Re-drive the dead letters of arrival days `first`..`last` of the pipeline with lake `root` and
     `contract` (see the module docstring)."""
     result = RedriveResult()
-    producer = KinesisProducer(kinesis, stream_name, partition_key_field=contract.keys[0])
+    producer = producer or KinesisProducer(kinesis, stream_name, partition_key_field=contract.keys[0])
     keys = error_keys(s3, bucket, first, last, root)
     for n, key in enumerate(keys, start=1):
         done = _redriven(s3, bucket, key)

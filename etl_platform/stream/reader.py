@@ -12,7 +12,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+from etl_platform.stream.shards import Shard, list_shards
 
 MAX_RECORDS_PER_CALL = 10_000  # GetRecords' own limit
 CALL_INTERVAL_S = 0.2  # Kinesis allows 5 GetRecords a second per shard
@@ -106,3 +108,41 @@ class ShardReader:
             cut=cut or bool(self.carry),
             millis_behind_latest=self.behind,
         )
+
+    def mirror_commit(self, sequence_number: str) -> None:
+        """Nothing to mirror: Kinesis keeps no consumer positions (the lease is the checkpoint)."""
+
+    def close(self) -> None:
+        """Nothing to release: an iterator expires by itself."""
+
+
+class SourceReader(Protocol):
+    """Ordered reads of one shard (a Kinesis shard, a Kafka partition)."""
+
+    def read(self, max_records: int, max_bytes: int, time_budget_s: float) -> ReadResult: ...
+
+    def mirror_commit(self, sequence_number: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class Source(Protocol):
+    """Where a consumer's shards and records come from."""
+
+    def list_shards(self) -> list[Shard]: ...
+
+    def reader(self, shard_id: str, after: str | None) -> SourceReader: ...
+
+
+class KinesisSource:
+    """A Kinesis stream as the consumer's source of shards and readers (`stream.kafka.KafkaSource` is
+    the other kind)."""
+
+    def __init__(self, kinesis: Any, stream_name: str) -> None:
+        self.kinesis, self.stream_name = kinesis, stream_name
+
+    def list_shards(self) -> list[Shard]:
+        return list_shards(self.kinesis, self.stream_name)
+
+    def reader(self, shard_id: str, after: str | None) -> ShardReader:
+        return ShardReader(self.kinesis, self.stream_name, shard_id, after)

@@ -15,7 +15,7 @@ from etl_platform.config import load_settings
 from resources import build_resources, deployment_pipelines
 from sensors.kinesis import stream_definitions
 
-STREAM_RESOURCES = ("kinesis", "lake", "leases", "opensearch", "cloudwatch")
+STREAM_RESOURCES = ("kinesis", "kafka", "lake", "leases", "opensearch", "cloudwatch")
 
 settings = load_settings()  # fails here, at load, with the name of any bad setting
 

@@ -26,6 +26,7 @@ from resources.platform import (
     AlertsResource,
     AnalyticsResource,
     CloudWatchResource,
+    KafkaResource,
     KinesisResource,
     LakeResource,
     LeaseTableResource,
@@ -41,6 +42,7 @@ __all__ = [
     "AlertsResource",
     "AnalyticsResource",
     "CloudWatchResource",
+    "KafkaResource",
     "KinesisResource",
     "LakeResource",
     "LeaseTableResource",
@@ -97,6 +99,9 @@ def build_resources(
         warehouse = WarehouseResource(dialect="postgres", dsn=settings.warehouse_dsn, **loads)
         opensearch = OpenSearchResource(url=settings.opensearch_url, verify_certs=False, **search)
     leases = LeaseTableResource(endpoint_url=settings.dynamodb_endpoint, table_name=settings.lease_table, **aws)
+    kafka = KafkaResource(
+        bootstrap_servers=settings.kafka_bootstrap, iam_auth=settings.profile == "aws", region_name=settings.aws_region
+    )
     resources: dict[str, Any] = {
         "kinesis": KinesisResource(
             stream_name=settings.stream_name,
@@ -112,6 +117,7 @@ def build_resources(
         ),
         "analytics": analytics,
         "leases": leases,
+        "kafka": kafka,
         "s3": s3,
         "lake": LakeResource(bucket=settings.lake_bucket, s3=s3, stream_name=settings.stream_name, leases=leases),
         "warehouse": warehouse,

@@ -27,6 +27,7 @@ from etl_platform.search.bulk import IndexerConfig, IndexStats
 from etl_platform.search.indexer import search_sink
 from etl_platform.search.indices import check_prefix, contract_properties
 from etl_platform.stream.consumer import FIREHOSE_BUFFER_BYTES, FIREHOSE_BUFFER_INTERVAL_S, ConsumerConfig
+from etl_platform.stream.kafka import kafka_client_config
 from etl_platform.stream.leases import LeaseTable
 from etl_platform.warehouse import DEFAULT_SCHEMA, Warehouse, connect, table_layout
 from etl_platform.warehouse.schema import DEFAULT_DRIFT_POLICY, check_policy, validate_identifier
@@ -118,6 +119,20 @@ class KinesisResource(Boto3ClientResource):
             lease_duration_s=self.lease_duration_s,
             poll_interval_s=self.poll_interval_s,
         )
+
+
+class KafkaResource(ConfigurableResource):
+    """The Kafka brokers Kafka pipelines read (Amazon MSK in the aws profile: TLS and IAM authentication)."""
+
+    bootstrap_servers: str | None = Field(
+        default=None, description="host:port[,host:port] (ETL_KAFKA_BOOTSTRAP; locally the stack's broker)"
+    )
+    iam_auth: bool = Field(default=False, description="MSK IAM authentication over TLS (the aws profile)")
+    region_name: str | None = Field(default=None, description="the region MSK IAM tokens are signed for")
+
+    def config(self) -> dict[str, Any]:
+        """librdkafka settings for the brokers (ConfigError when none is configured)."""
+        return kafka_client_config(self.bootstrap_servers, self.iam_auth, self.region_name)
 
 
 class LeaseTableResource(Boto3ClientResource):

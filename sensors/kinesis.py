@@ -49,9 +49,18 @@ from assets.ingestion import (
 )
 from etl_platform.pipelines import Pipeline
 from etl_platform.stream.consumer import BatchResult, StreamConsumer, WorkBudget
+from etl_platform.stream.kafka import KafkaSource
 from etl_platform.stream.leases import Lease
+from etl_platform.stream.reader import KinesisSource
 from etl_platform.stream.scheduling import WorkerRun, supervise
-from resources import CloudWatchResource, KinesisResource, LakeResource, LeaseTableResource, OpenSearchResource
+from resources import (
+    CloudWatchResource,
+    KafkaResource,
+    KinesisResource,
+    LakeResource,
+    LeaseTableResource,
+    OpenSearchResource,
+)
 from sensors.alarms import failure_metrics_hook, publish_batch_metrics
 
 SHARD_TAG = "etl/shard"  # the worker's shards joined by "+" (the run queue allows two runs per value)
@@ -83,6 +92,7 @@ def stream_of(pipeline: Pipeline, kinesis: KinesisResource) -> str:
 
 def consumer_for(
     kinesis: KinesisResource,
+    kafka: KafkaResource,
     lake: LakeResource,
     leases: LeaseTableResource,
     opensearch: OpenSearchResource | None = None,
@@ -91,8 +101,14 @@ def consumer_for(
 ) -> StreamConsumer:
     s3 = lake.client()
     stream = stream_of(pipeline, kinesis)
+    client = kinesis.client()
+    source = (
+        KafkaSource(kafka.config(), stream, group_id=f"etl-platform.{pipeline.name}")
+        if pipeline.stream.kind == "kafka"
+        else KinesisSource(client, stream)
+    )
     return StreamConsumer(
-        kinesis.client(),
+        client,
         s3,
         lake.bucket,
         stream,
@@ -101,6 +117,7 @@ def consumer_for(
         search_sink=opensearch.search_sink(s3, lake.bucket, pipeline) if opensearch else None,
         owner=owner,
         pipeline=pipeline,
+        source=source,
     )
 
 
@@ -165,12 +182,15 @@ def worker_job(pipeline: Pipeline) -> JobDefinition:
         context: OpExecutionContext,
         config: ShardWorkerConfig,
         kinesis: KinesisResource,
+        kafka: KafkaResource,
         lake: LakeResource,
         leases: LeaseTableResource,
         opensearch: OpenSearchResource,
         cloudwatch: CloudWatchResource,
     ) -> None:
-        consumer = consumer_for(kinesis, lake, leases, opensearch, owner=f"run:{context.run_id}", pipeline=pipeline)
+        consumer = consumer_for(
+            kinesis, kafka, lake, leases, opensearch, owner=f"run:{context.run_id}", pipeline=pipeline
+        )
         budget_s = config.budget_s if config.budget_s is not None else kinesis.worker_budget_s
 
         def on_batch(result: BatchResult) -> None:
@@ -248,9 +268,13 @@ def worker_sensor(pipeline: Pipeline, job_def: JobDefinition) -> SensorDefinitio
         "one owner per shard).",
     )
     def kinesis_microbatch_sensor(
-        context: SensorEvaluationContext, kinesis: KinesisResource, lake: LakeResource, leases: LeaseTableResource
+        context: SensorEvaluationContext,
+        kinesis: KinesisResource,
+        kafka: KafkaResource,
+        lake: LakeResource,
+        leases: LeaseTableResource,
     ) -> SensorResult | SkipReason:
-        return _supervise(context, pipeline, kinesis, lake, leases)
+        return _supervise(context, pipeline, kinesis, kafka, lake, leases)
 
     return kinesis_microbatch_sensor
 
@@ -259,10 +283,11 @@ def _supervise(
     context: SensorEvaluationContext,
     pipeline: Pipeline,
     kinesis: KinesisResource,
+    kafka: KafkaResource,
     lake: LakeResource,
     leases: LeaseTableResource,
 ) -> SensorResult | SkipReason:
-    consumer = consumer_for(kinesis, lake, leases, pipeline=pipeline)
+    consumer = consumer_for(kinesis, kafka, lake, leases, pipeline=pipeline)
     now = time.time()
     table = consumer.sync_leases()
     plan = supervise(

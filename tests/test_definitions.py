@@ -24,7 +24,7 @@ EXPECTED_RESOURCES = {
     "alerts",
     "scaling",
 }
-STREAM_RESOURCES = {"kinesis", "lake", "leases", "opensearch", "cloudwatch"}
+STREAM_RESOURCES = {"kinesis", "kafka", "lake", "leases", "opensearch", "cloudwatch"}
 
 
 def test_definitions_load_with_local_resources(monkeypatch):

@@ -377,6 +377,9 @@ PLACEHOLDERS = {
     "SecretPrefix": "Secrets Manager name prefix of the platform's secrets",
     "RolePrefix": "name prefix of the platform's IAM roles (e.g. etl-platform)",
     "LeaseTable": "the consumers' DynamoDB lease table (ETL_LEASE_TABLE)",
+    "MskCluster": "name of the MSK cluster Kafka pipelines read (ETL_KAFKA_BOOTSTRAP's brokers)",
+    "MskClusterUuid": "the MSK cluster's UUID (the last part of its ARN)",
+    "KafkaTopicPrefix": "the prefix every Kafka pipeline's topic starts with (e.g. msk-)",
 }
 
 

@@ -30,20 +30,28 @@ PAGE = 10_000
 POLL_S = 0.1  # one fetch wait while the partition has records behind the position
 
 
-def kafka_config(settings: Settings, region: str | None = None) -> dict[str, Any]:
-    """librdkafka settings to reach the deployment's brokers (ConfigError when none is configured)."""
+def kafka_config(settings: Settings) -> dict[str, Any]:
+    """librdkafka settings to reach the deployment's brokers: plaintext locally, MSK's IAM over TLS in
+    the aws profile (ConfigError when no broker is configured)."""
+    return kafka_client_config(settings.kafka_bootstrap, settings.profile == "aws", settings.aws_region)
+
+
+def kafka_client_config(bootstrap: str | None, iam_auth: bool, region: str | None) -> dict[str, Any]:
+    """librdkafka settings for `bootstrap`; with `iam_auth`, SASL/OAUTHBEARER over TLS with tokens from
+    the MSK IAM SASL signer (the default AWS credential chain, signed for `region`)."""
     from etl_platform.config import ConfigError
 
-    if not settings.kafka_bootstrap:
+    if not bootstrap:
         raise ConfigError("ETL_KAFKA_BOOTSTRAP is required for a Kafka pipeline but is not set")
-    config: dict[str, Any] = {"bootstrap.servers": settings.kafka_bootstrap, "client.id": "etl-platform"}
-    if settings.profile == "aws":
-        from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
-
-        aws_region = region or settings.aws_region
+    config: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": "etl-platform"}
+    if iam_auth:
+        if not region:
+            raise ConfigError("AWS_REGION is required to sign MSK IAM tokens but is not set")
 
         def token(_config: str) -> tuple[str, float]:
-            value, expiry_ms = MSKAuthTokenProvider.generate_auth_token(aws_region)
+            from aws_msk_iam_sasl_signer import MSKAuthTokenProvider
+
+            value, expiry_ms = MSKAuthTokenProvider.generate_auth_token(region)
             return value, expiry_ms / 1000
 
         config.update({"security.protocol": "SASL_SSL", "sasl.mechanism": "OAUTHBEARER", "oauth_cb": token})
@@ -107,17 +115,27 @@ class KafkaPartitionReader:
                 "fetch.wait.max.ms": 100,
             }
         )
-        start = OFFSET_BEGINNING if after is None else int(after) + 1
-        self.tp = TopicPartition(source.topic, partition, start)
+        if after is None:
+            # The earliest retained offset, asked for explicitly: assigning the logical OFFSET_BEGINNING
+            # costs an offset lookup that delays the first fetch by about half a second.
+            start, _high = self.consumer.get_watermark_offsets(TopicPartition(source.topic, partition), timeout=10)
+        else:
+            start = int(after) + 1
+        self.tp = TopicPartition(source.topic, partition, start if start >= 0 else OFFSET_BEGINNING)
         self.consumer.assign([self.tp])
         self.next_offset = None if after is None else int(after) + 1
         self.carry: list[dict[str, Any]] = []
         self.behind = 0
 
-    def _lag(self) -> int:
+    def _lag(self, fresh: bool = False) -> int:
+        """Records between the position and the high watermark: the one the last fetch response carried
+        (the consumer keeps fetching in the background), or asked of the broker when there is none."""
         from confluent_kafka import TopicPartition
 
-        low, high = self.consumer.get_watermark_offsets(TopicPartition(self.source.topic, self.partition), timeout=10)
+        tp = TopicPartition(self.source.topic, self.partition)
+        low, high = (-1, -1) if fresh else self.consumer.get_watermark_offsets(tp, cached=True)
+        if low < 0 or high < 0:
+            low, high = self.consumer.get_watermark_offsets(tp, timeout=10)
         position = self.next_offset if self.next_offset is not None else low
         return max(0, high - max(position, low))
 
@@ -153,7 +171,9 @@ class KafkaPartitionReader:
             lag = self._lag()
             if lag == 0 or time.monotonic() >= deadline:
                 break
-            messages = self.consumer.consume(num_messages=min(PAGE, max_records - len(records)), timeout=POLL_S)
+            # As many as are there (up to the page): `consume` returns once it has them, not at the timeout.
+            wanted = min(PAGE, max_records - len(records), lag)
+            messages = self.consumer.consume(num_messages=wanted, timeout=POLL_S)
             fetched = []
             for message in messages:
                 if message.error() is not None:
@@ -161,7 +181,7 @@ class KafkaPartitionReader:
                 fetched.append(self._record(message))
                 self.next_offset = int(message.offset() or 0) + 1
             take(fetched)
-        lag = self._lag() + len(self.carry)
+        lag = self._lag(fresh=not records) + len(self.carry)
         self.behind = 0
         if lag and records:
             newest = records[-1]["ApproximateArrivalTimestamp"]

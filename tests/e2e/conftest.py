@@ -208,6 +208,7 @@ def dagster_ui(stream, seed_stream, bucket, demo_events, tmp_path) -> Iterator[D
 
     pipelines = yaml.safe_load((REPO / "config" / "pipelines.yaml").read_text())
     pipelines["pipelines"]["seed"]["stream"]["name"] = seed_stream
+    pipelines["pipelines"].pop("msk-events", None)  # Kafka has its own tests (tests/integration/test_kafka_pipeline.py)
     pipelines_file = tmp_path / "pipelines.yaml"
     pipelines_file.write_text(yaml.safe_dump(pipelines))
     home = tmp_path / "dagster_home"

@@ -210,7 +210,8 @@ def test_the_seeds_producer_reaches_processed_warehouse_and_search_with_the_seed
 def test_an_unknown_pipeline_or_a_malformed_pipelines_file_is_one_line_naming_it(tmp_path):
     unknown = cli("consume", "--pipeline", "nope", "--until-caught-up", check=False)
     assert unknown.returncode == 2
-    assert unknown.stderr.strip() == "configuration error: unknown pipeline 'nope'; the pipelines are: default, seed"
+    known = "default, seed, msk-events"
+    assert unknown.stderr.strip() == f"configuration error: unknown pipeline 'nope'; the pipelines are: {known}"
     broken = tmp_path / "pipelines.yaml"
     broken.write_text(
         "pipelines:\n  iot:\n    stream: {name: iot}\n    contract:\n"

@@ -133,6 +133,9 @@ SAMPLE = {
     "SecretPrefix": "etl-platform",
     "RolePrefix": "etl-platform",
     "LeaseTable": "etl-platform-leases",
+    "MskCluster": "etl-msk",
+    "MskClusterUuid": "abcd1234-ab12-cd34-ef56-abcdef123456-1",
+    "KafkaTopicPrefix": "msk-",
 }
 
 

@@ -182,6 +182,9 @@ def test_render_policy_fills_every_placeholder():
         "KmsKeyId": "k-1",
         "OpenSearchDomain": "etl-search",
         "LeaseTable": "etl-platform-leases",
+        "MskCluster": "etl-msk",
+        "MskClusterUuid": "abcd-1",
+        "KafkaTopicPrefix": "msk-",
     }
     policy = render_policy("consumer", values)
     assert "arn:aws:kinesis:us-east-1:123456789012:stream/etl-events" in str(policy)

@@ -227,7 +227,7 @@ def test_a_missing_or_broken_file_is_named(tmp_path):
 
 
 def test_unknown_pipeline_lists_the_known_ones():
-    with pytest.raises(ConfigError, match="unknown pipeline 'nope'; the pipelines are: default, seed"):
+    with pytest.raises(ConfigError, match="unknown pipeline 'nope'; the pipelines are: default, seed, msk-events"):
         load_pipelines(SETTINGS, {}, SHIPPED).get("nope")
 
 

@@ -188,7 +188,9 @@ class KafkaPartitionReader:
             self.behind = max(1, int((datetime.now(UTC) - newest).total_seconds() * 1000))
         elif lag:
             self.behind = 1
-        return ReadResult(records=records, ended=False, cut=cut or bool(self.carry), millis_behind_latest=self.behind)
+        # Cut: stopped at the count or byte cap with more waiting now (as `ShardReader` reports it).
+        cut = cut or bool(self.carry) or (len(records) >= max_records and lag > 0)
+        return ReadResult(records=records, ended=False, cut=cut, millis_behind_latest=self.behind)
 
     def mirror_commit(self, sequence_number: str) -> None:
         """Mirror a committed checkpoint into the consumer group's offsets (best effort: lag tools only)."""

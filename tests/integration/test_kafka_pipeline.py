@@ -167,3 +167,71 @@ def test_a_partition_added_mid_stream_flows_too(kafka_pipeline, settings, s3):
     assert processed.height == 300 and processed["event_id"].n_unique() == 300
     assert processed.filter(pl.col("shard_id") == f"{topic}-3").height >= 50
     assert_same_results(processed, one_pass(settings, pipeline))
+
+
+def test_the_supervisor_and_workers_of_a_kafka_pipeline_run_it_in_dagster(kafka_pipeline, settings, s3):
+    """The msk-events pipeline's sensor launches a worker per partition group; the worker runs read
+    the topic, deliver the lake and report the pipeline's partitions of its assets."""
+    import dataclasses
+
+    from dagster import DagsterInstance, SensorResult, build_sensor_context
+
+    from resources import build_resources
+    from sensors.kinesis import SHARD_TAG, worker_job, worker_sensor
+
+    env, pipeline = kafka_pipeline
+    bucket = env["ETL_LAKE_BUCKET"]
+    events = list(demo_mix(300, seed=9, start=datetime(2026, 11, 3, 9, tzinfo=UTC), users=10))
+    plain_produce(settings, pipeline.stream.name, events)
+    resources = build_resources(
+        dataclasses.replace(settings, lake_bucket=bucket), env={**env, "ETL_BUFFER_INTERVAL_S": "0"}
+    )
+    job = worker_job(pipeline)
+    sensor = worker_sensor(pipeline, job)
+    with DagsterInstance.ephemeral() as instance:
+        with build_sensor_context(instance=instance, resources=resources) as ctx:
+            result = sensor(ctx)
+        assert isinstance(result, SensorResult) and result.run_requests
+        shards = sorted(s for r in result.run_requests for s in r.tags[SHARD_TAG].split(":")[-1].split("+"))
+        assert shards == [f"{pipeline.stream.name}-{p}" for p in range(3)]
+        materialized = set()
+        for request in result.run_requests:
+            op = f"{pipeline.name.replace('-', '_')}_consume_shard"
+            config = request.run_config["ops"][op]["config"]
+            outcome = job.execute_in_process(
+                run_config={"ops": {op: {"config": {**config, "until_caught_up": True}}}},
+                resources=resources,
+                instance=instance,
+                tags=request.tags,
+            )
+            assert outcome.success
+            materialized |= {e.asset_key.to_user_string() for e in outcome.get_asset_materialization_events()}
+    assert materialized == {"msk_events/raw_events", "msk_events/processed_events"}  # key parts: `-` as `_`
+    processed = lake(s3, bucket, layout.PROCESSED, pipeline)
+    assert processed.height == 300 and processed["event_id"].n_unique() == 300
+    assert_same_results(processed, one_pass(settings, pipeline))
+
+
+def test_kafka_lag_is_reported_as_kinesis_lag_is(kafka_pipeline, settings):
+    """A reader behind the high watermark reports MillisBehindLatest > 0 (the lag metric and alarm the
+    Kinesis consumers feed), and 0 once it has caught up."""
+    from etl_platform.ops import metrics
+    from etl_platform.stream.consumer import BatchResult
+
+    _, pipeline = kafka_pipeline
+    events = list(demo_mix(50, seed=10, start=datetime(2026, 11, 3, 10, tzinfo=UTC), users=1))
+    plain_produce(settings, pipeline.stream.name, events)  # one user: one partition
+    source = stream_source(pipeline, settings)
+    shard = next(s.shard_id for s in source.list_shards() if source.reader(s.shard_id, None)._lag(fresh=True))
+    reader = source.reader(shard, None)
+    behind = reader.read(10, 10**6, 2)
+    assert len(behind.records) == 10 and behind.cut and behind.millis_behind_latest > 0
+    rest = reader.read(1000, 10**7, 2)
+    assert len(rest.records) == 40 and rest.millis_behind_latest == 0 and not rest.cut
+    reader.close()
+    datums = metrics.batch_metrics(
+        pipeline.stream.name, BatchResult(shard_id=shard, millis_behind_latest=behind.millis_behind_latest)
+    )
+    lag = [d for d in datums if d["MetricName"] == metrics.ITERATOR_AGE]  # the consumer-lag alarm's metric
+    assert lag and lag[0]["Value"] > 0
+    assert lag[0]["Dimensions"] == [{"Name": metrics.DIMENSION, "Value": pipeline.stream.name}]

@@ -369,6 +369,10 @@ def parse_pipelines(data: Any, settings: Settings, env: Mapping[str, str], sourc
         else:
             raise ConfigError(f"{where}.contract: missing (required)")
         stream = _stream(spec.get("stream"), f"{where}.stream", settings.stream_name if is_default else None)
+        if stream.kind == "kafka" and not settings.kafka_bootstrap:
+            raise ConfigError(
+                f"{where}.stream: a Kafka topic needs ETL_KAFKA_BOOTSTRAP (its brokers), which is not set"
+            )
         if stream.name in streams:
             raise ConfigError(f"{where}.stream: {stream.name!r} is already the stream of {streams[stream.name]}")
         streams[stream.name] = name

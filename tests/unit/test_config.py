@@ -16,6 +16,7 @@ AWS_ENV = {
     "ETL_REDSHIFT_DATABASE": "analytics",
     "ETL_REDSHIFT_IAM_ROLE": "arn:aws:iam::123456789012:role/etl-loader",
     "ETL_OPENSEARCH_URL": "https://search.example.internal",
+    "ETL_KAFKA_BOOTSTRAP": "b-1.msk.example.internal:9098,b-2.msk.example.internal:9098",
 }
 
 
@@ -79,3 +80,22 @@ def test_consumer_settings_fail_naming_the_variable():
         ConsumerConfig.from_env({"ETL_BATCH_MAX_RECORDS": "lots"})
     with pytest.raises(ConfigError, match="ETL_BASELINE_ROWS='1' must be at least 2"):
         ConsumerConfig.from_env({"ETL_BASELINE_ROWS": "1"})
+
+
+def test_kafka_clients_use_msk_iam_over_tls_in_the_aws_profile_and_plaintext_locally():
+    from etl_platform.stream.kafka import kafka_config
+
+    local = kafka_config(load_settings({}))
+    assert local == {"bootstrap.servers": "127.0.0.1:9092", "client.id": "etl-platform"}
+    aws = kafka_config(load_settings(AWS_ENV))
+    assert aws["bootstrap.servers"] == AWS_ENV["ETL_KAFKA_BOOTSTRAP"]
+    assert (aws["security.protocol"], aws["sasl.mechanism"]) == ("SASL_SSL", "OAUTHBEARER")
+    assert callable(aws["oauth_cb"])  # tokens from the MSK IAM SASL signer, refreshed by librdkafka
+
+
+def test_a_kafka_pipeline_without_brokers_fails_start_up_naming_the_setting(tmp_path):
+    from etl_platform.pipelines import load_pipelines
+
+    env = {k: v for k, v in AWS_ENV.items() if k != "ETL_KAFKA_BOOTSTRAP"}
+    with pytest.raises(ConfigError, match="pipelines.msk-events.stream: a Kafka topic needs ETL_KAFKA_BOOTSTRAP"):
+        load_pipelines(load_settings(env), env)

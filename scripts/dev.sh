@@ -38,6 +38,9 @@ pids+=($!)
 # And records shaped as the seed pipeline's contract (config/pipelines.yaml), on its own stream.
 etl-platform produce --pipeline seed --source demo --rate "${ETL_SEED_DEMO_RATE:-5}" --duration 0 --gzip --quiet &
 pids+=($!)
+# And the envelope on the Kafka topic of the msk-events pipeline.
+etl-platform produce --pipeline msk-events --source demo --rate "${ETL_KAFKA_DEMO_RATE:-5}" --duration 0 --quiet &
+pids+=($!)
 
 echo "dev: Dagster UI at http://127.0.0.1:${port} (Ctrl-C stops everything)"
 wait "${pids[0]}"

@@ -2,7 +2,8 @@
 # Installs everything the platform and its tests need, idempotently and fast when already done:
 # Debian packages (PostgreSQL 15, Node.js, JDK 17, Maven), the Python venv from requirements-dev.lock
 # (runtime + test + dev tools; `make lock` generates it from pyproject.toml),
-# and the Kinesis emulator from services/kinesis/package-lock.json. OpenSearch builds on first start.
+# and the Kinesis emulator from services/kinesis/package-lock.json. The OpenSearch node and the Kafka
+# broker are resolved from Maven Central by their first start (etl_platform/stack/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -11,13 +11,12 @@ start formats a fresh log directory, so a restarted stack starts from empty topi
 from __future__ import annotations
 
 import os
-import re
 import shutil
 import subprocess
 from pathlib import Path
 
 from etl_platform.config import local_port
-from etl_platform.stack.service import REPO_ROOT, LocalService, StackError, port_open
+from etl_platform.stack.service import REPO_ROOT, LocalService, StackError, maven_package, port_open
 
 SERVICE_SRC = REPO_ROOT / "services" / "kafka"
 POM = SERVICE_SRC / "pom.xml"
@@ -28,8 +27,6 @@ BUILD_STAMP = TARGET / ".build-stamp"
 # A cluster id is a UUID in base64url; fixed (uuid5 of "etl-platform.local.kafka"), as no data is kept.
 CLUSTER_ID = "sDCE5lHKV7mra9fXIketGA"
 JVM_FLAGS = ["-Xms256m", "-Xmx512m", "-XX:+UseG1GC", "-Djava.awt.headless=true", "-Dfile.encoding=UTF-8"]
-
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 
 
 class KafkaService(LocalService):
@@ -66,26 +63,8 @@ class KafkaService(LocalService):
         return all(Path(jar).exists() for jar in self._classpath().split(os.pathsep) if jar)
 
     def install(self) -> None:
-        if self._build_current():
-            return
-        if shutil.which("mvn") is None:
-            raise StackError("mvn is not installed; the Kafka broker is resolved from Maven Central with Maven")
-        if shutil.which(self._java()) is None:
-            raise StackError(f"{self._java()} not found; the Kafka broker needs a Java 17 runtime")
-        try:
-            result = subprocess.run(
-                ["mvn", "-B", "-q", "-f", str(POM), "package"],
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                timeout=1200,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise StackError("resolving services/kafka (mvn package) took over 20 minutes") from exc
-        if result.returncode != 0:
-            output = _ANSI.sub("", result.stdout + result.stderr).strip().splitlines()
-            raise StackError("resolving services/kafka failed (mvn package):\n" + "\n".join(output[-40:]))
-        BUILD_STAMP.touch()
+        if not self._build_current():
+            maven_package(POM, "the Kafka broker", self._java(), BUILD_STAMP)
 
     # --- run ----------------------------------------------------------------------------------
     def _java(self) -> str:

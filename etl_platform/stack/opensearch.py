@@ -14,14 +14,11 @@ import hashlib
 import http.client
 import json
 import os
-import re
-import shutil
-import subprocess
 import urllib.request
 from pathlib import Path
 
 from etl_platform.config import local_port
-from etl_platform.stack.service import REPO_ROOT, LocalService, StackError
+from etl_platform.stack.service import REPO_ROOT, LocalService, maven_package
 
 SERVICE_SRC = REPO_ROOT / "services" / "opensearch"
 POM = SERVICE_SRC / "pom.xml"
@@ -56,7 +53,6 @@ JVM_FLAGS = [
     "-Dlog4j2.disable.jmx=true",
 ]
 
-_ANSI = re.compile(r"\x1b\[[0-9;]*m")
 # A dynamic CDS archive starts with this magic; the JVM writes the header last, so an archive cut
 # short (node killed while it was being written) does not have it.
 _CDS_MAGIC = (0xF00BABA8).to_bytes(4, "little")
@@ -101,26 +97,8 @@ class OpenSearchService(LocalService):
         return [p for p in CLASSPATH_FILE.read_text().strip().split(os.pathsep) if p]
 
     def install(self) -> None:
-        if self._build_current():
-            return
-        if shutil.which("mvn") is None:
-            raise StackError("mvn is not installed; OpenSearch is built from Maven Central with Maven")
-        if shutil.which(self._java()) is None:
-            raise StackError(f"{self._java()} not found; OpenSearch needs a Java 17 runtime")
-        try:
-            result = subprocess.run(
-                ["mvn", "-B", "-q", "-f", str(POM), "package"],
-                capture_output=True,
-                text=True,
-                stdin=subprocess.DEVNULL,
-                timeout=1200,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise StackError("building services/opensearch (mvn package) took over 20 minutes") from exc
-        if result.returncode != 0:
-            output = _ANSI.sub("", result.stdout + result.stderr).strip().splitlines()
-            raise StackError("building services/opensearch failed (mvn package):\n" + "\n".join(output[-40:]))
-        BUILD_STAMP.touch()
+        if not self._build_current():
+            maven_package(POM, "OpenSearch", self._java(), BUILD_STAMP)
 
     # --- run ----------------------------------------------------------------------------------
     def _java(self) -> str:

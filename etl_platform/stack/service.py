@@ -8,6 +8,8 @@ pid file) so a clean clone starts from nothing and `git clean` removes everythin
 from __future__ import annotations
 
 import os
+import re
+import shutil
 import signal
 import subprocess
 import time
@@ -158,6 +160,33 @@ class LocalService:
             return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
         except FileNotFoundError:
             return "(no log)"
+
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def maven_package(pom: Path, what: str, java: str, stamp: Path) -> None:
+    """`mvn package` of a service's pom (the OpenSearch node, the Kafka broker), then `stamp` touched;
+    StackError naming `what` when Maven or Java is missing or the build fails (with Maven's last lines)."""
+    if shutil.which("mvn") is None:
+        raise StackError(f"mvn is not installed; {what} is built from Maven Central with Maven")
+    if shutil.which(java) is None:
+        raise StackError(f"{java} not found; {what} needs a Java 17 runtime")
+    service = pom.parent.relative_to(REPO_ROOT)
+    try:
+        result = subprocess.run(
+            ["mvn", "-B", "-q", "-f", str(pom), "package"],
+            capture_output=True,
+            text=True,
+            stdin=subprocess.DEVNULL,
+            timeout=1200,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise StackError(f"building {service} (mvn package) took over 20 minutes") from exc
+    if result.returncode != 0:
+        output = _ANSI.sub("", result.stdout + result.stderr).strip().splitlines()
+        raise StackError(f"building {service} failed (mvn package):\n" + "\n".join(output[-40:]))
+    stamp.touch()
 
 
 def port_open(host: str, port: int, timeout: float = 0.5) -> bool:

@@ -22,7 +22,7 @@ from typing import Any
 
 from etl_platform.config import Settings
 from etl_platform.stream.producer import KinesisProducer, ProducerError, ProducerStats, _Entry
-from etl_platform.stream.reader import ReadResult, record_size
+from etl_platform.stream.reader import ReadBatch, ReadResult
 from etl_platform.stream.shards import Shard
 
 FULL_HASH_RANGE = (0, 2**128 - 1)  # a partition is never split: a key's state never moves
@@ -151,23 +151,12 @@ class KafkaPartitionReader:
         }
 
     def read(self, max_records: int, max_bytes: int, time_budget_s: float) -> ReadResult:
-        records: list[dict[str, Any]] = []
-        size, cut = 0, False
-
-        def take(batch: list[dict[str, Any]]) -> None:
-            nonlocal size, cut
-            for position, record in enumerate(batch):
-                if records and (len(records) >= max_records or size + record_size(record) > max_bytes):
-                    cut = True
-                    self.carry = batch[position:] + self.carry
-                    return
-                records.append(record)
-                size += record_size(record)
-
+        batch = ReadBatch(max_records, max_bytes)
+        records = batch.records
         pending, self.carry = self.carry, []
-        take(pending)
+        self.carry = batch.take(pending)
         deadline = time.monotonic() + time_budget_s
-        while not cut and len(records) < max_records:
+        while not batch.full and len(records) < max_records:
             lag = self._lag()
             if lag == 0 or time.monotonic() >= deadline:
                 break
@@ -180,7 +169,7 @@ class KafkaPartitionReader:
                     raise RuntimeError(f"Kafka {self.source.topic}[{self.partition}]: {message.error()}")
                 fetched.append(self._record(message))
                 self.next_offset = int(message.offset() or 0) + 1
-            take(fetched)
+            self.carry = batch.take(fetched) + self.carry
         lag = self._lag(fresh=not records) + len(self.carry)
         self.behind = 0
         if lag and records:
@@ -189,7 +178,7 @@ class KafkaPartitionReader:
         elif lag:
             self.behind = 1
         # Cut: stopped at the count or byte cap with more waiting now (as `ShardReader` reports it).
-        cut = cut or bool(self.carry) or (len(records) >= max_records and lag > 0)
+        cut = batch.full or bool(self.carry) or (len(records) >= max_records and lag > 0)
         return ReadResult(records=records, ended=False, cut=cut, millis_behind_latest=self.behind)
 
     def mirror_commit(self, sequence_number: str) -> None:

@@ -32,6 +32,27 @@ def record_size(record: Mapping[str, Any]) -> int:
     return len(record["Data"]) + len(record["PartitionKey"])
 
 
+class ReadBatch:
+    """The records of one read: at most `max_records` and, beyond the first, `max_bytes`. `take` adds a
+    page and hands back what did not fit, for the reader to carry to its next read."""
+
+    def __init__(self, max_records: int, max_bytes: int) -> None:
+        self.max_records, self.max_bytes = max_records, max_bytes
+        self.records: list[dict[str, Any]] = []
+        self.size = 0
+        self.full = False  # a record did not fit: the read is cut
+
+    def take(self, page: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        for position, record in enumerate(page):
+            size = record_size(record)
+            if self.records and (len(self.records) >= self.max_records or self.size + size > self.max_bytes):
+                self.full = True
+                return page[position:]
+            self.records.append(record)
+            self.size += size
+        return []
+
+
 class ShardReader:
     """Sequential reads of one shard after sequence number `after` (from the start when None)."""
 
@@ -63,24 +84,13 @@ class ShardReader:
     def read(self, max_records: int, max_bytes: int, time_budget_s: float) -> ReadResult:
         """The next records (at least one if any is there to read, at most `max_records` and, beyond the
         first, `max_bytes`), paging past empty pages while the shard is behind, for up to `time_budget_s`."""
-        records: list[dict[str, Any]] = []
-        size, cut = 0, False
-
-        def take(batch: list[dict[str, Any]]) -> None:
-            nonlocal size, cut
-            for position, record in enumerate(batch):
-                if records and (len(records) >= max_records or size + record_size(record) > max_bytes):
-                    cut = True
-                    self.carry = batch[position:] + self.carry
-                    return
-                records.append(record)
-                size += record_size(record)
-
+        batch = ReadBatch(max_records, max_bytes)
+        records = batch.records
         pending, self.carry = self.carry, []
-        take(pending)
+        self.carry = batch.take(pending)
         deadline = self.clock() + time_budget_s
         full_page = False  # the last page was as long as asked: more may follow whatever MillisBehindLatest says
-        while not cut and not self.closed and len(records) < max_records:
+        while not batch.full and not self.closed and len(records) < max_records:
             if self.iterator is None:
                 self.iterator = self._open()
             limit = min(MAX_RECORDS_PER_CALL, max_records - len(records))
@@ -94,14 +104,14 @@ class ShardReader:
             if page["Records"]:
                 self.fetched_through = page["Records"][-1]["SequenceNumber"]
             self.iterator = page.get("NextShardIterator")
-            take(page["Records"])
+            self.carry = batch.take(page["Records"]) + self.carry
             if self.iterator is None:
                 self.closed = True
             elif self.behind == 0 or self.clock() >= deadline:
                 break
             elif not page["Records"]:
                 self.sleep(CALL_INTERVAL_S)
-        cut = cut or len(records) >= max_records and bool(self.carry or self.behind or full_page)
+        cut = batch.full or len(records) >= max_records and bool(self.carry or self.behind or full_page)
         return ReadResult(
             records=records,
             ended=self.closed and not self.carry,

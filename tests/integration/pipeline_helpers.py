@@ -63,6 +63,25 @@ def assert_same_results(actual: pl.DataFrame, expected: pl.DataFrame) -> None:
     assert (diff <= tolerance).all()
 
 
+def remove_deployment(settings, s3, bucket: str, schema: str, index_prefix: str) -> None:
+    """What a test deployment left behind: its bucket (emptied), warehouse schema and indices."""
+    import psycopg
+    from opensearchpy import OpenSearch
+
+    from etl_platform.search import indices
+
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if keys:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": keys})
+    s3.delete_bucket(Bucket=bucket)
+    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
+        conn.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+    client = OpenSearch(settings.opensearch_url, timeout=30)
+    indices.delete_all(client, index_prefix)
+    client.close()
+
+
 def write_jsonl(path: Path, events) -> Path:
     path.write_text("".join(json.dumps(e) + "\n" for e in events))
     return path

@@ -10,7 +10,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import polars as pl
-import psycopg
 import pytest
 import yaml
 from confluent_kafka import Producer
@@ -28,7 +27,7 @@ from etl_platform.stream.decoding import decode_records
 from etl_platform.stream.dedupe import SeenIds
 from etl_platform.stream.sources import demo_mix
 from etl_platform.warehouse import connect
-from tests.integration.pipeline_helpers import assert_same_results, cli
+from tests.integration.pipeline_helpers import assert_same_results, cli, remove_deployment
 
 pytestmark = pytest.mark.stack
 
@@ -56,16 +55,7 @@ def kafka_pipeline(tmp_path, settings, s3, unique_name):
     ensure_bucket(s3, unique_name, settings.aws_region)
     yield env, pipeline
     admin.delete_topics([unique_name])[unique_name].result(30)
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=unique_name):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=unique_name, Delete={"Objects": keys})
-    s3.delete_bucket(Bucket=unique_name)
-    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{kafka["warehouse_schema"]}" CASCADE')
-    client = OpenSearch(settings.opensearch_url, timeout=30)
-    indices.delete_all(client, env["ETL_OPENSEARCH_INDEX_PREFIX"])
-    client.close()
+    remove_deployment(settings, s3, unique_name, kafka["warehouse_schema"], env["ETL_OPENSEARCH_INDEX_PREFIX"])
 
 
 def plain_produce(settings, topic: str, events: list[dict], partition: int | None = None) -> None:

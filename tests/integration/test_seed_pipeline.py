@@ -17,7 +17,6 @@ from pathlib import Path
 
 import duckdb
 import polars as pl
-import psycopg
 import pytest
 import yaml
 from opensearchpy import OpenSearch
@@ -27,7 +26,7 @@ from etl_platform.lake.readers import read_processed
 from etl_platform.pipelines import load_pipelines
 from etl_platform.search import indices
 from etl_platform.warehouse import connect, table_layout
-from tests.integration.pipeline_helpers import cli
+from tests.integration.pipeline_helpers import cli, remove_deployment
 from tests.integration.seed_producer import compress_and_send_data
 
 pytestmark = pytest.mark.stack
@@ -83,16 +82,7 @@ def seed_deployment(tmp_path: Path, settings, kinesis, s3, unique_name):
     yield env, load_pipelines(settings, env).get("seed")
     for stream in (seed["stream"]["name"], env["ETL_STREAM_NAME"]):
         kinesis.delete_stream(StreamName=stream, EnforceConsumerDeletion=True)
-    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=unique_name):
-        keys = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if keys:
-            s3.delete_objects(Bucket=unique_name, Delete={"Objects": keys})
-    s3.delete_bucket(Bucket=unique_name)
-    with psycopg.connect(settings.warehouse_dsn, autocommit=True) as conn:
-        conn.execute(f'DROP SCHEMA IF EXISTS "{seed["warehouse_schema"]}" CASCADE')
-    client = OpenSearch(settings.opensearch_url, timeout=30)
-    indices.delete_all(client, env["ETL_OPENSEARCH_INDEX_PREFIX"])
-    client.close()
+    remove_deployment(settings, s3, unique_name, seed["warehouse_schema"], env["ETL_OPENSEARCH_INDEX_PREFIX"])
 
 
 def seed_records(n: int, now: datetime) -> list[dict]:

@@ -1,5 +1,5 @@
 # The README's two commands are `make dev` and `make test`; the rest are building blocks.
-.PHONY: install dev test test-e2e bench lint lock stack-up stack-down
+.PHONY: install dev test test-e2e bench lint lock stack-up stack-down synth
 
 install:
 	@bash scripts/install.sh
@@ -19,6 +19,11 @@ bench: install
 
 lint: install
 	@bash scripts/lint.sh
+
+# The production stack's CloudFormation template, from the CDK app in deploy/cdk, into deploy/cdk/cdk.out/.
+# Offline and without AWS credentials (docs/deploy.md, "Production as code").
+synth: install
+	@bash scripts/synth.sh
 
 stack-up: install
 	@.venv/bin/etl-platform stack up

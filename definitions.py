@@ -18,6 +18,7 @@ from assets.lake_checks import lake_checks, lake_checks_for
 from assets.search import search_assets, search_assets_for, search_checks
 from assets.warehouse import warehouse_assets, warehouse_assets_for, warehouse_checks
 from etl_platform.config import load_settings
+from etl_platform.ops.logs import configure_logging
 from resources import build_resources, deployment_pipelines
 from sensors.alarms import alarm_sensors
 from sensors.alerts import alert_sensors
@@ -25,6 +26,7 @@ from sensors.automation import warehouse_automation_sensor
 from sensors.scaling_schedule import scaling_jobs, scaling_schedules
 
 settings = load_settings()  # fails here, at load, with the name of any bad setting
+configure_logging(settings)  # the platform's own loggers: JSON lines in AWS (CloudWatch Logs), text locally
 
 # Locally every step of a multiprocess run is a fresh Python process that re-imports this code location
 # (5-20 s each on a 2-core laptop), which made a 2-day backfill with its checks take minutes; in AWS a

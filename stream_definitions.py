@@ -12,12 +12,14 @@ from __future__ import annotations
 from dagster import Definitions
 
 from etl_platform.config import load_settings
+from etl_platform.ops.logs import configure_logging
 from resources import build_resources, deployment_pipelines
 from sensors.kinesis import stream_definitions
 
 STREAM_RESOURCES = ("kinesis", "kafka", "lake", "leases", "opensearch", "cloudwatch")
 
 settings = load_settings()  # fails here, at load, with the name of any bad setting
+configure_logging(settings)  # the platform's own loggers: JSON lines in AWS (CloudWatch Logs), text locally
 
 jobs, sensors = stream_definitions(deployment_pipelines())  # a worker job and its supervisor per pipeline
 

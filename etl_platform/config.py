@@ -15,6 +15,10 @@ from typing import Any
 from urllib.parse import urlparse
 
 PROFILES = ("local", "aws")
+TRACE_EXPORTERS = ("none", "file", "otlp")  # etl_platform.ops.tracing
+LOG_FORMATS = ("json", "text")  # etl_platform.ops.logs
+# The AWS Distro for OpenTelemetry collector's OTLP/HTTP receiver, as a sidecar of each task.
+DEFAULT_OTLP_ENDPOINT = "http://localhost:4318"
 
 # Local stack ports: fixed so docs, the UI and scripts agree; overridable for parallel stacks.
 LOCAL_PORTS = {
@@ -53,8 +57,16 @@ class Settings:
     alert_webhook_url: str | None = None
     sns_topic_arn: str | None = None
     tls: bool = False
+    # Alarms and the scaler read what Kinesis measures itself (AWS/Kinesis) rather than our copies;
+    # only a real Kinesis publishes them (ETL_NATIVE_METRICS in the aws profile, default true).
+    native_metrics: bool = False
     # Explicit static credentials only for the local emulators; AWS uses its default chain.
     local_credentials: Mapping[str, str] = field(default_factory=dict)
+    # Micro-batch traces (etl_platform.ops.tracing): none | file (JSON lines) | otlp (the ADOT collector).
+    trace_exporter: str = "none"
+    trace_file: str | None = None  # None: traces/spans.jsonl in the local stack's directory
+    otlp_endpoint: str = DEFAULT_OTLP_ENDPOINT
+    log_format: str = "text"  # the platform's own python logs: json | text (etl_platform.ops.logs)
 
     @property
     def postgres_dsn(self) -> str:
@@ -84,6 +96,18 @@ def env_number(env: Mapping[str, str], var: str, default: Any, kind: type, minim
     if value < minimum:
         raise ConfigError(f"{var}={raw!r} must be at least {minimum}")
     return value
+
+
+def env_flag(env: Mapping[str, str], var: str, default: bool) -> bool:
+    """A true/false setting (true/false, 1/0, yes/no); anything else fails naming the variable."""
+    value = env.get(var, "").strip().lower()
+    if not value:
+        return default
+    if value in ("true", "1", "yes"):
+        return True
+    if value in ("false", "0", "no"):
+        return False
+    raise ConfigError(f"{var}={env[var]!r} must be true or false")
 
 
 def read_yaml(path: Path, what: str, error: type[ConfigError] = ConfigError, setting: str | None = None) -> Any:
@@ -122,6 +146,31 @@ def load_settings(env: Mapping[str, str] | None = None) -> Settings:
     return _local(env) if profile == "local" else _aws(env)
 
 
+def env_choice(env: Mapping[str, str], var: str, choices: tuple[str, ...], default: str) -> str:
+    """A setting that is one of `choices`: the default when unset."""
+    value = env.get(var) or default
+    if value not in choices:
+        raise ConfigError(f"{var}={value!r} is not one of {', '.join(choices)}")
+    return value
+
+
+def _observability(env: Mapping[str, str], profile: str) -> dict[str, Any]:
+    """Tracing and log settings: traces to a file and text logs locally; to the collector sidecar
+    (X-Ray) and JSON logs (CloudWatch Logs) in AWS."""
+    local = profile == "local"
+    exporter = env_choice(env, "ETL_TRACE_EXPORTER", TRACE_EXPORTERS, "file" if local else "otlp")
+    endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") or DEFAULT_OTLP_ENDPOINT
+    parsed = urlparse(endpoint)
+    if exporter == "otlp" and (parsed.scheme not in ("http", "https") or not parsed.hostname):
+        raise ConfigError(f"OTEL_EXPORTER_OTLP_ENDPOINT={endpoint!r} is not an http(s):// URL")
+    return {
+        "trace_exporter": exporter,
+        "trace_file": env.get("ETL_TRACE_FILE") or None,
+        "otlp_endpoint": endpoint.rstrip("/"),
+        "log_format": env_choice(env, "ETL_LOG_FORMAT", LOG_FORMATS, "text" if local else "json"),
+    }
+
+
 def _local(env: Mapping[str, str]) -> Settings:
     host = "127.0.0.1"
     moto = f"http://{host}:{local_port('moto', env)}"
@@ -145,6 +194,7 @@ def _local(env: Mapping[str, str]) -> Settings:
         sns_topic_arn=None,
         tls=False,
         local_credentials={"aws_access_key_id": "testing", "aws_secret_access_key": "testing"},
+        **_observability(env, "local"),
     )
 
 
@@ -195,4 +245,6 @@ def _aws(env: Mapping[str, str]) -> Settings:
         lease_table=env.get("ETL_LEASE_TABLE", "etl-platform-leases"),
         kafka_bootstrap=env.get("ETL_KAFKA_BOOTSTRAP") or None,
         tls=True,
+        native_metrics=env_flag(env, "ETL_NATIVE_METRICS", True),
+        **_observability(env, "aws"),
     )

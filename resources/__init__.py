@@ -18,6 +18,7 @@ from etl_platform.analytics import AnalyticsConfig
 from etl_platform.config import ConfigError, Settings, env_number, load_settings
 from etl_platform.ops.alarms import DEFAULT_PATH as DEFAULT_ALARMS_FILE
 from etl_platform.ops.scaling import ScalingPolicy
+from etl_platform.ops.tracing import TraceConfig
 from etl_platform.pipelines import Pipelines, load_pipelines
 from etl_platform.search.indexer import IndexerConfig, prefix_from_env
 from etl_platform.stream.consumer import ConsumerConfig
@@ -33,6 +34,7 @@ from resources.platform import (
     OpenSearchResource,
     ScalingResource,
     SNSResource,
+    TracingResource,
     WarehouseResource,
 )
 
@@ -49,6 +51,7 @@ __all__ = [
     "OpenSearchResource",
     "SNSResource",
     "ScalingResource",
+    "TracingResource",
     "WarehouseResource",
 ]
 
@@ -99,6 +102,7 @@ def build_resources(
         warehouse = WarehouseResource(dialect="postgres", dsn=settings.warehouse_dsn, **loads)
         opensearch = OpenSearchResource(url=settings.opensearch_url, verify_certs=False, **search)
     leases = LeaseTableResource(endpoint_url=settings.dynamodb_endpoint, table_name=settings.lease_table, **aws)
+    tracing = TracingResource.from_config(TraceConfig.from_settings(settings))
     kafka = KafkaResource(
         bootstrap_servers=settings.kafka_bootstrap, iam_auth=settings.profile == "aws", region_name=settings.aws_region
     )
@@ -113,9 +117,11 @@ def build_resources(
             worker_budget_s=budget_s,
             handover_lead_s=lead_s,
             shards_per_worker=env_number(env, "ETL_SHARDS_PER_WORKER", 2 if settings.profile == "local" else 1, int, 1),
+            tracing=tracing,
             **aws,
         ),
         "analytics": analytics,
+        "tracing": tracing,
         "leases": leases,
         "kafka": kafka,
         "s3": s3,
@@ -125,6 +131,8 @@ def build_resources(
         "cloudwatch": CloudWatchResource(
             endpoint_url=settings.cloudwatch_endpoint,
             alarms_file=str(env.get("ETL_ALARMS_FILE") or DEFAULT_ALARMS_FILE),
+            native_metrics=settings.native_metrics,
+            evaluated_by="cloudwatch" if settings.profile == "aws" else "sensor",
             **aws,
         ),
         "alerts": AlertsResource(

@@ -18,10 +18,12 @@ from dagster_aws.utils import ResourceWithBoto3Configuration, construct_boto_cli
 from pydantic import Field, field_validator
 
 from etl_platform.analytics import AnalyticsConfig
+from etl_platform.config import DEFAULT_OTLP_ENDPOINT, TRACE_EXPORTERS, ConfigError
 from etl_platform.lake.visibility import PendingObjects
 from etl_platform.ops.alarms import Alarm, load_alarms
 from etl_platform.ops.alerts import Sink, build_sinks
 from etl_platform.ops.scaling import ScalingPolicy
+from etl_platform.ops.tracing import BatchTracer, TraceConfig, batch_tracer
 from etl_platform.pipelines import Pipeline
 from etl_platform.search.bulk import IndexerConfig, IndexStats
 from etl_platform.search.indexer import search_sink
@@ -69,6 +71,50 @@ class AnalyticsResource(ConfigurableResource):
         return AnalyticsConfig(avg_rows=self.avg_rows, baseline_rows=self.baseline_rows, sigmas=self.sigmas)
 
 
+class TracingResource(ConfigurableResource):
+    """Where the shard workers' micro-batch traces go (etl_platform.ops.tracing)."""
+
+    exporter: str = Field(
+        default="none", description="none | file (JSON lines) | otlp (the ADOT collector) (ETL_TRACE_EXPORTER)"
+    )
+    file_path: str | None = Field(
+        default=None, description="the file exporter's path (ETL_TRACE_FILE; default .stack/traces/spans.jsonl)"
+    )
+    otlp_endpoint: str = Field(
+        default=DEFAULT_OTLP_ENDPOINT, description="OTLP/HTTP base URL of the collector (OTEL_EXPORTER_OTLP_ENDPOINT)"
+    )
+    xray_ids: bool = Field(default=False, description="X-Ray-compatible trace ids (the aws profile)")
+
+    @field_validator("exporter", mode="before")
+    @classmethod
+    def _known_exporter(cls, value: Any) -> Any:
+        def check(exporter: str) -> str:
+            if exporter not in TRACE_EXPORTERS:
+                raise ConfigError(f"exporter={exporter!r} is not one of {', '.join(TRACE_EXPORTERS)}")
+            return exporter
+
+        return _check_literal(value, check)
+
+    @classmethod
+    def from_config(cls, config: TraceConfig) -> TracingResource:
+        return cls(
+            exporter=config.exporter,
+            file_path=config.file,
+            otlp_endpoint=config.otlp_endpoint,
+            xray_ids=config.xray_ids,
+        )
+
+    def config(self) -> TraceConfig:
+        return TraceConfig(self.exporter, self.file_path, self.otlp_endpoint, self.xray_ids)
+
+    def batch_tracer(
+        self, pipeline: str, stream: str, attributes: dict[str, str | None] | None = None
+    ) -> BatchTracer | None:
+        """The consumer's `trace_batch` hook for a pipeline's stream, with these attributes on every batch's
+        root span (None when tracing is off)."""
+        return batch_tracer(self.config(), pipeline, stream, attributes)
+
+
 class KinesisResource(Boto3ClientResource):
     """The event stream: its name, a Kinesis client, and how the micro-batch consumer reads it."""
 
@@ -106,6 +152,8 @@ class KinesisResource(Boto3ClientResource):
         "waits for the lease instead of the shard waiting for a run to start (ETL_HANDOVER_LEAD_S; "
         "local default 20, aws 120: an ECS task takes 30-60 s to start)",
     )
+    # The consumers' batch traces; None: not traced.
+    tracing: TracingResource | None = None
 
     def client(self) -> Any:
         return self._client("kinesis")
@@ -148,6 +196,14 @@ class CloudWatchResource(Boto3ClientResource):
     """CloudWatch: where every stage publishes its metrics, and the alarms evaluated against them."""
 
     alarms_file: str = Field(description="the alarm definitions (ETL_ALARMS_FILE, default config/alarms.yaml)")
+    native_metrics: bool = Field(
+        default=False, description="read what Kinesis measures from AWS/Kinesis (aws profile: ETL_NATIVE_METRICS)"
+    )
+    evaluated_by: str = Field(
+        default="sensor",
+        description="who evaluates the alarms: `sensor` (locally: the alarm sensor, from raw statistics) or "
+        "`cloudwatch` (aws profile: CloudWatch does, and its actions notify SNS; the sensor relays states)",
+    )
 
     def client(self) -> Any:
         return self._client("cloudwatch")

@@ -2,8 +2,9 @@
 # Installs everything the platform and its tests need, idempotently and fast when already done:
 # Debian packages (PostgreSQL 15, Node.js, JDK 17, Maven), the Python venv from requirements-dev.lock
 # (runtime + test + dev tools; `make lock` generates it from pyproject.toml),
-# and the Kinesis emulator from services/kinesis/package-lock.json. The OpenSearch node and the Kafka
-# broker are resolved from Maven Central by their first start (etl_platform/stack/).
+# the Kinesis emulator from services/kinesis/package-lock.json and the CDK CLI from
+# deploy/cdk/package-lock.json (`make synth`). The OpenSearch node and the Kafka broker are resolved from
+# Maven Central by their first start (etl_platform/stack/).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,5 +49,10 @@ fi
 if [ ! -f services/kinesis/node_modules/kinesis-local/main.js ]; then
   echo "install: kinesis-local (npm ci)"
   (cd services/kinesis && npm ci --no-audit --no-fund --loglevel=error)
+fi
+if [ ! -f deploy/cdk/node_modules/aws-cdk/package.json ] \
+  || [ deploy/cdk/package-lock.json -nt deploy/cdk/node_modules/.package-lock.json ]; then
+  echo "install: aws-cdk CLI (npm ci)"
+  (cd deploy/cdk && npm ci --no-audit --no-fund --loglevel=error)
 fi
 echo "install: ok"

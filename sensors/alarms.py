@@ -1,9 +1,14 @@
 """The CloudWatch alarm sensor, and the hooks that publish the micro-batch job's metrics.
 
-Each minute the sensor evaluates `config/alarms.yaml` for the stream from the raw CloudWatch
-statistics (moto never evaluates alarms; in AWS the same alarms also exist in CloudWatch, created by
-`apply_alarms`). An alarm entering ALARM is logged and sent as an alert (kind "alarm") to the
-configured sinks (Dagster log, webhook, SNS: the `alerts` resource) through a per-sink outbox in the lake
+Locally, each minute the sensor evaluates `config/alarms.yaml` for every pipeline's stream from the
+raw CloudWatch statistics (moto never evaluates alarms), counting only periods since its first tick
+(a stack that just started has no workers yet). In the aws profile CloudWatch evaluates the alarms
+itself (the CDK app creates them with the alert topic as action), so a stalled daemon cannot silence
+them; the sensor only relays CloudWatch's states to the sinks SNS does not cover (Dagster log,
+webhook).
+
+An alarm entering ALARM is logged and sent as an alert (kind "alarm") to the configured sinks
+(Dagster log, webhook, SNS: the `alerts` resource) through a per-sink outbox in the lake
 (`_alerts/alarms/outbox/<sink>.json`, `etl_platform.alerts.Outbox`): a sink that is down gets the
 alert on a later tick. Breaches are deduped by alarm name + period start in the sensor cursor; an
 alarm that stays in ALARM is re-sent once per `RENOTIFY_S`, and it alerts again after returning to OK.
@@ -25,7 +30,7 @@ from dagster import (
 )
 
 from etl_platform.ops import metrics as m
-from etl_platform.ops.alarms import ALARM, OK, AlarmState, evaluate_states
+from etl_platform.ops.alarms import ALARM, OK, AlarmState, evaluate_states, read_states
 from etl_platform.ops.alerts import ALERTS_PREFIX, Alert, Outbox, Sink
 from etl_platform.pipelines import Pipeline
 from etl_platform.stream.consumer import BatchResult
@@ -101,8 +106,9 @@ def due_breaches(states: list[AlarmState], cursor: dict, now: datetime) -> list[
 @sensor(
     minimum_interval_seconds=60,
     default_status=DefaultSensorStatus.RUNNING,
-    description="Evaluates config/alarms.yaml against CloudWatch each minute and alerts on breaches "
-    "(throttling, host CPU, delivery failures, consumer lag).",
+    description="Evaluates config/alarms.yaml against CloudWatch each minute (in AWS: relays CloudWatch's own "
+    "alarm states) and alerts on breaches (throttling, worker CPU and memory, delivery failures, consumer "
+    "lag, a stalled pipeline).",
 )
 def cloudwatch_alarms_sensor(
     context: SensorEvaluationContext,
@@ -113,33 +119,61 @@ def cloudwatch_alarms_sensor(
 ) -> SkipReason:
     now = datetime.now(UTC)
     cursor = json.loads(context.cursor) if context.cursor else {}
+    since = datetime.fromisoformat(cursor.setdefault("since", now.isoformat()))
+    by_cloudwatch = cloudwatch.evaluated_by == "cloudwatch"
     # Every pipeline's stream; the default one's cursor is the top level (as before pipelines existed).
-    streams = [kinesis.stream_name, *(p.stream.name for p in deployment_pipelines() if not p.is_default)]
+    pipelines = [p for p in deployment_pipelines() if not p.is_default]
+    streams = [(kinesis.stream_name, "kinesis"), *((p.stream.name, p.stream.kind) for p in pipelines)]
+    client, alarms = cloudwatch.client(), cloudwatch.alarms()
     states, due = [], []
-    for stream in streams:
-        found = evaluate_states(cloudwatch.client(), cloudwatch.alarms(), stream, now)
-        section = cursor if stream == streams[0] else cursor.setdefault("streams", {}).setdefault(stream, {})
+    for stream, kind in streams:
+        if by_cloudwatch:
+            found = read_states(client, alarms, stream)
+        else:
+            native = m.native_metrics_for(cloudwatch, kind)
+            found = evaluate_states(client, alarms, stream, now, native=native, since=since)
+        section = cursor if stream == streams[0][0] else cursor.setdefault("streams", {}).setdefault(stream, {})
         due += due_breaches(found, section, now)
         states += found
     for state in due:
         context.log.warning(f"ALARM {state.message()}")
     # Every tick, not only with new breaches: alerts a sink failed to take earlier are retried.
     sinks = alerts.sinks(log=context.log.warning, webhook_kwargs=WEBHOOK_RETRIES)
+    if by_cloudwatch:  # CloudWatch's own alarm actions already published to the SNS topic
+        sinks = [sink for sink in sinks if sink.name != "sns"]
     errors = send_alarm_alerts(due, sinks, lake.client(), lake.bucket, now)
     for sink, error in errors.items():
         context.log.error(f"alarm alert sink {sink} failed (alert kept pending): {error}")
     context.update_cursor(json.dumps(cursor, sort_keys=True))
     summary = ", ".join(
-        f"{s.alarm.name}={s.state}" + ("" if s.stream == streams[0] else f" ({s.stream})") for s in states
+        f"{s.alarm.name}={s.state}" + ("" if s.stream == streams[0][0] else f" ({s.stream})") for s in states
     )
     return SkipReason(f"{len(due)} new breach(es); {summary}" + (f"; sink errors: {errors}" if errors else ""))
 
 
 # --- metrics publishing for the micro-batch job ----------------------------------------------------
-def publish_batch_metrics(cloudwatch: CloudWatchResource, stream: str, result: BatchResult, log: Any = None) -> None:
-    """Publish a committed batch's metrics and the host CPU; never fails the batch (logs instead)."""
+def publish_batch_metrics(
+    cloudwatch: CloudWatchResource, stream: str, result: BatchResult, log: Any = None, native: bool = False
+) -> None:
+    """Publish a committed batch's metrics and the worker's memory; never fails the batch (logs instead).
+    With `native`, what Kinesis measures itself (the iterator age) is left to it."""
+    datums = m.without_native(m.batch_metrics(stream, result) + m.worker_memory_metrics(stream), native)
+    _publish(cloudwatch, stream, datums, log)
+
+
+def publish_heartbeat(
+    cloudwatch: CloudWatchResource, stream: str, millis_behind_latest: int, log: Any = None, native: bool = False
+) -> None:
+    """An idle worker's iterator age, so the lag alarm (missing data = breaching) hears it is alive.
+    Not needed with `native`: Kinesis publishes the iterator age of every GetRecords call itself."""
+    datums = m.without_native(m.heartbeat_metrics(stream, millis_behind_latest), native)
+    _publish(cloudwatch, stream, datums, log)
+
+
+def _publish(cloudwatch: CloudWatchResource, stream: str, datums: list[m.Datum], log: Any) -> None:
+    if not datums:
+        return
     try:
-        datums = m.batch_metrics(stream, result) + m.host_metrics(stream, m.host_cpu_percent(interval_s=0.1))
         m.publish(cloudwatch.client(), datums)
     except Exception as exc:  # metrics are best-effort: the batch is already durable
         if log is not None:

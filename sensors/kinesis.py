@@ -47,6 +47,8 @@ from assets.ingestion import (
     processed_column_metadata,
     raw_column_metadata,
 )
+from etl_platform.ops.logs import batch_log_fields
+from etl_platform.ops.metrics import Heartbeat, native_metrics_for
 from etl_platform.pipelines import Pipeline
 from etl_platform.stream.consumer import BatchResult, StreamConsumer, WorkBudget
 from etl_platform.stream.kafka import KafkaSource
@@ -61,7 +63,7 @@ from resources import (
     LeaseTableResource,
     OpenSearchResource,
 )
-from sensors.alarms import failure_metrics_hook, publish_batch_metrics
+from sensors.alarms import failure_metrics_hook, publish_batch_metrics, publish_heartbeat
 
 SHARD_TAG = "etl/shard"  # the worker's shards joined by "+" (the run queue allows two runs per value)
 PIPELINE_TAG = "etl/pipeline"
@@ -98,9 +100,15 @@ def consumer_for(
     opensearch: OpenSearchResource | None = None,
     owner: str | None = None,
     pipeline: Pipeline = DEFAULT_PIPELINE,
+    run_id: str | None = None,
+    job_name: str | None = None,
 ) -> StreamConsumer:
+    """The pipeline's shard consumer; its batches are traced as the kinesis resource's `tracing` says,
+    each root span carrying the worker run's `run_id` and `job_name`."""
     s3 = lake.client()
     stream = stream_of(pipeline, kinesis)
+    tracing = kinesis.tracing
+    attributes = {"dagster.run_id": run_id, "dagster.job_name": job_name}
     client = kinesis.client()
     source = (
         KafkaSource(kafka.config(), stream, group_id=f"etl-platform.{pipeline.name}")
@@ -118,6 +126,7 @@ def consumer_for(
         owner=owner,
         pipeline=pipeline,
         source=source,
+        trace_batch=tracing.batch_tracer(pipeline.name, stream, attributes) if tracing else None,
     )
 
 
@@ -189,7 +198,15 @@ def worker_job(pipeline: Pipeline) -> JobDefinition:
         cloudwatch: CloudWatchResource,
     ) -> None:
         consumer = consumer_for(
-            kinesis, kafka, lake, leases, opensearch, owner=f"run:{context.run_id}", pipeline=pipeline
+            kinesis,
+            kafka,
+            lake,
+            leases,
+            opensearch,
+            owner=f"run:{context.run_id}",
+            pipeline=pipeline,
+            run_id=context.run_id,
+            job_name=context.job_name,
         )
         budget_s = config.budget_s if config.budget_s is not None else kinesis.worker_budget_s
 
@@ -198,16 +215,30 @@ def worker_job(pipeline: Pipeline) -> JobDefinition:
                 f"shard {result.shard_id}: {result.records} records -> {result.events} events, {result.errors} "
                 f"errors, {result.dropped} dropped, {result.anomalies} anomalies, {result.search_indexed} indexed "
                 f"({result.search_failed} backed up); ended={result.ended} behind={result.millis_behind_latest}ms "
-                f"timings={ {k: round(v, 3) for k, v in result.timings.items()} }"
+                f"timings={ {k: round(v, 3) for k, v in result.timings.items()} }",
+                extra=batch_log_fields(pipeline, consumer.stream_name, result),
             )
             log_materializations(context, result, pipeline)
-            publish_batch_metrics(cloudwatch, consumer.stream_name, result, context.log)
+            publish_batch_metrics(cloudwatch, consumer.stream_name, result, context.log, native)
+            heartbeat.reset()
+
+        # While idle, the worker still reports its iterator age: the lag alarm counts silence as a stall.
+        # Kinesis reports it itself for every GetRecords where its metrics are read (native).
+        native = native_metrics_for(cloudwatch, pipeline.stream.kind)
+        heartbeat = Heartbeat()
+
+        def on_read(shard_id: str, millis_behind_latest: int) -> None:
+            age = heartbeat.observe(millis_behind_latest)
+            if age is not None:
+                publish_heartbeat(cloudwatch, consumer.stream_name, age, context.log, native)
 
         budget = WorkBudget(seconds=budget_s, until_caught_up=config.until_caught_up, lease_wait_s=config.lease_wait_s)
-        for outcome in consumer.work_many(config.shard_ids, budget, on_batch=on_batch):
+        outcomes = consumer.work_many(config.shard_ids, budget, on_batch=on_batch, on_read=None if native else on_read)
+        for outcome in outcomes:
             context.log.info(
                 f"shard {outcome.shard_id}: {len(outcome.batches)} batches in {outcome.reads} reads; "
-                f"stopped: {outcome.stop_reason}" + (f" ({outcome.held_by})" if outcome.held_by else "")
+                f"stopped: {outcome.stop_reason}" + (f" ({outcome.held_by})" if outcome.held_by else ""),
+                extra={"pipeline": pipeline.name, "stream": consumer.stream_name, "shard": outcome.shard_id},
             )
 
     @job(

@@ -86,6 +86,7 @@ def scale_kinesis_stream(
         now=datetime.now(UTC),
         dry_run=config.dry_run,
         wait_s=config.wait_s,
+        native=cloudwatch.native_metrics,
     )
     context.log.info(f"stream {stream}: {report.decision.reason}" + (" (dry run)" if config.dry_run else ""))
     metadata = _metadata(report)

@@ -43,21 +43,26 @@ def bootstrap(settings: Settings, log=print) -> None:
             ensure_stream(kinesis, spec.name, spec.shards)
     ensure_table(aws.client("dynamodb", settings), settings.lease_table)
     ensure_bucket(aws.client("s3", settings), settings.lake_bucket, settings.aws_region)
+    from etl_platform.ops.metrics import native_metrics_for
+
     alarms = load_alarms()
     security = load_security_config()
+    cloudwatch = aws.client("cloudwatch", settings)
     applied = 0
     for pipeline in pipelines:
         spec = pipeline.stream
+        native = native_metrics_for(settings, spec.kind)
         if spec.kind != "kinesis":
-            applied += len(apply_alarms(aws.client("cloudwatch", settings), alarms, spec.name))
+            applied += len(apply_alarms(cloudwatch, alarms, spec.name, native=native))
             continue
         config = replace(
             security,
             stream_encryption=spec.encryption or security.stream_encryption,
             retention_hours=spec.retention_hours or security.retention_hours,
         )
-        secure_platform(settings, config, stream=spec.name, log=log)
-        applied += len(apply_alarms(aws.client("cloudwatch", settings), alarms, pipeline.stream.name))
+        # The bucket's lifecycle rules cover every pipeline's lake root (the CDK stack applies the same).
+        secure_platform(settings, config, stream=spec.name, log=log, lake_roots=[p.lake_root for p in pipelines])
+        applied += len(apply_alarms(cloudwatch, alarms, pipeline.stream.name, native=native))
     streams = ", ".join(f"{p.stream.name} ({p.name})" for p in pipelines)
     log(
         f"streams {streams}, bucket {settings.lake_bucket} and lease table {settings.lease_table} ready; "
@@ -179,15 +184,17 @@ def _demo_events(rate: float, duration: float, seed: int, pipeline):
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     from etl_platform.cli.options import selected_pipeline
-    from etl_platform.ops.metrics import ProducerMetricsReporter
+    from etl_platform.ops.metrics import ProducerMetricsReporter, native_metrics_for
     from etl_platform.stream.connect import stream_producer
     from etl_platform.stream.producer import ProducerError
 
     progress = Progress(args.quiet)
     pipeline = selected_pipeline(args, settings)
     stream = args.stream or pipeline.stream.name
-    # IncomingRecords/IncomingBytes for CloudWatch: the shard scaler and the throttling alarm read them.
-    reporter = ProducerMetricsReporter(aws.client("cloudwatch", settings), stream)
+    # IncomingRecords/IncomingBytes for CloudWatch: the shard scaler and the throttling alarm read them
+    # (from AWS/Kinesis instead where Kinesis measures them: then the reporter publishes nothing).
+    native = native_metrics_for(settings, pipeline.stream.kind)
+    reporter = ProducerMetricsReporter(aws.client("cloudwatch", settings), stream, native=native)
 
     def on_progress(stats) -> None:
         progress(f"produce: {stats.summary()}")
@@ -230,7 +237,9 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def make_consumer(settings: Settings, on_stage=None, index: bool = True, pipeline=None):
-    """The shard consumer of `pipeline` (default: the default pipeline), as the Dagster workers build it."""
+    """The shard consumer of `pipeline` (default: the default pipeline), as the Dagster workers build it
+    (its batches traced as `settings` say, marked as the CLI's)."""
+    from etl_platform.ops.tracing import TraceConfig, batch_tracer
     from etl_platform.pipelines import load_pipelines
     from etl_platform.search.bulk import IndexerConfig
     from etl_platform.search.client import make_client
@@ -258,6 +267,7 @@ def make_consumer(settings: Settings, on_stage=None, index: bool = True, pipelin
         else None,
         pipeline=pipeline,
         source=stream_source(pipeline, settings, kinesis),
+        trace_batch=batch_tracer(TraceConfig.from_settings(settings), pipeline.name, stream, {"etl.worker": "cli"}),
     )
 
 
@@ -406,6 +416,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         settings = load_settings()
+        from etl_platform.ops.logs import configure_logging
+
+        configure_logging(settings)
         return int(args.func(args, settings) or 0)
     except ConfigError as exc:
         print(f"configuration error: {exc}", file=sys.stderr)

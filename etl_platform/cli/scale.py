@@ -111,6 +111,7 @@ def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
         policy,
         dry_run=args.dry_run,
         wait_s=0 if args.dry_run else 60,
+        native=settings.native_metrics,
     )
     if args.json:
         print(json.dumps(report.as_dict(), indent=2, default=str))

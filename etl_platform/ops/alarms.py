@@ -8,7 +8,17 @@ compared with the threshold, ALARM when at least `datapoints_to_alarm` of them b
 
 Missing data follows `treat_missing_data`: `breaching` / `notBreaching` count a period without data
 as breaching / not; `missing` and `ignore` leave it out (all periods missing is INSUFFICIENT_DATA).
-This is CloudWatch's rule without its look-back beyond the evaluation range for `missing`.
+This is CloudWatch's rule without its look-back beyond the evaluation range for `missing`. Locally,
+periods before `since` (when evaluation began) are left out too, so a stack that just started does
+not page for the silence before its workers existed.
+
+Where silence means a stall, alarms say so: the consumer-lag alarm treats missing data as breaching
+(workers publish their iterator age while idle, so silence means no worker), and a *stall* alarm
+(`stall: {arriving, processed}`) breaches a period in which records arrived and none were
+processed. In CloudWatch it is a metric-math alarm, `IF(FILL(arriving,0) > 0 AND
+FILL(processed,0) <= 0, 1, 0) >= 1`; here the same rule is applied to the two sums.
+
+Metrics Kinesis measures itself are read from `AWS/Kinesis` when `native` (`metrics.metric_namespace`).
 """
 
 from __future__ import annotations
@@ -22,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from etl_platform.config import ConfigError, read_yaml
-from etl_platform.ops.metrics import DIMENSION, NAMESPACE, STATISTICS, combine_datapoints
+from etl_platform.ops.metrics import DIMENSION, NAMESPACE, STATISTICS, combine_datapoints, metric_namespace
 
 DEFAULT_PATH = Path(__file__).resolve().parents[2] / "config" / "alarms.yaml"
 COMPARISONS: Mapping[str, Callable[[float, float], bool]] = {
@@ -42,6 +52,9 @@ ALARM, OK, INSUFFICIENT = "ALARM", "OK", "INSUFFICIENT_DATA"
 _NAME_RE = re.compile(r"^[A-Za-z0-9._-]{1,200}$")
 _REQUIRED = ("name", "metric", "threshold", "comparison")
 _OPTIONAL = ("statistic", "period_s", "evaluation_periods", "datapoints_to_alarm", "treat_missing_data", "description")
+_STALL_REQUIRED = ("name", "stall")
+_STALL_OPTIONAL = ("period_s", "evaluation_periods", "datapoints_to_alarm", "description")
+STALL_EXPRESSION = "IF(FILL(arriving, 0) > 0 AND FILL(processed, 0) <= 0, 1, 0)"
 
 
 class AlarmConfigError(ConfigError):
@@ -61,16 +74,21 @@ class Alarm:
     treat_missing_data: str = "missing"
     description: str = ""
     namespace: str = NAMESPACE
+    arriving: str | None = None  # a stall alarm: `metric` (processed) is 0 while this one is not
 
     def breaches(self, value: float) -> bool:
         return COMPARISONS[self.comparison](value, self.threshold)
 
     def condition(self) -> str:
         """E.g. `Sum(DeliveryToS3.Errors) > 0 for 1 of 1 x 60s`."""
-        return (
-            f"{self.statistic}({self.metric}) {SYMBOLS[self.comparison]} {self.threshold:g} for "
-            f"{self.datapoints_to_alarm} of {self.evaluation_periods} x {self.period_s}s"
-        )
+        if self.arriving:
+            what = f"Sum({self.arriving}) > 0 while Sum({self.metric}) = 0"
+        else:
+            what = f"{self.statistic}({self.metric}) {SYMBOLS[self.comparison]} {self.threshold:g}"
+        return f"{what} for {self.datapoints_to_alarm} of {self.evaluation_periods} x {self.period_s}s"
+
+    def namespace_of(self, metric: str, native: bool) -> str:
+        return metric_namespace(metric, native, self.namespace)
 
 
 # --- loading --------------------------------------------------------------------------------------
@@ -110,14 +128,35 @@ def parse_alarms(data: Any, source: str = "alarms") -> list[Alarm]:
             raise AlarmConfigError(f"{label} must be a mapping, got {entry!r}")
         if isinstance(entry.get("name"), str):
             label = f"{source}: alarm {entry['name']!r}"
-        for key in _REQUIRED:
+        stall = "stall" in entry
+        required, optional = (_STALL_REQUIRED, _STALL_OPTIONAL) if stall else (_REQUIRED, _OPTIONAL)
+        for key in required:
             if key not in entry:
                 raise AlarmConfigError(f"{label}: missing required key `{key}`")
-        unknown = set(entry) - set(_REQUIRED) - set(_OPTIONAL)
+        unknown = set(entry) - set(required) - set(optional)
         if unknown:
+            kind = "a stall alarm" if stall else "an alarm"
             raise AlarmConfigError(
-                f"{label}: unknown key(s) {sorted(unknown)}; allowed: {', '.join((*_REQUIRED, *_OPTIONAL))}"
+                f"{label}: unknown key(s) {sorted(unknown)} for {kind}; allowed: {', '.join((*required, *optional))}"
             )
+        arriving = None
+        if stall:
+            spec = entry["stall"]
+            if not isinstance(spec, Mapping) or set(spec) != {"arriving", "processed"}:
+                raise AlarmConfigError(f"{label}: `stall` must be a mapping with exactly `arriving` and `processed`")
+            for key in ("arriving", "processed"):
+                if not isinstance(spec[key], str) or not spec[key].strip():
+                    raise AlarmConfigError(f"{label}: `stall.{key}` must be a metric name")
+            arriving = spec["arriving"]
+            # The rule is fixed: 1 for a stalled period, 0 otherwise; never missing (FILL).
+            entry = {
+                **entry,
+                "metric": spec["processed"],
+                "statistic": "Sum",
+                "threshold": 1,
+                "comparison": "GreaterThanOrEqualToThreshold",
+                "treat_missing_data": "notBreaching",
+            }
         name = entry["name"]
         if not isinstance(name, str) or not _NAME_RE.match(name):
             raise AlarmConfigError(f"{label}: `name` must match {_NAME_RE.pattern}")
@@ -158,6 +197,7 @@ def parse_alarms(data: Any, source: str = "alarms") -> list[Alarm]:
                 ),
                 description=description.strip(),
                 namespace=namespace,
+                arriving=arriving,
             )
         )
     return alarms
@@ -177,32 +217,79 @@ def alarm_name(alarm: Alarm, stream: str) -> str:
     return f"{stream}-{alarm.name}"
 
 
-def apply_alarms(cloudwatch: Any, alarms: Sequence[Alarm], stream: str, actions: Sequence[str] = ()) -> list[str]:
+def _metric_stat(alarm: Alarm, metric: str, stream: str, native: bool, stat: str) -> dict[str, Any]:
+    return {
+        "Metric": {
+            "Namespace": alarm.namespace_of(metric, native),
+            "MetricName": metric,
+            "Dimensions": [{"Name": DIMENSION, "Value": stream}],
+        },
+        "Period": alarm.period_s,
+        "Stat": stat,
+    }
+
+
+def alarm_definition(alarm: Alarm, stream: str, native: bool = False) -> dict[str, Any]:
+    """The alarm for `stream` as `put_metric_alarm`'s keyword arguments, without actions (the CDK app
+    turns the same dict into an `AWS::CloudWatch::Alarm`). `native`: read what Kinesis measures from
+    AWS/Kinesis."""
+    spec: dict[str, Any] = {
+        "AlarmName": alarm_name(alarm, stream),
+        "AlarmDescription": alarm.description[:1024],
+        "EvaluationPeriods": alarm.evaluation_periods,
+        "DatapointsToAlarm": alarm.datapoints_to_alarm,
+        "Threshold": alarm.threshold,
+        "ComparisonOperator": alarm.comparison,
+        "TreatMissingData": alarm.treat_missing_data,
+    }
+    if alarm.arriving:
+        spec["Metrics"] = [
+            {
+                "Id": "arriving",
+                "MetricStat": _metric_stat(alarm, alarm.arriving, stream, native, "Sum"),
+                "ReturnData": False,
+            },
+            {
+                "Id": "processed",
+                "MetricStat": _metric_stat(alarm, alarm.metric, stream, native, "Sum"),
+                "ReturnData": False,
+            },
+            {
+                "Id": "stalled",
+                "Expression": STALL_EXPRESSION,
+                "Label": f"{alarm.name} (1 = stalled)",
+                "ReturnData": True,
+            },
+        ]
+        return spec
+    spec.update(
+        Namespace=alarm.namespace_of(alarm.metric, native),
+        MetricName=alarm.metric,
+        Dimensions=[{"Name": DIMENSION, "Value": stream}],
+        Statistic=alarm.statistic,
+        Period=alarm.period_s,
+    )
+    return spec
+
+
+def alarm_definitions(alarms: Sequence[Alarm], stream: str, native: bool = False) -> list[dict[str, Any]]:
+    """`alarm_definition` of each alarm."""
+    return [alarm_definition(alarm, stream, native) for alarm in alarms]
+
+
+def apply_alarms(
+    cloudwatch: Any, alarms: Sequence[Alarm], stream: str, actions: Sequence[str] = (), native: bool = False
+) -> list[str]:
     """Create or update (PutMetricAlarm is an upsert) each alarm for `stream`; returns their names.
 
     `actions` are ARNs notified on ALARM and OK (e.g. the alert SNS topic).
     """
     names = []
-    for alarm in alarms:
-        name = alarm_name(alarm, stream)
+    for spec in alarm_definitions(alarms, stream, native):
         cloudwatch.put_metric_alarm(
-            AlarmName=name,
-            AlarmDescription=alarm.description[:1024],
-            Namespace=alarm.namespace,
-            MetricName=alarm.metric,
-            Dimensions=[{"Name": DIMENSION, "Value": stream}],
-            Statistic=alarm.statistic,
-            Period=alarm.period_s,
-            EvaluationPeriods=alarm.evaluation_periods,
-            DatapointsToAlarm=alarm.datapoints_to_alarm,
-            Threshold=alarm.threshold,
-            ComparisonOperator=alarm.comparison,
-            TreatMissingData=alarm.treat_missing_data,
-            ActionsEnabled=bool(actions),
-            AlarmActions=list(actions),
-            OKActions=list(actions),
+            **spec, ActionsEnabled=bool(actions), AlarmActions=list(actions), OKActions=list(actions)
         )
-        names.append(name)
+        names.append(spec["AlarmName"])
     return names
 
 
@@ -217,6 +304,7 @@ class AlarmState:
     window_start: datetime
     values: tuple[float | None, ...]  # oldest first; None = no datapoint
     breaching: int
+    reason: str = ""  # CloudWatch's StateReason, when CloudWatch evaluated the alarm
 
     @property
     def key(self) -> str:
@@ -224,6 +312,8 @@ class AlarmState:
         return f"{self.alarm.name}@{self.stream}@{self.period_start.isoformat()}"
 
     def message(self) -> str:
+        if self.reason:
+            return f"{self.alarm.name} {self.state} on stream {self.stream}: {self.reason}"
         shown = ", ".join("-" if v is None else f"{v:g}" for v in self.values)
         return (
             f"{self.alarm.name} {self.state} on stream {self.stream}: {self.alarm.condition()}; "
@@ -239,29 +329,54 @@ def _floor(moment: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
 
 
-def _period_value(cloudwatch: Any, alarm: Alarm, stream: str, start: datetime) -> float | None:
-    """The alarm's statistic for exactly one period (one datapoint or none, however the server buckets)."""
-    stats = ["Sum", "SampleCount"] if alarm.statistic == "Average" else [alarm.statistic]
+def _sum_or_stat(
+    cloudwatch: Any, alarm: Alarm, metric: str, stat: str, stream: str, start: datetime, native: bool
+) -> float | None:
+    """`stat` of `metric` for exactly one period (one datapoint or none, however the server buckets)."""
+    stats = ["Sum", "SampleCount"] if stat == "Average" else [stat]
     resp = cloudwatch.get_metric_statistics(
-        Namespace=alarm.namespace,
-        MetricName=alarm.metric,
+        Namespace=alarm.namespace_of(metric, native),
+        MetricName=metric,
         Dimensions=[{"Name": DIMENSION, "Value": stream}],
         StartTime=start,
         EndTime=start + timedelta(seconds=alarm.period_s),
         Period=alarm.period_s,
         Statistics=stats,
     )
-    return combine_datapoints(resp.get("Datapoints", []), alarm.statistic)
+    return combine_datapoints(resp.get("Datapoints", []), stat)
 
 
-def evaluate_alarm(cloudwatch: Any, alarm: Alarm, stream: str, now: datetime) -> AlarmState:
-    """Evaluate one alarm over its last `evaluation_periods` complete periods before `now`."""
+def _period_value(cloudwatch: Any, alarm: Alarm, stream: str, start: datetime, native: bool) -> float | None:
+    """The alarm's value for one period: its statistic, or for a stall alarm 1 (stalled) or 0."""
+    if alarm.arriving:
+        arriving = _sum_or_stat(cloudwatch, alarm, alarm.arriving, "Sum", stream, start, native) or 0.0
+        processed = _sum_or_stat(cloudwatch, alarm, alarm.metric, "Sum", stream, start, native) or 0.0
+        return 1.0 if arriving > 0 and processed <= 0 else 0.0
+    return _sum_or_stat(cloudwatch, alarm, alarm.metric, alarm.statistic, stream, start, native)
+
+
+def evaluate_alarm(
+    cloudwatch: Any,
+    alarm: Alarm,
+    stream: str,
+    now: datetime,
+    native: bool = False,
+    since: datetime | None = None,
+) -> AlarmState:
+    """Evaluate one alarm over its last `evaluation_periods` complete periods before `now`; periods
+    that began before `since` are left out (the silence before evaluation began is no evidence)."""
     end = _floor(now, alarm.period_s)
     step = timedelta(seconds=alarm.period_s)
     starts = [end - step * (alarm.evaluation_periods - i) for i in range(alarm.evaluation_periods)]
-    values = tuple(_period_value(cloudwatch, alarm, stream, start) for start in starts)
+    counted = [since is None or start >= since for start in starts]
+    values = tuple(
+        _period_value(cloudwatch, alarm, stream, start, native) if ok else None
+        for start, ok in zip(starts, counted, strict=True)
+    )
     breaching = present = 0
-    for value in values:
+    for value, ok in zip(values, counted, strict=True):
+        if not ok:
+            continue
         if value is None:
             if alarm.treat_missing_data == "breaching":
                 breaching += 1
@@ -286,14 +401,57 @@ def evaluate_alarm(cloudwatch: Any, alarm: Alarm, stream: str, now: datetime) ->
     )
 
 
+def read_states(cloudwatch: Any, alarms: Sequence[Alarm], stream: str) -> list[AlarmState]:
+    """The states CloudWatch itself evaluated for `stream`'s alarms (the aws profile: CloudWatch, not
+    the daemon, decides; this only reads). An alarm not created yet reads INSUFFICIENT_DATA; the
+    dedupe key's period is CloudWatch's last state change."""
+    by_name = {alarm_name(alarm, stream): alarm for alarm in alarms}
+    found: dict[str, dict[str, Any]] = {}
+    names = list(by_name)
+    for start in range(0, len(names), 100):  # DescribeAlarms takes at most 100 names
+        for page in cloudwatch.get_paginator("describe_alarms").paginate(
+            AlarmNames=names[start : start + 100], AlarmTypes=["MetricAlarm"]
+        ):
+            found.update({a["AlarmName"]: a for a in page.get("MetricAlarms", [])})
+    states = []
+    for name, alarm in by_name.items():
+        current = found.get(name, {})
+        changed = current.get("StateUpdatedTimestamp") or datetime.fromtimestamp(0, UTC)
+        states.append(
+            AlarmState(
+                alarm=alarm,
+                stream=stream,
+                state=current.get("StateValue", INSUFFICIENT),
+                period_start=changed,
+                window_start=changed,
+                values=(),
+                breaching=0,
+                reason=current.get("StateReason", "alarm not created in CloudWatch"),
+            )
+        )
+    return states
+
+
 def evaluate_states(
-    cloudwatch: Any, alarms: Sequence[Alarm], stream: str, now: datetime | None = None
+    cloudwatch: Any,
+    alarms: Sequence[Alarm],
+    stream: str,
+    now: datetime | None = None,
+    native: bool = False,
+    since: datetime | None = None,
 ) -> list[AlarmState]:
     """Every alarm's state at `now` (default: the current time)."""
     now = now or datetime.now(UTC)
-    return [evaluate_alarm(cloudwatch, alarm, stream, now) for alarm in alarms]
+    return [evaluate_alarm(cloudwatch, alarm, stream, now, native, since) for alarm in alarms]
 
 
-def evaluate(cloudwatch: Any, alarms: Sequence[Alarm], stream: str, now: datetime | None = None) -> list[Breach]:
+def evaluate(
+    cloudwatch: Any,
+    alarms: Sequence[Alarm],
+    stream: str,
+    now: datetime | None = None,
+    native: bool = False,
+    since: datetime | None = None,
+) -> list[Breach]:
     """The alarms in ALARM state at `now`."""
-    return [s for s in evaluate_states(cloudwatch, alarms, stream, now) if s.state == ALARM]
+    return [s for s in evaluate_states(cloudwatch, alarms, stream, now, native, since) if s.state == ALARM]

@@ -1,18 +1,25 @@
 """CloudWatch metrics for the pipeline, under the names the seed's dashboards and alarms use.
 
-Everything goes to our own namespace `ETLPlatform` with one dimension, `StreamName`, so alarms and
-the shard scaler can read a stream's numbers back with a single exact-dimension query. Names follow
-the AWS services the platform re-creates (Kinesis `IncomingRecords`, `GetRecords.IteratorAgeMilliseconds`,
-`WriteProvisionedThroughputExceeded`; Firehose `DeliveryToS3.*`) so runbooks written for those
-services read the same here.
+Two sources, one dimension (`StreamName`) so alarms and the shard scaler read a stream's numbers
+back with one exact-dimension query:
+
+- **What AWS measures itself.** Kinesis publishes `IncomingRecords`, `IncomingBytes`,
+  `WriteProvisionedThroughputExceeded` and `GetRecords.IteratorAgeMilliseconds` in `AWS/Kinesis` for
+  every producer and consumer, ours or not. In the `aws` profile (`Settings.native_metrics`) alarms
+  and the scaler read them there (`metric_namespace`), and the platform does not publish copies.
+  Locally (kinesis-mock publishes nothing) and for Kafka pipelines, the producer and the workers
+  publish the same names in our namespace, so one set of alarms serves every profile.
+- **What AWS does not measure**, in our namespace `ETLPlatform`: records read, processed,
+  dead-lettered (`RecordsRejected`) and dropped as duplicates per batch, the state snapshot written
+  (`CheckpointSize`), the worker's CPU over the batch and its memory against its limit, deliveries
+  (Firehose's `DeliveryToS3.*` names), warehouse and search counts.
 
 Building datums is pure (`batch_metrics`, `producer_metrics`, ...); `publish` is the only writer and
-`read_metric` the only reader.
+`statistic` / `period_values` the readers.
 """
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -20,6 +27,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 NAMESPACE = "ETLPlatform"
+KINESIS_NAMESPACE = "AWS/Kinesis"
 DIMENSION = "StreamName"
 MAX_DATUMS_PER_CALL = 1000  # PutMetricData's limit per request
 STATISTICS = ("SampleCount", "Average", "Sum", "Minimum", "Maximum")
@@ -29,8 +37,10 @@ INCOMING_RECORDS = "IncomingRecords"
 INCOMING_BYTES = "IncomingBytes"
 WRITE_THROTTLED = "WriteProvisionedThroughputExceeded"
 ITERATOR_AGE = "GetRecords.IteratorAgeMilliseconds"
+RECORDS_READ = "RecordsRead"  # stream records read (a KPL aggregate counts once, as Kinesis counts it)
 RECORDS_PROCESSED = "RecordsProcessed"
-RECORDS_REJECTED = "RecordsRejected"
+RECORDS_REJECTED = "RecordsRejected"  # dead-lettered: written to errors/ with the reason
+CHECKPOINT_SIZE = "CheckpointSize"  # bytes of analytics state the batch's commit wrote
 DUPLICATE_EVENTS = "DuplicateEvents"  # deliveries of an event_id seen lately, dropped (stream.dedupe)
 DELIVERY_SUCCESS = "DeliveryToS3.Success"
 DELIVERY_FRESHNESS = "DeliveryToS3.DataFreshness"
@@ -40,9 +50,28 @@ SEARCH_INDEXED = "SearchDocumentsIndexed"
 SEARCH_FAILED = "SearchDocumentsFailed"
 ANOMALIES = "AnomaliesDetected"
 BATCH_DURATION = "MicroBatchDuration"
-HOST_CPU = "HostCPUUtilization"
+WORKER_CPU = "WorkerCPUUtilization"  # process CPU time / wall time over the batch, percent of one core
+WORKER_MEMORY = "WorkerMemoryUtilization"  # resident memory / the worker's memory limit, percent
+# Measured by Kinesis itself (AWS/Kinesis) wherever the stream is a real Kinesis stream.
+NATIVE_KINESIS_METRICS = frozenset({INCOMING_RECORDS, INCOMING_BYTES, WRITE_THROTTLED, ITERATOR_AGE})
 
 Datum = dict[str, Any]  # a boto3 MetricDatum
+
+
+def metric_namespace(name: str, native: bool, namespace: str = NAMESPACE) -> str:
+    """Where metric `name` of a stream lives: `AWS/Kinesis` for what Kinesis measures itself when
+    `native` (a Kinesis stream in the aws profile), else our own `namespace`."""
+    return KINESIS_NAMESPACE if native and name in NATIVE_KINESIS_METRICS else namespace
+
+
+def native_metrics_for(settings: Any, stream_kind: str) -> bool:
+    """Whether Kinesis measures this stream itself: a Kinesis stream where `settings.native_metrics`."""
+    return bool(settings.native_metrics) and stream_kind == "kinesis"
+
+
+def without_native(datums: Sequence[Datum], native: bool) -> list[Datum]:
+    """`datums` less those AWS already publishes for the stream (when `native`)."""
+    return [d for d in datums if not (native and d["MetricName"] in NATIVE_KINESIS_METRICS)]
 
 
 def datum(name: str, value: float, unit: str, stream: str, timestamp: datetime | None = None) -> Datum:
@@ -66,20 +95,31 @@ def batch_metrics(stream: str, result: Any, timestamp: datetime | None = None) -
     out = [datum(ITERATOR_AGE, result.millis_behind_latest, "Milliseconds", stream, ts)]
     if not result.committed:
         return out
+    total_s = result.timings.get("total", 0.0)
     out += [
+        datum(RECORDS_READ, result.records, "Count", stream, ts),
         datum(RECORDS_PROCESSED, result.events, "Count", stream, ts),
         datum(RECORDS_REJECTED, result.errors, "Count", stream, ts),
         datum(DUPLICATE_EVENTS, getattr(result, "duplicates", 0), "Count", stream, ts),
         datum(ANOMALIES, result.anomalies, "Count", stream, ts),
+        datum(CHECKPOINT_SIZE, getattr(result, "state_bytes", 0), "Bytes", stream, ts),
         datum(DELIVERY_SUCCESS, 1.0, "None", stream, ts),
         datum(DELIVERY_ERRORS, 0.0, "Count", stream, ts),
-        datum(BATCH_DURATION, result.timings.get("total", 0.0), "Seconds", stream, ts),
+        datum(BATCH_DURATION, total_s, "Seconds", stream, ts),
     ]
+    if total_s > 0:
+        cpu = 100.0 * getattr(result, "cpu_s", 0.0) / total_s
+        out.append(datum(WORKER_CPU, round(cpu, 2), "Percent", stream, ts))
     if result.events:
         out.append(datum(DELIVERY_FRESHNESS, result.max_latency_s, "Seconds", stream, ts))
     if getattr(result, "search_indexed", None) is not None:  # near-real-time indexing in the same batch
         out += search_metrics(stream, result.search_indexed, result.search_failed, ts)
     return out
+
+
+def heartbeat_metrics(stream: str, millis_behind_latest: int, timestamp: datetime | None = None) -> list[Datum]:
+    """An idle worker's sign of life: its iterator age. The lag alarm treats silence as a stall."""
+    return [datum(ITERATOR_AGE, millis_behind_latest, "Milliseconds", stream, timestamp)]
 
 
 def failed_batch_metrics(stream: str, timestamp: datetime | None = None) -> list[Datum]:
@@ -114,43 +154,78 @@ def search_metrics(stream: str, indexed: int, failed: int, timestamp: datetime |
     return [datum(SEARCH_INDEXED, indexed, "Count", stream, ts), datum(SEARCH_FAILED, failed, "Count", stream, ts)]
 
 
-# --- host CPU -------------------------------------------------------------------------------------
-def _proc_stat_times() -> tuple[int, int] | None:
-    """(busy, total) jiffies from /proc/stat's aggregate cpu line; None where /proc is absent."""
+@dataclass
+class Heartbeat:
+    """When an idle worker should report its iterator age: at most once per `interval_s`, with the
+    largest age seen since the last report (a worker serving several shards reports its worst)."""
+
+    interval_s: float = 30.0
+    _worst: int | None = None
+    _last: float = float("-inf")
+
+    def observe(self, millis_behind_latest: int, now: float | None = None) -> int | None:
+        """Record one read's age; returns the age to report now, or None."""
+        now = time.monotonic() if now is None else now
+        self._worst = max(self._worst or 0, millis_behind_latest)
+        if now - self._last < self.interval_s:
+            return None
+        worst, self._worst, self._last = self._worst, None, now
+        return worst
+
+    def reset(self, now: float | None = None) -> None:
+        """A batch was just reported (its datums include the iterator age): restart the interval."""
+        self._worst, self._last = None, time.monotonic() if now is None else now
+
+
+# --- worker memory --------------------------------------------------------------------------------
+def _read_int(path: str) -> int | None:
     try:
-        with open("/proc/stat", encoding="ascii") as fh:
-            fields = fh.readline().split()
+        with open(path, encoding="ascii") as fh:
+            text = fh.read().strip()
     except OSError:
         return None
-    if not fields or fields[0] != "cpu":
-        return None
-    values = [int(v) for v in fields[1:]]
-    idle = values[3] + (values[4] if len(values) > 4 else 0)  # idle + iowait
-    total = sum(values[:8])  # guest time is already inside user/nice
-    return total - idle, total
+    return int(text) if text.isdigit() else None  # cgroup v2 says "max" for no limit
 
 
-def host_cpu_percent(interval_s: float = 0.25) -> float:
-    """Host CPU utilisation in percent (0-100) over `interval_s`.
-
-    Kinesis Analytics' `CPUUtilization` has no local equivalent: the consumer host's CPU is what the
-    seed's "CPU high" alarm protects. /proc/stat deltas where available, else the 1-minute load
-    average divided by the core count (capped at 100).
-    """
-    first = _proc_stat_times()
-    if first is not None:
-        time.sleep(interval_s)
-        second = _proc_stat_times()
-        if second is not None and second[1] > first[1]:
-            return round(100.0 * (second[0] - first[0]) / (second[1] - first[1]), 2)
-    load = os.getloadavg()[0]
-    return round(min(100.0, 100.0 * load / (os.cpu_count() or 1)), 2)
+def _meminfo_total() -> int | None:
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
 
 
-def host_metrics(stream: str, cpu_percent: float | None = None, timestamp: datetime | None = None) -> list[Datum]:
-    """The `HostCPUUtilization` datum (measured now unless given)."""
-    value = host_cpu_percent() if cpu_percent is None else cpu_percent
-    return [datum(HOST_CPU, value, "Percent", stream, timestamp)]
+def memory_limit_bytes() -> int | None:
+    """The process's memory limit: its cgroup's (a Fargate task's memory), else the host's RAM."""
+    for path in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        limit = _read_int(path)
+        if limit is not None and limit < 1 << 60:  # cgroup v1 writes a huge number for "no limit"
+            return limit
+    return _meminfo_total()
+
+
+def resident_bytes() -> int | None:
+    """The process's resident set size now (VmRSS), None where /proc is absent."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def worker_memory_metrics(stream: str, timestamp: datetime | None = None) -> list[Datum]:
+    """`WorkerMemoryUtilization`: resident memory against the limit (Kinesis Analytics'
+    HeapMemoryUtilization, for a Python worker); nothing where either is unknown."""
+    rss, limit = resident_bytes(), memory_limit_bytes()
+    if not rss or not limit:
+        return []
+    return [datum(WORKER_MEMORY, round(100.0 * rss / limit, 2), "Percent", stream, timestamp)]
 
 
 # --- I/O ------------------------------------------------------------------------------------------
@@ -257,12 +332,14 @@ class ProducerMetricsReporter:
 
     Wire it into `KinesisProducer(progress=...)` and call `flush` at the end, so `IncomingRecords`
     reflects the rate over time rather than one lump when the run finishes. The first update publishes
-    at once (interval counted from then on).
+    at once (interval counted from then on). With `native` (Kinesis measures these itself), nothing
+    is published.
     """
 
     cloudwatch: Any
     stream: str
     interval_s: float = 60.0
+    native: bool = False
     _records: int = 0
     _bytes: int = 0
     _throttled: int = 0
@@ -281,7 +358,9 @@ class ProducerMetricsReporter:
             {"ProvisionedThroughputExceededException": throttled - self._throttled},
         )
         self._records, self._bytes, self._throttled, self._last = stats.records, stats.bytes, throttled, now
-        datums = producer_metrics(self.stream, delta)
+        datums = without_native(producer_metrics(self.stream, delta), self.native)
+        if not datums:
+            return 0
         try:
             publish(self.cloudwatch, datums)
         except Exception as exc:  # best-effort: a metrics outage must not stop the producer

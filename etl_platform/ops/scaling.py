@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from etl_platform.config import ConfigError, env_number
-from etl_platform.ops.metrics import INCOMING_BYTES, INCOMING_RECORDS, NAMESPACE, period_values, statistic
+from etl_platform.ops.metrics import INCOMING_BYTES, INCOMING_RECORDS, metric_namespace, period_values, statistic
 
 SHARD_RECORDS_PER_S = 1000
 SHARD_BYTES_PER_S = 1024 * 1024
@@ -317,11 +317,12 @@ def observe(
     stream: str,
     now: datetime,
     window_minutes: int = 5,
-    namespace: str = NAMESPACE,
+    native: bool = False,
     peak_minutes: int | None = None,
 ) -> Observation:
     """Current shards, the stream's IncomingRecords/IncomingBytes sums over the last window, and the
-    busiest window's rates over the last `peak_minutes` (the scale-in look-back)."""
+    busiest window's rates over the last `peak_minutes` (the scale-in look-back). `native`: read them
+    from AWS/Kinesis, which counts every producer's writes, not only ours."""
     shards, status = open_shard_count(kinesis, stream)
     start = now - timedelta(minutes=window_minutes)
     window_s = window_minutes * 60
@@ -329,7 +330,14 @@ def observe(
     if peak_minutes:
         for name in peaks:
             sums = period_values(
-                cloudwatch, name, stream, now - timedelta(minutes=peak_minutes), now, window_s, "Sum", namespace
+                cloudwatch,
+                name,
+                stream,
+                now - timedelta(minutes=peak_minutes),
+                now,
+                window_s,
+                "Sum",
+                metric_namespace(name, native),
             )
             peaks[name] = max(sums) / window_s if sums else None
     return Observation(
@@ -338,8 +346,12 @@ def observe(
         stream_status=status,
         window_start=start,
         window_end=now,
-        incoming_records=statistic(cloudwatch, INCOMING_RECORDS, stream, start, now, "Sum", namespace),
-        incoming_bytes=statistic(cloudwatch, INCOMING_BYTES, stream, start, now, "Sum", namespace),
+        incoming_records=statistic(
+            cloudwatch, INCOMING_RECORDS, stream, start, now, "Sum", metric_namespace(INCOMING_RECORDS, native)
+        ),
+        incoming_bytes=statistic(
+            cloudwatch, INCOMING_BYTES, stream, start, now, "Sum", metric_namespace(INCOMING_BYTES, native)
+        ),
         peak_records_per_s=peaks[INCOMING_RECORDS],
         peak_bytes_per_s=peaks[INCOMING_BYTES],
     )
@@ -450,12 +462,12 @@ def scale_stream(
     now: datetime | None = None,
     dry_run: bool = False,
     wait_s: float = 0.0,
-    namespace: str = NAMESPACE,
+    native: bool = False,
 ) -> ScalingReport:
     """Observe, decide and (unless `dry_run`) apply and record: what the schedule and the CLI run."""
     policy = policy or ScalingPolicy()
     now = now or datetime.now(UTC)
-    obs = observe(kinesis, cloudwatch, stream, now, policy.window_minutes, namespace, policy.scale_in_window_minutes)
+    obs = observe(kinesis, cloudwatch, stream, now, policy.window_minutes, native, policy.scale_in_window_minutes)
     past = [t for t in history.timestamps() if timedelta(0) <= now - t < DAY]
     decision = decide(
         obs.open_shards,

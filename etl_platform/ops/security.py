@@ -18,7 +18,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -230,20 +230,37 @@ def set_retention(kinesis: Any, stream: str, hours: int) -> bool:
 
 
 # --- S3 -------------------------------------------------------------------------------------------
-def lifecycle_rules(config: SecurityConfig) -> list[dict[str, Any]]:
-    """S3 lifecycle rules for the configured prefixes (plus aborting stale multipart uploads)."""
+def lake_roots_of(roots: Iterable[str]) -> tuple[str, ...]:
+    """The pipelines' lake roots, validated ("" or "<name>/") and without repeats, in order; none given
+    means the default pipeline's ("")."""
+    seen: dict[str, None] = {}
+    for root in roots:
+        if root and (not root.endswith("/") or root.startswith("/") or "//" in root):
+            raise ValueError(f"lake root {root!r} must be empty (the default pipeline) or look like <name>/")
+        seen.setdefault(root, None)
+    return tuple(seen) or ("",)
+
+
+def lifecycle_rules(config: SecurityConfig, lake_roots: Iterable[str] = ("",)) -> list[dict[str, Any]]:
+    """S3 lifecycle rules for the configured prefixes under every pipeline's lake root (plus aborting
+    stale multipart uploads, bucket-wide).
+
+    `lake_roots` are the pipelines' `Pipeline.lake_root`s: "" for the default pipeline (rule `etl-raw`
+    on `raw/`), "<name>/" for the others (rule `etl-<name>/raw` on `<name>/raw/`). The bootstrap and the
+    CDK stack (deploy/cdk) both call this, so the bucket gets the same rules either way."""
     rules: list[dict[str, Any]] = []
-    for item in config.lifecycle:
-        rule: dict[str, Any] = {
-            "ID": f"etl-{item.prefix}",
-            "Filter": {"Prefix": f"{item.prefix}/"},
-            "Status": "Enabled",
-        }
-        if item.transition_to_ia_days is not None:
-            rule["Transitions"] = [{"Days": item.transition_to_ia_days, "StorageClass": "STANDARD_IA"}]
-        if item.expire_days is not None:
-            rule["Expiration"] = {"Days": item.expire_days}
-        rules.append(rule)
+    for root in lake_roots_of(lake_roots):
+        for item in config.lifecycle:
+            rule: dict[str, Any] = {
+                "ID": f"etl-{root}{item.prefix}",
+                "Filter": {"Prefix": f"{root}{item.prefix}/"},
+                "Status": "Enabled",
+            }
+            if item.transition_to_ia_days is not None:
+                rule["Transitions"] = [{"Days": item.transition_to_ia_days, "StorageClass": "STANDARD_IA"}]
+            if item.expire_days is not None:
+                rule["Expiration"] = {"Days": item.expire_days}
+            rules.append(rule)
     if config.abort_incomplete_multipart_days:
         days = config.abort_incomplete_multipart_days
         rules.append(
@@ -275,9 +292,15 @@ def tls_only_policy(bucket: str) -> dict[str, Any]:
 
 
 def apply_bucket_security(
-    s3: Any, bucket: str, kms_key_arn: str | None, config: SecurityConfig | None = None, enforce_tls: bool = False
+    s3: Any,
+    bucket: str,
+    kms_key_arn: str | None,
+    config: SecurityConfig | None = None,
+    enforce_tls: bool = False,
+    lake_roots: Iterable[str] = ("",),
 ) -> None:
-    """Default encryption, public access block, lifecycle (and with `enforce_tls`, the TLS-only policy)."""
+    """Default encryption, public access block, lifecycle under every lake root (and with `enforce_tls`,
+    the TLS-only policy)."""
     config = config or SecurityConfig()
     if config.bucket_encryption == "aws:kms":
         if not kms_key_arn:
@@ -306,7 +329,7 @@ def apply_bucket_security(
                 "RestrictPublicBuckets": True,
             },
         )
-    rules = lifecycle_rules(config)
+    rules = lifecycle_rules(config, lake_roots)
     if rules:
         s3.put_bucket_lifecycle_configuration(Bucket=bucket, LifecycleConfiguration={"Rules": rules})
     if enforce_tls and config.deny_insecure_transport:
@@ -337,8 +360,10 @@ def secure_platform(
     stream: str | None = None,
     bucket: str | None = None,
     log: Callable[[str], None] = print,
+    lake_roots: Iterable[str] = ("",),
 ) -> SecurityReport:
-    """Apply the whole security config to the profile's stream and bucket (both must exist)."""
+    """Apply the whole security config to the profile's stream and bucket (both must exist); the bucket's
+    lifecycle rules cover every lake root in `lake_roots` (each pipeline's `lake_root`)."""
     from etl_platform import aws
 
     config = config or load_security_config()
@@ -353,8 +378,11 @@ def secure_platform(
         apply_stream_encryption(kinesis, stream, key_arn) if config.stream_encryption == "KMS" and key_arn else False
     )
     retention = set_retention(kinesis, stream, config.retention_hours)
-    apply_bucket_security(aws.client("s3", settings), bucket, key_arn, config, enforce_tls=settings.tls)
-    report = SecurityReport(key_arn, encrypted, retention, bucket, len(lifecycle_rules(config)))
+    lake_roots = lake_roots_of(lake_roots)
+    apply_bucket_security(
+        aws.client("s3", settings), bucket, key_arn, config, enforce_tls=settings.tls, lake_roots=lake_roots
+    )
+    report = SecurityReport(key_arn, encrypted, retention, bucket, len(lifecycle_rules(config, lake_roots)))
     log(f"security: {report.summary()}")
     return report
 
@@ -366,6 +394,10 @@ PLACEHOLDERS = {
     "AWS::AccountId": "12-digit account id",
     "StreamName": "the Kinesis stream (ETL_STREAM_NAME)",
     "LakeBucket": "the lake bucket (ETL_LAKE_BUCKET)",
+    "LakeRoot": (
+        "a pipeline's lake root (Pipeline.lake_root): empty for the default pipeline, <name>/ for the others; "
+        "documents using it are rendered once per pipeline with that pipeline's StreamName"
+    ),
     "KmsKeyId": "id of the KMS key encrypting stream and bucket (the last part of ETL_KMS_KEY_ARN)",
     "KmsAlias": "the key's alias, e.g. alias/etl-platform (config/lake.yaml kms.alias)",
     "AlertTopicName": "SNS topic name of ETL_ALERT_SNS_TOPIC_ARN",

@@ -104,6 +104,17 @@ class Chain:
         return {self.base, *self.deltas}
 
 
+@dataclass(frozen=True)
+class SavedState:
+    """What one `save_commit` wrote: the manifest's key, and the bytes of the snapshot it wrote (a base
+    or a delta) and of the manifest."""
+
+    key: str
+    kind: str  # "base" | "delta"
+    snapshot_bytes: int
+    manifest_bytes: int
+
+
 class StateStore:
     """The committed analytics states of one stream's shards in the lake (see the module docstring)."""
 
@@ -112,6 +123,7 @@ class StateStore:
         self.max_deltas = max_deltas
         self._chains: dict[str, Chain | None] = {}  # state_key -> its chain (None: a pre-chain state)
         self.bytes_written = 0  # state bytes put by this store (metrics, benchmarks)
+        self.last_saved: SavedState | None = None  # what the latest save_commit wrote (BatchResult.state_bytes)
 
     def prefix(self, shard_id: str) -> str:
         return f"_state/{self.stream_name}/{shard_id}/"
@@ -137,15 +149,18 @@ class StateStore:
         one `previous_state_key` names, and return its key for the lease commit. Nothing the previous
         chain refers to is touched. The delta holds the keys touched since `detector.mark_saved()`
         (`discard_superseded` calls it after the commit), so the detector must be the one restored
-        from `previous_state_key` and advanced since; with no previous chain, it writes a base."""
+        from `previous_state_key` and advanced since; with no previous chain, it writes a base.
+        `last_saved` then tells what it wrote."""
         previous = self.chain(previous_state_key)
         generation = previous.generation + 1 if previous else 1
         name = f"{self.prefix(shard_id)}{generation:010d}-{checkpoint or 'start'}"
         chain: Chain | None = None
+        kind, snapshot_bytes = "delta", 0
         if previous is not None and len(previous.deltas) < self.max_deltas:
             delta = detector.delta_snapshot()
             if previous.delta_bytes + len(delta) <= previous.base_bytes:
                 self._put(f"{name}.delta", delta)
+                snapshot_bytes = len(delta)
                 chain = Chain(
                     generation,
                     previous.base,
@@ -157,9 +172,12 @@ class StateStore:
             base = detector.snapshot()
             self._put(f"{name}.base", base)
             chain = Chain(generation, f"{name}.base", len(base))
+            kind, snapshot_bytes = "base", len(base)
         key = f"{name}.bin"
-        self._put(key, pack_state(chain.encode(), seen_ids))
+        manifest = pack_state(chain.encode(), seen_ids)
+        self._put(key, manifest)
         self._chains[key] = chain
+        self.last_saved = SavedState(key, kind, snapshot_bytes, len(manifest))
         return key
 
     def chain(self, state_key: str | None) -> Chain | None:

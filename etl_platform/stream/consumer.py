@@ -18,6 +18,11 @@ attempt removes those it does not overwrite. So every event is in each sink exac
 
 `drain` runs the same loop in-process, shard by shard in lineage order, until every shard it can
 lease is caught up (the CLI's `consume --until-caught-up`); `process_shard` commits one batch.
+
+Every stage of a batch is measured as it completes (`stage`): wall time and process CPU into the
+batch's `timings` and `cpu_s`, and one `StageSpan` per occurrence into `stage_spans`, which the
+`trace_batch` hook (`etl_platform.ops.tracing.BatchTracer`) turns into a trace when the batch commits
+or fails; an idle poll leaves no trace of itself in any of them.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import polars as pl
 
@@ -92,6 +97,17 @@ class WorkBudget:
     lease_wait_s: float = 0.0  # a successor waits this long for a held lease to be handed over
 
 
+class StageSpan(NamedTuple):
+    """One run of one stage of a batch (`stage`): wall-clock start and end (epoch ns), the process CPU
+    seconds it took, and the exception that ended it, if one did."""
+
+    name: str
+    start_ns: int
+    end_ns: int
+    cpu_s: float
+    error: str | None = None
+
+
 @dataclass
 class BatchResult:
     """One committed lake flush of one shard (a micro-batch)."""
@@ -118,6 +134,9 @@ class BatchResult:
     search_failed: int = 0  # backed up under search-failed/ in the lake, never dropped
     max_latency_s: float = 0.0  # arrival -> processed object durable, for the batch's oldest record
     timings: dict[str, float] = field(default_factory=dict)
+    cpu_s: float = 0.0  # process CPU over the stages (all threads): cpu_s / timings["total"] = utilisation
+    state_bytes: int = 0  # the analytics snapshot its commit wrote (a base or a delta; not the manifest)
+    stage_spans: list[StageSpan] = field(default_factory=list, repr=False, compare=False)  # one per stage run
 
 
 @dataclass
@@ -136,12 +155,21 @@ class WorkResult:
 
 @contextmanager
 def stage(result: BatchResult, name: str) -> Iterator[None]:
-    """Time one stage of a batch into `result.timings[name]` (seconds, added up over its reads)."""
-    started = time.monotonic()
+    """Time one stage of a batch into `result.timings[name]` (seconds, added up over its runs), its
+    process CPU into `result.cpu_s`, and append its `StageSpan`."""
+    started, cpu, wall_ns = time.monotonic(), time.process_time(), time.time_ns()
+    error = None
     try:
         yield
+    except BaseException as exc:
+        error = f"{type(exc).__name__}: {exc}"
+        raise
     finally:
-        result.timings[name] = result.timings.get(name, 0.0) + time.monotonic() - started
+        elapsed, spent = time.monotonic() - started, time.process_time() - cpu
+        result.timings[name] = result.timings.get(name, 0.0) + elapsed
+        result.cpu_s += spent
+        # The end from the monotonic clock: a span lasts what its timing says, whatever the wall clock does.
+        result.stage_spans.append(StageSpan(name, wall_ns, wall_ns + round(elapsed * 1e9), spent, error))
 
 
 def default_owner() -> str:
@@ -160,6 +188,7 @@ class _Buffer:
     bytes: int = 0
     decoded_bytes: int = 0
     opened: float = 0.0  # time.monotonic() of its first read
+    traced: bool = False  # handed to `trace_batch` (at its commit, or when it failed)
 
     def add(self, chunk: DecodedChunk, frame: pl.DataFrame, processed: pl.DataFrame, errors: list[dict]) -> None:
         if not self.result.records:
@@ -227,6 +256,7 @@ class StreamConsumer:
         owner: str | None = None,
         pipeline: Pipeline | None = None,
         source: Source | None = None,
+        trace_batch: Callable[[BatchResult, BaseException | None], None] | None = None,
     ) -> None:
         self.kinesis, self.s3, self.bucket, self.stream_name = kinesis, s3, bucket, stream_name
         # Where the shards and their records come from: the Kinesis stream, or a Kafka topic
@@ -247,6 +277,9 @@ class StreamConsumer:
         self.owner = owner or default_owner()
         # Called after each durable stage ("raw", "processed", "committed"); fault-injection tests use it.
         self.on_stage = on_stage or (lambda stage, result: None)
+        # Called once per batch that ran a stage: after its commit with None, or with the exception that
+        # ended it before its commit (etl_platform.ops.tracing.BatchTracer emits its span tree).
+        self.trace_batch = trace_batch
 
     # --- planning ---------------------------------------------------------------------------------
     def shards(self) -> list[Shard]:
@@ -295,9 +328,11 @@ class StreamConsumer:
         budget: WorkBudget,
         should_stop: Callable[[], bool] = lambda: False,
         on_batch: Callable[[BatchResult], None] | None = None,
+        on_read: Callable[[str, int], None] | None = None,
     ) -> WorkResult:
-        """Own one shard's lease and consume it until the budget ends (see the module docstring)."""
-        return self.work_many([shard_id], budget, should_stop, on_batch)[0]
+        """Own one shard's lease and consume it until the budget ends (see the module docstring and
+        `work_many` for the callbacks)."""
+        return self.work_many([shard_id], budget, should_stop, on_batch, on_read)[0]
 
     def work_many(
         self,
@@ -305,9 +340,17 @@ class StreamConsumer:
         budget: WorkBudget,
         should_stop: Callable[[], bool] = lambda: False,
         on_batch: Callable[[BatchResult], None] | None = None,
+        on_read: Callable[[str, int], None] | None = None,
     ) -> list[WorkResult]:
         """Own the leases of these shards (those free) and consume them in turn, a read each per round,
-        until the budget ends; one process then serves several shards (as a KCL worker does)."""
+        until the budget ends; one process then serves several shards (as a KCL worker does).
+
+        `on_batch(result)` is called after each commit; `on_read(shard_id, millis_behind_latest)` after
+        every read, idle polls included (a heartbeat while nothing arrives), before the read's records
+        are processed. Both run on the worker's thread, so keep them quick. An exception raised by either
+        ends the work like any other failure (the shards' leases are released; what is buffered is not
+        committed and the next owner reads it again), so a callback that must not stop the worker
+        catches its own errors."""
         leases = self.sync_leases()
         ready = {lease.shard_id for lease in readable(leases)}
         outcomes: list[WorkResult] = []
@@ -346,7 +389,7 @@ class StreamConsumer:
                     raise RuntimeError(f"shard {shard_id} is not readable yet: a parent is not fully consumed")
                 claims.waiting.append(outcome)
             claim()
-            self._rounds(shards, claims, claim, budget, should_stop, on_batch)
+            self._rounds(shards, claims, claim, budget, should_stop, on_batch, on_read)
         finally:
             for shard in shards:
                 shard.reader.close()
@@ -374,6 +417,7 @@ class StreamConsumer:
         budget: WorkBudget,
         should_stop: Callable[[], bool],
         on_batch: Callable[[BatchResult], None] | None,
+        on_read: Callable[[str, int], None] | None,
     ) -> None:
         started = time.monotonic()
         active = list(shards)
@@ -393,7 +437,7 @@ class StreamConsumer:
             got_records = False
             for shard in list(active):
                 try:
-                    read = self._step(shard, budget, on_batch)
+                    read = self._step(shard, budget, on_batch, on_read)
                 except LeaseLost as exc:
                     shard.outcome.lease_lost, shard.outcome.stop_reason = True, str(exc)
                     active.remove(shard)
@@ -413,42 +457,75 @@ class StreamConsumer:
             shard.outcome.stop_reason = reason
             self._hand_over(shard, on_batch)
 
-    def _step(self, shard: _Shard, budget: WorkBudget, on_batch: Callable[[BatchResult], None] | None) -> ReadResult:
+    def _step(
+        self,
+        shard: _Shard,
+        budget: WorkBudget,
+        on_batch: Callable[[BatchResult], None] | None,
+        on_read: Callable[[str, int], None] | None,
+    ) -> ReadResult:
         """One read of one shard: analysed and indexed at once, flushed to the lake when the buffer is due."""
         config, holder = self.config, shard.holder
         result = shard.buffer.result
-        self.leases.keep(holder)
-        with stage(result, "read"):
-            read = shard.reader.read(config.max_records, config.buffer_bytes, config.read_budget_s)
-        shard.outcome.reads += 1
-        if not read.records and not result.records:
-            result.timings.pop("read")  # an idle poll is no part of the next batch
-        for chunk in decode_chunks(result.shard_id, read.records, config.max_decoded_bytes, self.contract):
-            self._analyse_and_index(chunk, shard)
-            more = chunk.records[-1] is not read.records[-1]
-            if more and shard.buffer.decoded_bytes >= config.max_decoded_bytes:
-                # Records that inflate enormously: flush before decoding the rest of the read, so a
-                # batch never holds more than max_decoded_bytes of payloads.
-                shard.buffer.result.millis_behind_latest = read.millis_behind_latest
+        with self._traced_on_failure(shard):
+            self.leases.keep(holder)
+            with stage(result, "read"):
+                read = shard.reader.read(config.max_records, config.buffer_bytes, config.read_budget_s)
+            shard.outcome.reads += 1
+            if not read.records and not result.records:
+                # An idle poll is no part of the next batch: no timing, CPU or span of it stays.
+                idle = result.stage_spans.pop()
+                result.timings.pop("read")
+                result.cpu_s -= idle.cpu_s
+            if on_read is not None:
+                on_read(result.shard_id, read.millis_behind_latest)
+            for chunk in decode_chunks(result.shard_id, read.records, config.max_decoded_bytes, self.contract):
+                self._analyse_and_index(chunk, shard)
+                more = chunk.records[-1] is not read.records[-1]
+                if more and shard.buffer.decoded_bytes >= config.max_decoded_bytes:
+                    # Records that inflate enormously: flush before decoding the rest of the read, so a
+                    # batch never holds more than max_decoded_bytes of payloads.
+                    shard.buffer.result.millis_behind_latest = read.millis_behind_latest
+                    self._commit_batch(shard, on_batch)
+            result = shard.buffer.result
+            result.ended, result.cut, result.millis_behind_latest = read.ended, read.cut, read.millis_behind_latest
+            if shard.buffer.due(config, budget, time.monotonic()) or read.ended:
                 self._commit_batch(shard, on_batch)
-        result = shard.buffer.result
-        result.ended, result.cut, result.millis_behind_latest = read.ended, read.cut, read.millis_behind_latest
-        if shard.buffer.due(config, budget, time.monotonic()) or read.ended:
-            self._commit_batch(shard, on_batch)
         return read
 
     def _commit_batch(self, shard: _Shard, on_batch: Callable[[BatchResult], None] | None) -> None:
         shard.outcome.batches.append(self._flush(shard))
+        self._trace(shard.buffer)
         if on_batch is not None:
             on_batch(shard.outcome.batches[-1])
         shard.buffer = _Buffer(BatchResult(shard_id=shard.holder.lease.shard_id))
+
+    def _trace(self, buffer: _Buffer, error: BaseException | None = None) -> None:
+        """Hand the batch to `trace_batch` once: committed (no error) or failed; not an idle one."""
+        if self.trace_batch is None or buffer.traced or not buffer.result.stage_spans:
+            return
+        if error is not None and not buffer.result.records:
+            return  # a poll that failed before the buffer held anything: no batch yet
+        buffer.traced = True
+        self.trace_batch(buffer.result, error)
+
+    @contextmanager
+    def _traced_on_failure(self, shard: _Shard) -> Iterator[None]:
+        """A batch that fails before its commit (lease lost, a sink down, a stop) is traced with the
+        error; the exception goes on as before."""
+        try:
+            yield
+        except BaseException as exc:
+            self._trace(shard.buffer, exc)
+            raise
 
     def _hand_over(self, shard: _Shard, on_batch: Callable[[BatchResult], None] | None) -> None:
         """Flush what is buffered, so the next owner starts with the lake up to date (the lease is
         released by `work_many`)."""
         if shard.buffer.result.records:
             try:
-                self._commit_batch(shard, on_batch)
+                with self._traced_on_failure(shard):
+                    self._commit_batch(shard, on_batch)
             except LeaseLost as exc:
                 shard.outcome.lease_lost, shard.outcome.stop_reason = True, str(exc)
 
@@ -527,6 +604,7 @@ class StreamConsumer:
             state_key = self.states.save_commit(
                 result.shard_id, checkpoint, shard.detector, shard.seen.snapshot(), lease.state_key
             )
+            result.state_bytes = self.states.last_saved.snapshot_bytes if self.states.last_saved else 0
         self.on_stage("state", result)
         with stage(result, "commit"):
             self.leases.commit(

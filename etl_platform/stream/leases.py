@@ -131,21 +131,27 @@ def _values(values: Mapping[str, Any]) -> dict[str, Any]:
     return {f":{name}": _SERIALIZE(_decimal(v) if isinstance(v, float) else v) for name, v in values.items()}
 
 
+def table_definition(table_name: str) -> dict[str, Any]:
+    """The lease table as DynamoDB's CreateTable request: `ensure_table` sends it, and the CDK app
+    (deploy/cdk) creates the production table from it."""
+    return {
+        "TableName": table_name,
+        "KeySchema": [
+            {"AttributeName": "stream", "KeyType": "HASH"},
+            {"AttributeName": "shard_id", "KeyType": "RANGE"},
+        ],
+        "AttributeDefinitions": [
+            {"AttributeName": "stream", "AttributeType": "S"},
+            {"AttributeName": "shard_id", "AttributeType": "S"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
 def ensure_table(dynamodb: Any, table_name: str, timeout_s: float = 60) -> None:
     """Create the lease table if absent (on-demand capacity) and wait until it is ACTIVE."""
     try:
-        dynamodb.create_table(
-            TableName=table_name,
-            KeySchema=[
-                {"AttributeName": "stream", "KeyType": "HASH"},
-                {"AttributeName": "shard_id", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "stream", "AttributeType": "S"},
-                {"AttributeName": "shard_id", "AttributeType": "S"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        dynamodb.create_table(**table_definition(table_name))
     except dynamodb.exceptions.ResourceInUseException:
         pass
     dynamodb.get_waiter("table_exists").wait(

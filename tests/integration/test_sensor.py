@@ -192,3 +192,30 @@ def test_the_supervisor_starts_one_successor_ahead_of_a_handover(stream, resourc
     )
     assert shard not in tick()  # one successor, not one per tick
     leases.release(holder)
+
+
+def test_an_idle_worker_reports_its_iterator_age(stream, resources, cloudwatch):
+    """A worker with nothing to read still publishes `GetRecords.IteratorAgeMilliseconds` (a heartbeat),
+    so the lag alarm, which treats silence as a stall, stays quiet for an idle pipeline."""
+    from datetime import timedelta
+
+    from etl_platform.ops import metrics as m
+
+    shards = [s["ShardId"] for s in resources["kinesis"].client().list_shards(StreamName=stream)["Shards"]]
+    outcome = kinesis_microbatch_job.execute_in_process(
+        run_config={"ops": {"consume_shard": {"config": {"shard_ids": shards, "budget_s": 2.0}}}},
+        resources=resources,
+    )
+    assert outcome.success
+    ages = m.period_values(
+        cloudwatch,
+        m.ITERATOR_AGE,
+        stream,
+        datetime.now(UTC) - timedelta(minutes=2),
+        datetime.now(UTC),
+        60,
+        "SampleCount",
+    )
+    assert sum(ages) >= 1  # no batch was committed: these are heartbeats
+    assert m.read_metric(cloudwatch, m.RECORDS_READ, stream, 2, "Sum") is None
+    assert m.read_metric(cloudwatch, m.ITERATOR_AGE, stream, 2, "Maximum") == 0

@@ -914,7 +914,7 @@ class FakeS3:
 
 
 def test_state_store_chains_compact_and_keep_the_committed_state_loadable():
-    from etl_platform.stream.checkpoints import StateStore, pack_state
+    from etl_platform.stream.checkpoints import SavedState, StateStore, pack_state
 
     s3 = FakeS3()
     store = StateStore(s3, "b", "s", max_deltas=3)
@@ -924,6 +924,7 @@ def test_state_store_chains_compact_and_keep_the_committed_state_loadable():
     committed = store.save_commit("shard-0", "100", det, b"ids-1", None)
     store.discard_superseded(None, committed, det)
     assert s3.puts[0][0].endswith(".base")
+    assert store.last_saved == SavedState(committed, "base", s3.puts[0][1], s3.puts[1][1])
     start = 3000
     for seq, size in enumerate([40, 40, 40, 40, 40, 2000], start=101):
         det.process(df.slice(start, size))
@@ -939,6 +940,8 @@ def test_state_store_chains_compact_and_keep_the_committed_state_loadable():
         assert loaded is not None and loaded.snapshot() == det.snapshot() and ids == b"ids-%d" % seq
         kinds = [k.rsplit(".", 1)[1] for k, _ in s3.puts]
         assert kinds in (["delta", "bin"], ["base", "bin"])
+        # What the commit reports having written (BatchResult.state_bytes): the snapshot's bytes as put.
+        assert store.last_saved == SavedState(key, kinds[0], s3.puts[0][1], s3.puts[1][1])
         if seq in (102, 103):
             assert kinds == ["delta", "bin"]
     assert kinds == ["base", "bin"]  # 2,000 rows: the deltas outgrow the base

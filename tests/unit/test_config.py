@@ -43,6 +43,9 @@ def test_aws_profile_reads_the_environment_with_tls():
     assert s.warehouse_dialect == "redshift"
     assert s.warehouse_dsn == "redshift://etl@wh.example.internal:5439/analytics?sslmode=verify-full"
     assert s.local_credentials == {}  # the standard AWS chain, never static keys
+    assert s.native_metrics  # alarms and the scaler read AWS/Kinesis
+    assert not load_settings({**AWS_ENV, "ETL_NATIVE_METRICS": "false"}).native_metrics
+    assert not load_settings({}).native_metrics  # kinesis-mock publishes no metrics
 
 
 @pytest.mark.parametrize(
@@ -55,11 +58,27 @@ def test_aws_profile_reads_the_environment_with_tls():
         ({**AWS_ENV, "ETL_OPENSEARCH_URL": "http://search.example.internal"}, "ETL_OPENSEARCH_URL"),
         ({**AWS_ENV, "ETL_REDSHIFT_IAM_ROLE": "loader"}, "ETL_REDSHIFT_IAM_ROLE"),
         ({k: v for k, v in AWS_ENV.items() if k != "ETL_REDSHIFT_HOST"}, "ETL_REDSHIFT_HOST"),
+        ({**AWS_ENV, "ETL_NATIVE_METRICS": "sometimes"}, "ETL_NATIVE_METRICS"),
+        ({"ETL_TRACE_EXPORTER": "jaeger"}, "ETL_TRACE_EXPORTER"),
+        ({**AWS_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": "localhost:4318"}, "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ({"ETL_LOG_FORMAT": "xml"}, "ETL_LOG_FORMAT"),
     ],
 )
 def test_bad_settings_fail_naming_the_setting(env, named):
     with pytest.raises(ConfigError, match=named):
         load_settings(env)
+
+
+def test_traces_and_logs_per_profile():
+    local, aws = load_settings({}), load_settings(AWS_ENV)
+    # Locally: spans to a file, text logs; in AWS: spans to the collector sidecar, JSON logs (CloudWatch).
+    assert (local.trace_exporter, local.trace_file, local.log_format) == ("file", None, "text")
+    assert (aws.trace_exporter, aws.otlp_endpoint, aws.log_format) == ("otlp", "http://localhost:4318", "json")
+    moved = load_settings({**AWS_ENV, "OTEL_EXPORTER_OTLP_ENDPOINT": "http://adot:4318/", "ETL_LOG_FORMAT": "text"})
+    assert (moved.otlp_endpoint, moved.log_format) == ("http://adot:4318", "text")
+    off = load_settings({"ETL_TRACE_EXPORTER": "none", "OTEL_EXPORTER_OTLP_ENDPOINT": "not a url"})
+    assert off.trace_exporter == "none"  # the endpoint is only checked when it is used
+    assert load_settings({"ETL_TRACE_FILE": "/tmp/spans.jsonl"}).trace_file == "/tmp/spans.jsonl"
 
 
 def test_cli_reports_a_bad_setting_and_exits_2(monkeypatch, capsys):

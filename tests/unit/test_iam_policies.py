@@ -116,12 +116,18 @@ NO_RESOURCE_LEVEL = {
     "ecs:DescribeTaskDefinition",
     "ec2:DescribeNetworkInterfaces",
     "ecr:GetAuthorizationToken",
+    # The ADOT collector sidecar's X-Ray calls (security/iam's X-Ray statements; X-Ray has no resource types).
+    "xray:PutTraceSegments",
+    "xray:PutTelemetryRecords",
+    "xray:GetSamplingRules",
+    "xray:GetSamplingTargets",
 }
 SAMPLE = {
     "AWS::Region": "us-east-1",
     "AWS::AccountId": "123456789012",
     "StreamName": "etl-events",
     "LakeBucket": "etl-lake",
+    "LakeRoot": "",  # the default pipeline's; tests/deploy checks the per-pipeline renderings
     "KmsKeyId": "1234abcd-12ab-34cd-56ef-1234567890ab",
     "KmsAlias": "alias/etl-platform",
     "AlertTopicName": "etl-alerts",

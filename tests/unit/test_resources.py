@@ -10,7 +10,8 @@ from dagster import EnvVar
 
 from etl_platform.config import ConfigError, load_settings
 from etl_platform.ops.alerts import LogSink, WebhookSink
-from resources import OpenSearchResource, ScalingResource, WarehouseResource, build_resources
+from etl_platform.ops.tracing import BatchTracer
+from resources import OpenSearchResource, ScalingResource, TracingResource, WarehouseResource, build_resources
 from tests.unit.test_config import AWS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
@@ -92,6 +93,35 @@ def test_a_malformed_setting_fails_at_load_naming_it():
         build_resources(load_settings({}), env={"ETL_HANDOVER_LEAD_S": "30", "ETL_WORKER_BUDGET_S": "30"})
     # Unset, the lead fits a short budget by itself (as the UI tour's 8 s budget needs).
     assert build_resources(load_settings({}), env={"ETL_WORKER_BUDGET_S": "8"})["kinesis"].handover_lead_s == 8 / 3
+
+
+def test_the_workers_traces_follow_the_profile():
+    local = build_resources(load_settings({}), env={})
+    assert (local["tracing"].exporter, local["tracing"].file_path, local["tracing"].xray_ids) == ("file", None, False)
+    assert local["kinesis"].tracing == local["tracing"]  # the workers' consumers get it with the stream
+    aws = build_resources(load_settings(AWS_ENV), env=AWS_ENV)["kinesis"].tracing
+    assert aws is not None and (aws.exporter, aws.otlp_endpoint, aws.xray_ids) == (
+        "otlp",
+        "http://localhost:4318",
+        True,
+    )
+    off = build_resources(load_settings({"ETL_TRACE_EXPORTER": "none"}), env={})["tracing"]
+    assert off.batch_tracer("default", "etl-events") is None
+    with pytest.raises(ValueError, match="exporter='zipkin'"):
+        TracingResource(exporter="zipkin")
+
+
+def test_a_workers_consumer_traces_its_batches_with_the_runs_attributes():
+    from sensors.kinesis import consumer_for
+
+    r = build_resources(load_settings({}), env={}, only=("kinesis", "kafka", "lake", "leases"))
+    consumer = consumer_for(r["kinesis"], r["kafka"], r["lake"], r["leases"], run_id="run-1", job_name="worker_job")
+    hook = consumer.trace_batch
+    assert isinstance(hook, BatchTracer)
+    assert (hook.pipeline, hook.stream) == ("default", "etl-events")
+    assert hook.attributes == {"dagster.run_id": "run-1", "dagster.job_name": "worker_job"}
+    unnamed = consumer_for(r["kinesis"], r["kafka"], r["lake"], r["leases"]).trace_batch
+    assert isinstance(unnamed, BatchTracer) and unnamed.attributes == {}  # outside a run: no run attributes
 
 
 def test_resource_fields_are_validated_naming_the_field():

@@ -76,13 +76,17 @@ def list_keys(s3: Any, bucket: str, prefix: str) -> list[str]:
 
 
 # --- formats --------------------------------------------------------------------------------------
+# zlib's default level rather than gzip's (9): chosen by measurement (BENCHMARKS.md, "Consumer
+# throughput": compression time against object size).
+GZIP_LEVEL = 6
+
+
 def gzip_lines(lines: Iterable[str]) -> bytes:
-    buf = io.BytesIO()
+    """The lines, each ended by a newline, as one gzip member compressed in one call."""
+    lines = list(lines)
+    data = ("\n".join(lines) + "\n").encode() if lines else b""
     # mtime=0: identical content gives identical bytes, so a retried write is byte-for-byte the same.
-    with gzip.GzipFile(fileobj=buf, mode="wb", mtime=0) as gz:
-        for line in lines:
-            gz.write(line.encode() + b"\n")
-    return buf.getvalue()
+    return gzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
 
 
 def jsonl_gz(rows: Iterable[dict[str, Any]]) -> bytes:

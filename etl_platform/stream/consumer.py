@@ -479,7 +479,12 @@ class StreamConsumer:
                 result.cpu_s -= idle.cpu_s
             if on_read is not None:
                 on_read(result.shard_id, read.millis_behind_latest)
-            for chunk in decode_chunks(result.shard_id, read.records, config.max_decoded_bytes, self.contract):
+            chunks = decode_chunks(result.shard_id, read.records, config.max_decoded_bytes, self.contract)
+            while True:
+                with stage(shard.buffer.result, "decode"):  # the decoding happens as the chunks are drawn
+                    chunk = next(chunks, None)
+                if chunk is None:
+                    break
                 self._analyse_and_index(chunk, shard)
                 more = chunk.records[-1] is not read.records[-1]
                 if more and shard.buffer.decoded_bytes >= config.max_decoded_bytes:
@@ -565,17 +570,18 @@ class StreamConsumer:
         """Deliver the buffer to the lake and commit it with the shard's state (which is at its end)."""
         holder, buffer = shard.holder, shard.buffer
         result, lease = buffer.result, holder.lease
-        frame = pl.concat(buffer.frames) if buffer.frames else pl.DataFrame()
-        processed = pl.concat(buffer.processed) if buffer.processed else pl.DataFrame()
-        plan = writers.plan_flush(
-            frame,
-            buffer.errors,
-            self.stream_name,
-            result.shard_id,
-            result.first_sequence or "",
-            self.config.buffer_bytes,
-            self.lake_root,
-        )
+        with stage(result, "raw_delivery"):  # serializing the raw lines is raw delivery's work too
+            frame = pl.concat(buffer.frames) if buffer.frames else pl.DataFrame()
+            processed = pl.concat(buffer.processed) if buffer.processed else pl.DataFrame()
+            plan = writers.plan_flush(
+                frame,
+                buffer.errors,
+                self.stream_name,
+                result.shard_id,
+                result.first_sequence or "",
+                self.config.buffer_bytes,
+                self.lake_root,
+            )
         stale = set(lease.pending_objects) - set(plan.keys)  # written by an attempt that did not commit
         if plan.keys or stale:
             with stage(result, "lease"):

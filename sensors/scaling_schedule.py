@@ -1,19 +1,23 @@
-"""The shard-scaling schedule: every 5 minutes, read the stream's load from CloudWatch, decide, apply.
+"""The shard-scaling schedules: every 5 minutes, read a stream's load from CloudWatch, decide, apply.
 
-Thin glue over `etl_platform.ops.scaling.scale_stream`. The decision (inputs, target, reason) is the op's
-output metadata and an observation of the `kinesis_stream` asset, so the UI shows each tick's "why".
-Runs carry the `etl/scaler` tag: the production run queue limits it to one in flight, so a slow
-reshard never overlaps the next tick. The policy's defaults are the `scaling` resource's fields
-(ETL_SCALING_*, see ScalingPolicy); the op's run config overrides them.
+One job and schedule per Kinesis pipeline (`scaling_definitions`; the default pipeline's keep their
+names, `kinesis_scaling_job` and `kinesis_scaling_schedule`). Thin glue over
+`etl_platform.ops.scaling.scale_stream`. The decision (inputs, target, reason) is the op's output
+metadata and an observation of the pipeline's `kinesis_stream` asset, so the UI shows each tick's
+"why". Runs carry the `etl/scaler` tag: the production run queue limits it to one in flight, so a
+slow reshard never overlaps the next tick. The policy's defaults are the `scaling` resource's fields
+(ETL_SCALING_*, see ScalingPolicy); the op's run config overrides them. Kafka pipelines have no
+scaler: a topic's partitions are added with Kafka's tools, and the workers pick them up.
 """
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 
 from dagster import (
-    AssetKey,
     AssetObservation,
     Config,
     DefaultScheduleStatus,
+    JobDefinition,
     MetadataValue,
     OpExecutionContext,
     Output,
@@ -23,8 +27,12 @@ from dagster import (
 )
 from pydantic import Field
 
+from assets.ingestion import DEFAULT_PIPELINE, pipeline_key, pipeline_prefix
+from etl_platform.ops.metrics import native_metrics_for
 from etl_platform.ops.scaling import ScalingHistory, scale_stream
-from resources import CloudWatchResource, KinesisResource, LakeResource, ScalingResource
+from etl_platform.pipelines import Pipeline
+from resources import CloudWatchResource, KinesisResource, LakeResource, ScalingResource, deployment_pipelines
+from sensors.kinesis import stream_of
 
 SCALER_TAG = "etl/scaler"
 
@@ -58,56 +66,83 @@ def _metadata(report) -> dict:
     }
 
 
-@op(description="Observe IncomingRecords/IncomingBytes, decide the shard count, apply it unless dry-run.")
-def scale_kinesis_stream(
-    context: OpExecutionContext,
-    config: ScaleStreamConfig,
-    kinesis: KinesisResource,
-    lake: LakeResource,
-    cloudwatch: CloudWatchResource,
-    scaling: ScalingResource,
-) -> Output[dict]:
-    policy = scaling.policy(
-        target_utilization=config.target_utilization,
-        min_shards=config.min_shards,
-        max_shards=config.max_shards,
-        cooldown_s=None if config.cooldown_minutes is None else config.cooldown_minutes * 60,
-        window_minutes=config.window_minutes,
-        missing_data=config.missing_data,
-        scale_in_window_minutes=config.scale_in_window_minutes,
+def scaling_job(pipeline: Pipeline) -> JobDefinition:
+    """The pipeline's scaler: one pass over its Kinesis stream."""
+    prefix = "" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_"
+
+    @op(
+        name=f"{prefix}scale_kinesis_stream",
+        description=f"Observe {pipeline.name}'s IncomingRecords/IncomingBytes, decide the shard count, apply it "
+        "unless dry-run.",
     )
-    stream = kinesis.stream_name
-    report = scale_stream(
-        kinesis.client(),
-        cloudwatch.client(),
-        ScalingHistory(lake.client(), lake.bucket, stream),
-        stream,
-        policy,
-        now=datetime.now(UTC),
-        dry_run=config.dry_run,
-        wait_s=config.wait_s,
-        native=cloudwatch.native_metrics,
+    def scale_kinesis_stream(
+        context: OpExecutionContext,
+        config: ScaleStreamConfig,
+        kinesis: KinesisResource,
+        lake: LakeResource,
+        cloudwatch: CloudWatchResource,
+        scaling: ScalingResource,
+    ) -> Output[dict]:
+        policy = scaling.policy(
+            target_utilization=config.target_utilization,
+            min_shards=config.min_shards,
+            max_shards=config.max_shards,
+            cooldown_s=None if config.cooldown_minutes is None else config.cooldown_minutes * 60,
+            window_minutes=config.window_minutes,
+            missing_data=config.missing_data,
+            scale_in_window_minutes=config.scale_in_window_minutes,
+        )
+        stream = stream_of(pipeline, kinesis)
+        report = scale_stream(
+            kinesis.client(),
+            cloudwatch.client(),
+            ScalingHistory(lake.client(), lake.bucket, stream),
+            stream,
+            policy,
+            now=datetime.now(UTC),
+            dry_run=config.dry_run,
+            wait_s=config.wait_s,
+            native=native_metrics_for(cloudwatch, pipeline.stream.kind),
+        )
+        context.log.info(f"stream {stream}: {report.decision.reason}" + (" (dry run)" if config.dry_run else ""))
+        metadata = _metadata(report)
+        context.log_event(AssetObservation(asset_key=pipeline_key(pipeline, "kinesis_stream"), metadata=metadata))
+        return Output(report.as_dict(), metadata=metadata)
+
+    @job(
+        name=f"{prefix}kinesis_scaling_job",
+        tags={SCALER_TAG: "kinesis"},
+        description=f"One pass of {pipeline.name}'s shard scaler (seed: scale_kinesis_stream).",
     )
-    context.log.info(f"stream {stream}: {report.decision.reason}" + (" (dry run)" if config.dry_run else ""))
-    metadata = _metadata(report)
-    context.log_event(AssetObservation(asset_key=AssetKey("kinesis_stream"), metadata=metadata))
-    return Output(report.as_dict(), metadata=metadata)
+    def kinesis_scaling_job() -> None:
+        scale_kinesis_stream()
+
+    return kinesis_scaling_job
 
 
-@job(tags={SCALER_TAG: "kinesis"}, description="One pass of the shard scaler (seed: scale_kinesis_stream).")
-def kinesis_scaling_job() -> None:
-    scale_kinesis_stream()
+def scaling_schedule(pipeline: Pipeline, job_def: JobDefinition) -> ScheduleDefinition:
+    prefix = "" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_"
+    return ScheduleDefinition(
+        name=f"{prefix}kinesis_scaling_schedule",
+        job=job_def,
+        cron_schedule="*/5 * * * *",
+        execution_timezone="UTC",
+        default_status=DefaultScheduleStatus.STOPPED,
+        description=f"Every 5 minutes: scale {pipeline.name}'s stream to its CloudWatch load (target 70%, 15 min "
+        "cool-down, at most 2x/0.5x per step and 10 scalings per 24 h).",
+    )
 
 
-kinesis_scaling_schedule = ScheduleDefinition(
-    name="kinesis_scaling_schedule",
-    job=kinesis_scaling_job,
-    cron_schedule="*/5 * * * *",
-    execution_timezone="UTC",
-    default_status=DefaultScheduleStatus.STOPPED,
-    description="Every 5 minutes: scale the stream's shards to its CloudWatch load (target 70%, 15 min "
-    "cool-down, at most 2x/0.5x per step and 10 scalings per 24 h).",
-)
+def scaling_definitions(pipelines: Iterable[Pipeline]) -> tuple[list[JobDefinition], list[ScheduleDefinition]]:
+    """Every Kinesis pipeline's scaler job and schedule (the default pipeline's are the module's own)."""
+    jobs, schedules = [kinesis_scaling_job], [kinesis_scaling_schedule]
+    for pipeline in pipelines:
+        if not pipeline.is_default and pipeline.stream.kind == "kinesis":
+            jobs.append(scaling_job(pipeline))
+            schedules.append(scaling_schedule(pipeline, jobs[-1]))
+    return jobs, schedules
 
-scaling_jobs = [kinesis_scaling_job]
-scaling_schedules = [kinesis_scaling_schedule]
+
+kinesis_scaling_job = scaling_job(DEFAULT_PIPELINE)
+kinesis_scaling_schedule = scaling_schedule(DEFAULT_PIPELINE, kinesis_scaling_job)
+scaling_jobs, scaling_schedules = scaling_definitions(deployment_pipelines())

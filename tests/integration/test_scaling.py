@@ -152,3 +152,30 @@ def test_consumer_stays_exact_across_scale_out_and_in(kinesis, s3, cloudwatch, s
     shards = consumer.shards()
     assert len(shards) == 2 + 4 + 2  # the original pair, their 4 children, the 2 merged grandchildren
     assert_same_results(lake_rows(s3, bucket, "processed"), one_pass(kinesis, stream))
+
+
+def test_every_kinesis_pipeline_has_its_own_scaler(kinesis, cloudwatch, stream, resources):
+    """A pipeline other than the default scales its own stream with its own job, observing its own
+    `kinesis_stream` asset; a Kafka pipeline has none."""
+    from resources import deployment_pipelines
+    from sensors.scaling_schedule import scaling_definitions, scaling_job
+
+    seed = deployment_pipelines().get("seed")
+    pipeline = dataclasses.replace(seed, stream=dataclasses.replace(seed.stream, name=stream))
+    publish_load(cloudwatch, stream, 2400, 500, datetime.now(UTC))
+    result = scaling_job(pipeline).execute_in_process(
+        resources=resources,
+        instance=DagsterInstance.ephemeral(),
+        run_config={"ops": {"seed_scale_kinesis_stream": {"config": {"wait_s": 30}}}},
+    )
+    assert result.success
+    assert result.output_for_node("seed_scale_kinesis_stream")["decision"]["action"] == "scale_out"
+    assert open_shard_count(kinesis, stream) == (4, "ACTIVE")
+    (observation,) = [
+        e.event_specific_data.asset_observation for e in result.all_events if e.event_type_value == "ASSET_OBSERVATION"
+    ]
+    assert observation.asset_key.to_user_string() == "seed/kinesis_stream"
+
+    jobs, schedules = scaling_definitions(deployment_pipelines())
+    assert [j.name for j in jobs] == ["kinesis_scaling_job", "seed_kinesis_scaling_job"]  # msk-events: Kafka
+    assert [s.job_name for s in schedules] == [j.name for j in jobs]

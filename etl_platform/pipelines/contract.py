@@ -158,10 +158,14 @@ class FieldSpec:
         return raw
 
 
+# One encoder for every record: `json.dumps` with options builds a new one per call.
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+
+
 def canonical_json(name: str, raw: Any) -> str:
     """Sorted keys, no spaces: equal values give equal strings on replay; refuses what no sink takes."""
     try:
-        text = json.dumps(raw, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        text = _CANONICAL.encode(raw)
     except ValueError:
         raise InvalidEvent(name, "contains a non-finite number (NaN or Infinity)") from None
     except RecursionError:

@@ -58,6 +58,12 @@ def pipeline_prefix(pipeline: Pipeline) -> str:
     return pipeline.name.replace("-", "_")
 
 
+def definition_name(pipeline: Pipeline, name: str) -> str:
+    """The name of one of the pipeline's jobs, ops, sensors, schedules or hooks: the default pipeline's
+    is `name` itself, another's is prefixed with its name (`seed_consume_shard`)."""
+    return name if pipeline.is_default else f"{pipeline_prefix(pipeline)}_{name}"
+
+
 def pipeline_group(pipeline: Pipeline, domain: str) -> str:
     """The default pipeline's assets group by domain (lake, warehouse, search); another pipeline's
     are one group named after it."""

@@ -29,6 +29,7 @@ from dagster import (
     sensor,
 )
 
+from assets.ingestion import DEFAULT_PIPELINE, definition_name
 from etl_platform.ops import metrics as m
 from etl_platform.ops.alarms import ALARM, OK, AlarmState, evaluate_states, read_states
 from etl_platform.ops.alerts import ALERTS_PREFIX, Alert, Outbox, Sink
@@ -186,7 +187,7 @@ def failure_metrics_hook(pipeline: Pipeline | None = None) -> HookDefinition:
     other = pipeline is not None and not pipeline.is_default
 
     @failure_hook(
-        name=f"{pipeline.name.replace('-', '_')}_delivery_failure_metrics" if other else "delivery_failure_metrics",
+        name=definition_name(pipeline or DEFAULT_PIPELINE, "delivery_failure_metrics"),
         required_resource_keys={"kinesis", "cloudwatch"},
     )
     def delivery_failure_metrics(context: HookContext) -> None:

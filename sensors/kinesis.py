@@ -42,8 +42,8 @@ from pydantic import Field
 
 from assets.ingestion import (
     DEFAULT_PIPELINE,
+    definition_name,
     pipeline_key,
-    pipeline_prefix,
     processed_column_metadata,
     raw_column_metadata,
 )
@@ -180,10 +180,9 @@ def log_materializations(
 
 def worker_job(pipeline: Pipeline) -> JobDefinition:
     """The pipeline's shard worker job: a run owns some of its stream's shards until its budget ends."""
-    prefix = "" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_"
 
     @op(
-        name=f"{prefix}consume_shard",
+        name=definition_name(pipeline, "consume_shard"),
         description=f"Own shards of {pipeline.name}'s stream and consume them until the budget ends "
         "(see sensors/kinesis.py).",
     )
@@ -242,7 +241,7 @@ def worker_job(pipeline: Pipeline) -> JobDefinition:
             )
 
     @job(
-        name=f"{prefix}kinesis_microbatch_job",
+        name=definition_name(pipeline, "kinesis_microbatch_job"),
         # One op: in-process execution saves a Python start.
         executor_def=in_process_executor,
         hooks={failure_metrics_hook(pipeline)},
@@ -288,10 +287,9 @@ def _status_table(leases: dict[str, Lease], now: float) -> str:
 
 def worker_sensor(pipeline: Pipeline, job_def: JobDefinition) -> SensorDefinition:
     """The supervisor of the pipeline's shard workers (see the module docstring)."""
-    prefix = "" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_"
 
     @sensor(
-        name=f"{prefix}kinesis_microbatch_sensor",
+        name=definition_name(pipeline, "kinesis_microbatch_sensor"),
         job=job_def,
         minimum_interval_seconds=5,
         default_status=DefaultSensorStatus.RUNNING,
@@ -350,7 +348,7 @@ def _supervise(
     size = kinesis.shards_per_worker
     wait_s = kinesis.handover_lead_s + kinesis.lease_duration_s
     groups = [plan.launch[i : i + size] for i in range(0, len(plan.launch), size)]
-    op_name = "consume_shard" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_consume_shard"
+    op_name = definition_name(pipeline, "consume_shard")
     group_tag = "" if pipeline.is_default else f"{pipeline.name}:"
     requests = [
         RunRequest(

@@ -27,7 +27,7 @@ from dagster import (
 )
 from pydantic import Field
 
-from assets.ingestion import DEFAULT_PIPELINE, pipeline_key, pipeline_prefix
+from assets.ingestion import DEFAULT_PIPELINE, definition_name, pipeline_key
 from etl_platform.ops.metrics import native_metrics_for
 from etl_platform.ops.scaling import ScalingHistory, scale_stream
 from etl_platform.pipelines import Pipeline
@@ -68,10 +68,9 @@ def _metadata(report) -> dict:
 
 def scaling_job(pipeline: Pipeline) -> JobDefinition:
     """The pipeline's scaler: one pass over its Kinesis stream."""
-    prefix = "" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_"
 
     @op(
-        name=f"{prefix}scale_kinesis_stream",
+        name=definition_name(pipeline, "scale_kinesis_stream"),
         description=f"Observe {pipeline.name}'s IncomingRecords/IncomingBytes, decide the shard count, apply it "
         "unless dry-run.",
     )
@@ -110,7 +109,7 @@ def scaling_job(pipeline: Pipeline) -> JobDefinition:
         return Output(report.as_dict(), metadata=metadata)
 
     @job(
-        name=f"{prefix}kinesis_scaling_job",
+        name=definition_name(pipeline, "kinesis_scaling_job"),
         tags={SCALER_TAG: "kinesis"},
         description=f"One pass of {pipeline.name}'s shard scaler (seed: scale_kinesis_stream).",
     )
@@ -121,9 +120,8 @@ def scaling_job(pipeline: Pipeline) -> JobDefinition:
 
 
 def scaling_schedule(pipeline: Pipeline, job_def: JobDefinition) -> ScheduleDefinition:
-    prefix = "" if pipeline.is_default else f"{pipeline_prefix(pipeline)}_"
     return ScheduleDefinition(
-        name=f"{prefix}kinesis_scaling_schedule",
+        name=definition_name(pipeline, "kinesis_scaling_schedule"),
         job=job_def,
         cron_schedule="*/5 * * * *",
         execution_timezone="UTC",

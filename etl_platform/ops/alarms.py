@@ -329,7 +329,7 @@ def _floor(moment: datetime, seconds: int) -> datetime:
     return datetime.fromtimestamp(epoch - epoch % seconds, UTC)
 
 
-def _sum_or_stat(
+def _period_stat(
     cloudwatch: Any, alarm: Alarm, metric: str, stat: str, stream: str, start: datetime, native: bool
 ) -> float | None:
     """`stat` of `metric` for exactly one period (one datapoint or none, however the server buckets)."""
@@ -349,10 +349,10 @@ def _sum_or_stat(
 def _period_value(cloudwatch: Any, alarm: Alarm, stream: str, start: datetime, native: bool) -> float | None:
     """The alarm's value for one period: its statistic, or for a stall alarm 1 (stalled) or 0."""
     if alarm.arriving:
-        arriving = _sum_or_stat(cloudwatch, alarm, alarm.arriving, "Sum", stream, start, native) or 0.0
-        processed = _sum_or_stat(cloudwatch, alarm, alarm.metric, "Sum", stream, start, native) or 0.0
+        arriving = _period_stat(cloudwatch, alarm, alarm.arriving, "Sum", stream, start, native) or 0.0
+        processed = _period_stat(cloudwatch, alarm, alarm.metric, "Sum", stream, start, native) or 0.0
         return 1.0 if arriving > 0 and processed <= 0 else 0.0
-    return _sum_or_stat(cloudwatch, alarm, alarm.metric, alarm.statistic, stream, start, native)
+    return _period_stat(cloudwatch, alarm, alarm.metric, alarm.statistic, stream, start, native)
 
 
 def evaluate_alarm(

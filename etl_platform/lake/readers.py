@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
 from collections.abc import Mapping
 from datetime import date, timedelta
 from typing import Any
@@ -21,7 +20,7 @@ def read_raw(s3: Any, bucket: str, keys: list[str], schema: Mapping[str, pl.Data
     object each row came from."""
     schema = dict(schema)
     frames = [
-        pl.read_ndjson(gzip.decompress(layout.get(s3, bucket, key)), schema=schema).with_columns(
+        pl.read_ndjson(layout.gunzip(layout.get(s3, bucket, key)), schema=schema).with_columns(
             pl.lit(key).alias("_object")
         )
         for key in keys

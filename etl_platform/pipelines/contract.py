@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import polars as pl
 
 from etl_platform.events import (
@@ -160,10 +161,29 @@ class FieldSpec:
 
 # One encoder for every record: `json.dumps` with options builds a new one per call.
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+_ORJSON_SORTED = orjson.OPT_SORT_KEYS
+# orjson writes floats as `repr` does except below 1e-4 (`1e-05` vs `0.00001`, `1.5e-07` vs `1.5e-7`).
+_ORJSON_SMALLEST = 1e-4
 
 
 def canonical_json(name: str, raw: Any) -> str:
-    """Sorted keys, no spaces: equal values give equal strings on replay; refuses what no sink takes."""
+    """Sorted keys, no spaces: equal values give equal strings on replay; refuses what no sink takes.
+
+    The text is `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`'s. orjson
+    writes the same text ten times faster for values it writes alike (`_orjson_writes_alike`); for
+    the rest, and whatever orjson refuses (a lone surrogate, an integer over 64 bits, nesting over
+    its limit), the standard encoder decides."""
+    if _orjson_writes_alike(raw, 0):
+        try:
+            data = orjson.dumps(raw, option=_ORJSON_SORTED)
+        except orjson.JSONEncodeError:
+            pass
+        else:
+            if len(data) > MAX_ATTRIBUTES_BYTES:
+                raise InvalidEvent(
+                    name, f"{len(data)} bytes of JSON, over the warehouse's {MAX_ATTRIBUTES_BYTES}-byte limit"
+                )
+            return data.decode("utf-8")
     try:
         text = _CANONICAL.encode(raw)
     except ValueError:
@@ -177,6 +197,34 @@ def canonical_json(name: str, raw: Any) -> str:
     if size > MAX_ATTRIBUTES_BYTES:
         raise InvalidEvent(name, f"{size} bytes of JSON, over the warehouse's {MAX_ATTRIBUTES_BYTES}-byte limit")
     return text
+
+
+def _orjson_writes_alike(value: Any, depth: int) -> bool:
+    """Whether orjson writes `value` as the standard encoder does: JSON's own types and no float that
+    is non-finite (orjson writes null) or under 1e-4 in magnitude (another notation). Keys need no
+    look: orjson refuses any but str, and the standard encoder then decides."""
+    if depth > 64:  # deeper than any payload worth the fast path
+        return False
+    kind = type(value)
+    if kind is dict:
+        items = value.values()
+    elif kind is list:
+        items = value
+    else:
+        items = (value,)
+    for item in items:
+        kind = type(item)
+        if kind is str or kind is int or kind is bool or item is None:
+            continue
+        if kind is float:
+            if item != 0.0 and not _ORJSON_SMALLEST <= abs(item) < math.inf:
+                return False
+        elif kind is dict or kind is list:
+            if not _orjson_writes_alike(item, depth + 1):
+                return False
+        else:
+            return False
+    return True
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from etl_platform.lake import writers
 from etl_platform.pipelines import DEFAULT_CONTRACT, Pipeline
 from etl_platform.pipelines.transforms import Transforms
 from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints
-from etl_platform.stream.decoding import DecodedChunk, decode_chunks, isolate_unconvertible
+from etl_platform.stream.decoding import DecodedChunk, decode_chunks
 from etl_platform.stream.dedupe import SeenIds
 from etl_platform.stream.leases import Lease, LeaseHolder, LeaseLost, LeaseTable, readable
 from etl_platform.stream.reader import KinesisSource, ReadResult, Source, SourceReader, record_size
@@ -545,9 +545,8 @@ class StreamConsumer:
         result = buffer.result
         with stage(result, "decode"):
             errors = list(chunk.result.errors)
-            events, duplicates = shard.seen.filter(chunk.result.events)
+            frame, duplicates = shard.seen.filter(chunk.result.frame)
             result.duplicates += duplicates
-            frame = isolate_unconvertible(events, errors, self.contract)
         if self.transforms:
             with stage(result, "transform"):
                 transformed = self.transforms.apply(frame)

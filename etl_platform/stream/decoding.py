@@ -6,6 +6,11 @@ record or sub-record becomes either an event or an error dict with its stream po
 (base64) and a precise reason ("kpl: ...", "gzip: ...", "json: ...", "invalid event: field X: ...").
 What an event is comes from the pipeline's contract (`pipelines.contract`; default: the original envelope).
 
+Record-level checks, KPL unpacking and gunzip run record by record; the payloads are then parsed by
+orjson and validated a batch at a time, column-wise (`pipelines.columnar`). Rows that path cannot
+clear, and payloads orjson refuses, are decided one by one by the reference path (json.loads and
+`Contract.to_event`), so every error reason is the reference's and accepted rows equal its events.
+
 KPL aggregates are unpacked with the aws_kinesis_agg protobuf message and constants rather than its
 `deaggregator` module, because that module passes a corrupt aggregate (bad MD5 or protobuf) through
 as if it were a plain record, and on a bad sub-record prints to stderr and silently drops the rest of
@@ -26,11 +31,13 @@ from typing import Any
 
 import aws_kinesis_agg
 import aws_kinesis_agg.deaggregator  # noqa: F401  puts its folder on sys.path for messages_pb2's imports
+import orjson
 import polars as pl
 from aws_kinesis_agg import messages_pb2
 from google.protobuf.message import DecodeError
 
 from etl_platform.events import InvalidEvent, check_text, derive_event_id, events_to_frame
+from etl_platform.pipelines.columnar import ColumnBuilder, arrival_series
 from etl_platform.pipelines.contract import DEFAULT_CONTRACT, Contract
 
 KPL_MAGIC: bytes = aws_kinesis_agg.MAGIC
@@ -40,13 +47,28 @@ MAX_DECOMPRESSED_BYTES = 16 * 1024 * 1024
 MAX_PARTITION_KEY_LEN = 256  # Kinesis' limit, and the warehouse column's
 
 
-@dataclass
+@dataclass(eq=False)
 class DecodeResult:
-    """Events (in stream order, sub-records in aggregate order) and error rows for the error prefix."""
+    """Events (a frame of the contract's `event_schema`, in stream order, sub-records in aggregate
+    order) and error rows for the error prefix."""
 
-    events: list[dict[str, Any]] = field(default_factory=list)
+    frame: pl.DataFrame
     errors: list[dict[str, Any]] = field(default_factory=list)
     decoded_bytes: int = 0  # payload bytes after decompression
+
+    @property
+    def events(self) -> list[dict[str, Any]]:
+        """The events as dicts (for callers that handle a few events one by one)."""
+        return self.frame.to_dicts()
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, DecodeResult):
+            return NotImplemented
+        return (
+            self.frame.equals(other.frame) and self.errors == other.errors and self.decoded_bytes == other.decoded_bytes
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq would be
 
 
 @dataclass
@@ -112,46 +134,47 @@ def _arrival(raw: Any) -> datetime:
 
 
 class _Shard:
-    """Accumulates one shard's results; a small class so positions are passed once, not everywhere."""
+    """Accumulates one shard's records: record-level checks, KPL unpacking and gunzip as each record
+    comes, then `finish` parses and validates every payload together (see `_validate`)."""
 
     def __init__(self, shard_id: str, contract: Contract) -> None:
         self.shard_id = shard_id
         self.contract = contract
-        self.result = DecodeResult()
+        self.decoded_bytes = 0
+        self.ordinal = 0  # stream order of events and errors alike
+        self.errors: list[tuple[int, dict[str, Any]]] = []
+        # One entry per payload to validate, in stream order.
+        self.ordinals: list[int] = []
+        self.sequences: list[str] = []
+        self.subs: list[int] = []
+        self.arrivals: list[datetime] = []
+        self.keys: list[str] = []
+        self.payloads: list[bytes] = []  # as they came (what an error row carries)
+        self.decoded: list[bytes] = []  # decompressed
+        self.columns = ColumnBuilder(contract)
 
     def error(
         self, seq: str | None, sub: int, arrival: datetime | None, key: str | None, raw: bytes, reason: str
     ) -> None:
-        self.result.errors.append(
-            {
-                "shard_id": self.shard_id,
-                "sequence_number": seq,
-                "sub_sequence": sub,
-                "arrival_time": arrival,
-                "partition_key": key,
-                "raw_base64": base64.b64encode(raw).decode("ascii"),
-                "reason": reason,
-            }
-        )
+        self.errors.append((self.ordinal, _error_row(self.shard_id, seq, sub, arrival, key, raw, reason)))
+        self.ordinal += 1
 
     def one(self, seq: str, sub: int, arrival: datetime, key: str, payload: bytes) -> None:
         try:
             data = _gunzip(payload) if payload[:2] == GZIP_MAGIC else payload
-            self.result.decoded_bytes += len(data)
-            event = _parse(data, self.contract, arrival)
         except _Bad as exc:
             self.error(seq, sub, arrival, key, payload, str(exc))
             return
-        except Exception as exc:  # a decoder bug must not drop the aggregate's other sub-records
-            self.error(seq, sub, arrival, key, payload, f"internal: {type(exc).__name__}: {exc}")
-            return
-        event["event_id"] = event["event_id"] or derive_event_id(self.shard_id, seq, sub)
-        event["shard_id"] = self.shard_id
-        event["sequence_number"] = seq
-        event["sub_sequence"] = sub
-        event["arrival_time"] = arrival
-        event["partition_key"] = key
-        self.result.events.append(event)
+        self.decoded_bytes += len(data)
+        self.ordinals.append(self.ordinal)
+        self.ordinal += 1
+        self.sequences.append(seq)
+        self.subs.append(sub)
+        self.arrivals.append(arrival)
+        self.keys.append(key)
+        self.payloads.append(payload)
+        self.decoded.append(data)
+        self.columns.add(_loads(data))
 
     def aggregate(self, seq: str, arrival: datetime, key: str, data: bytes) -> None:
         body = data[len(KPL_MAGIC) :]
@@ -215,6 +238,98 @@ class _Shard:
                 seq, 0, arrival, key if isinstance(key, str) else None, data, f"internal: {type(exc).__name__}: {exc}"
             )
 
+    def finish(self) -> DecodeResult:
+        """Every payload parsed and validated: the events frame and the error rows, in stream order."""
+        frame, payload_errors = self._validate()
+        errors = sorted([*self.errors, *payload_errors], key=lambda item: item[0])
+        return DecodeResult(frame, [row for _, row in errors], self.decoded_bytes)
+
+    def _validate(self) -> tuple[pl.DataFrame, list[tuple[int, dict[str, Any]]]]:
+        """The batch's payloads (parsed by orjson as they came) checked column-wise
+        (`pipelines.columnar`); the rows that path cannot clear, and payloads orjson refuses, go one
+        by one through `_parse`, the reference path, which gives each its event or its precise reason."""
+        schema = self.contract.event_schema()
+        n = len(self.decoded)
+        arrivals = arrival_series(self.arrivals)
+        checked = self.columns.columns(arrivals)
+        position = {
+            "shard_id": pl.Series([self.shard_id] * n, dtype=pl.String),
+            "sequence_number": pl.Series(self.sequences, dtype=pl.String),
+            "sub_sequence": pl.Series(self.subs, dtype=pl.Int64),
+            "arrival_time": arrivals,
+            "partition_key": pl.Series(self.keys, dtype=pl.String),
+        }
+        ordinals = pl.Series(_ORDINAL, self.ordinals, dtype=pl.Int64)
+        fast = (
+            pl.DataFrame({**checked.columns, **position, _ORDINAL: ordinals})
+            .filter(~checked.flagged)
+            .select([*schema, _ORDINAL])
+        )
+        fast = self._with_derived_ids(fast)
+        errors: list[tuple[int, dict[str, Any]]] = []
+        slow_events: list[dict[str, Any]] = []
+        for i in checked.flagged.arg_true().to_list():
+            seq, sub, arrival, key = self.sequences[i], self.subs[i], self.arrivals[i], self.keys[i]
+            try:
+                event = _parse(self.decoded[i], self.contract, arrival)
+            except _Bad as exc:
+                reason = str(exc)
+            except Exception as exc:  # a decoder bug must not drop the batch's other records
+                reason = f"internal: {type(exc).__name__}: {exc}"
+            else:
+                event["event_id"] = event["event_id"] or derive_event_id(self.shard_id, seq, sub)
+                event.update(shard_id=self.shard_id, sequence_number=seq, sub_sequence=sub)
+                event.update(arrival_time=arrival, partition_key=key, **{_ORDINAL: self.ordinals[i]})
+                slow_events.append(event)
+                continue
+            errors.append(
+                (self.ordinals[i], _error_row(self.shard_id, seq, sub, arrival, key, self.payloads[i], reason))
+            )
+        if not slow_events:
+            return fast.drop(_ORDINAL), errors
+        unconvertible: list[dict[str, Any]] = []
+        slow = isolate_unconvertible(slow_events, unconvertible, self.contract, extra={_ORDINAL: pl.Int64()})
+        errors += [(self.ordinal, row) for row in unconvertible]
+        return pl.concat([fast, slow]).sort(_ORDINAL).drop(_ORDINAL), errors
+
+    def _with_derived_ids(self, frame: pl.DataFrame) -> pl.DataFrame:
+        """Ids from the stream position for events whose payload has none."""
+        missing = frame["event_id"].is_null()
+        if not missing.any():
+            return frame
+        rows = frame.filter(missing).select("sequence_number", "sub_sequence")
+        derived = [
+            derive_event_id(self.shard_id, seq, sub)
+            for seq, sub in zip(rows["sequence_number"], rows["sub_sequence"], strict=True)
+        ]
+        ids = frame["event_id"].scatter(missing.arg_true(), derived)
+        return frame.with_columns(ids)
+
+
+_ORDINAL = "__ordinal"  # a payload's place among the shard's events and errors, while decoding
+
+
+def _loads(data: bytes) -> Any:
+    """A payload parsed by orjson, or None for whatever it refuses (the reference path then decides)."""
+    try:
+        return orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+
+
+def _error_row(
+    shard_id: str, seq: str | None, sub: int, arrival: datetime | None, key: str | None, raw: bytes, reason: str
+) -> dict[str, Any]:
+    return {
+        "shard_id": shard_id,
+        "sequence_number": seq,
+        "sub_sequence": sub,
+        "arrival_time": arrival,
+        "partition_key": key,
+        "raw_base64": base64.b64encode(raw).decode("ascii"),
+        "reason": reason,
+    }
+
 
 def decode_records(
     shard_id: str, records: Iterable[Mapping[str, Any]], contract: Contract = DEFAULT_CONTRACT
@@ -223,7 +338,7 @@ def decode_records(
     shard = _Shard(shard_id, contract)
     for record in records:
         shard.record(record)
-    return shard.result
+    return shard.finish()
 
 
 def decode_chunks(
@@ -238,21 +353,25 @@ def decode_chunks(
     shard, start = _Shard(shard_id, contract), 0
     for i, record in enumerate(records):
         shard.record(record)
-        if shard.result.decoded_bytes >= max_decoded_bytes:
-            yield DecodedChunk(records[start : i + 1], shard.result)
+        if shard.decoded_bytes >= max_decoded_bytes:
+            yield DecodedChunk(records[start : i + 1], shard.finish())
             shard, start = _Shard(shard_id, contract), i + 1
     if start < len(records):
-        yield DecodedChunk(records[start:], shard.result)
+        yield DecodedChunk(records[start:], shard.finish())
 
 
 def isolate_unconvertible(
-    events: list[dict[str, Any]], errors: list[dict[str, Any]], contract: Contract = DEFAULT_CONTRACT
+    events: list[dict[str, Any]],
+    errors: list[dict[str, Any]],
+    contract: Contract = DEFAULT_CONTRACT,
+    extra: Mapping[str, pl.DataType] | None = None,
 ) -> pl.DataFrame:
     """The events as a frame (`events_to_frame`); should some event fail the conversion all the same
     (validation is meant to refuse anything that would), the batch is split in halves until each
     offending event is isolated, and those become error rows appended to `errors` instead of failing
-    the batch again on every retry (a poison batch). Bisection costs O(k log n) conversions for k bad events."""
-    schema = contract.event_schema()
+    the batch again on every retry (a poison batch). Bisection costs O(k log n) conversions for k bad
+    events. `extra` columns, which the events also carry, follow the contract's."""
+    schema = {**contract.event_schema(), **(extra or {})}
     try:
         return events_to_frame(events, schema)
     except Exception as exc:
@@ -260,11 +379,12 @@ def isolate_unconvertible(
             middle = len(events) // 2
             return pl.concat(
                 [
-                    isolate_unconvertible(events[:middle], errors, contract),
-                    isolate_unconvertible(events[middle:], errors, contract),
+                    isolate_unconvertible(events[:middle], errors, contract, extra),
+                    isolate_unconvertible(events[middle:], errors, contract, extra),
                 ]
             )
         event = events[0]
+        decoded = {k: v for k, v in event.items() if k not in (extra or {})}
         errors.append(
             {
                 "shard_id": event["shard_id"],
@@ -273,7 +393,7 @@ def isolate_unconvertible(
                 "arrival_time": event["arrival_time"],
                 "partition_key": event["partition_key"],
                 # the decoded event, as JSON with \\u escapes (it may hold what UTF-8 cannot)
-                "raw_base64": base64.b64encode(json.dumps(event, default=str).encode("ascii")).decode("ascii"),
+                "raw_base64": base64.b64encode(json.dumps(decoded, default=str).encode("ascii")).decode("ascii"),
                 "reason": f"internal: event cannot become a row ({type(exc).__name__}: {exc})",
             }
         )

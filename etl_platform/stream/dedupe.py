@@ -19,8 +19,8 @@ from __future__ import annotations
 import hashlib
 import struct
 from collections.abc import Iterable
-from datetime import datetime
-from typing import Any
+
+import polars as pl
 
 from etl_platform.events import derive_event_id
 
@@ -43,25 +43,36 @@ class SeenIds:
     def __len__(self) -> int:
         return len(self._seen)
 
-    def filter(self, events: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], int]:
-        """The events without those delivered before within the horizon, and how many were dropped."""
-        kept, duplicates = [], 0
-        for event in events:
-            if event["event_id"] == derive_event_id(event["shard_id"], event["sequence_number"], event["sub_sequence"]):
-                kept.append(event)  # no producer id: the position's, which no other record has
+    def filter(self, events: pl.DataFrame) -> tuple[pl.DataFrame, int]:
+        """The events (a decoded frame) without those delivered before within the horizon, and how
+        many were dropped."""
+        if not events.height:
+            return events, 0
+        # A derived id is the SHA-1 hex of the position: only ids of that shape need the check.
+        maybe_derived = events["event_id"].str.contains(r"^[0-9a-f]{40}$").to_list()
+        arrivals = (events["arrival_time"].dt.epoch("us") / 1_000_000).to_list()
+        keep: list[bool] = []
+        duplicates = 0
+        rows = zip(
+            events["event_id"], maybe_derived, events["shard_id"], events["sequence_number"],
+            events["sub_sequence"], arrivals, strict=True,
+        )  # fmt: skip
+        for event_id, maybe, shard_id, sequence_number, sub_sequence, arrival in rows:
+            if maybe and event_id == derive_event_id(shard_id, sequence_number, sub_sequence):
+                keep.append(True)  # no producer id: the position's, which no other record has
                 continue
-            arrival = _epoch(event["arrival_time"])
-            digest = _digest(event["event_id"])
+            digest = _digest(event_id)
             first = self._seen.get(digest)
             if first is not None and arrival - first <= self.horizon_s:
                 duplicates += 1
+                keep.append(False)
                 continue
             self._seen.pop(digest, None)  # re-inserted last: the dict stays in arrival order
             self._seen[digest] = arrival
             self._newest = max(self._newest, arrival)
-            kept.append(event)
+            keep.append(True)
         self._evict()
-        return kept, duplicates
+        return (events.filter(pl.Series(keep, dtype=pl.Boolean)) if duplicates else events), duplicates
 
     def _evict(self) -> None:
         cutoff = self._newest - self.horizon_s
@@ -98,7 +109,3 @@ class SeenIds:
             merged._newest = max(merged._newest, arrival)
         merged._evict()
         return merged
-
-
-def _epoch(moment: datetime | float) -> float:
-    return moment.timestamp() if isinstance(moment, datetime) else float(moment)

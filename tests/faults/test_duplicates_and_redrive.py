@@ -11,9 +11,10 @@ import base64
 import json
 from datetime import UTC, datetime, timedelta
 
+import polars as pl
 import pytest
 
-from etl_platform.events import derive_event_id
+from etl_platform.events import EVENT_SCHEMA, derive_event_id
 from etl_platform.lake import layout
 from etl_platform.stream import dead_letters
 from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
@@ -37,26 +38,30 @@ def event(event_id: str, seq: int, seconds: float = 0.0, derived: bool = False) 
     }
 
 
+def events(*rows: dict) -> pl.DataFrame:
+    return pl.DataFrame(list(rows), schema={**{k: EVENT_SCHEMA[k] for k in rows[0]}})
+
+
 def test_a_producer_id_delivered_again_within_the_horizon_is_dropped():
     seen = SeenIds(horizon_s=60)
-    kept, dropped = seen.filter([event("a", 1), event("b", 2), event("a", 3, 5)])
-    assert [e["event_id"] for e in kept] == ["a", "b"] and dropped == 1
-    kept, dropped = seen.filter([event("b", 4, 30), event("a", 5, 100)])  # a: its first delivery is 100 s old
-    assert [e["event_id"] for e in kept] == ["a"] and dropped == 1
+    kept, dropped = seen.filter(events(event("a", 1), event("b", 2), event("a", 3, 5)))
+    assert kept["event_id"].to_list() == ["a", "b"] and dropped == 1
+    kept, dropped = seen.filter(events(event("b", 4, 30), event("a", 5, 100)))  # a: its first delivery is 100 s old
+    assert kept["event_id"].to_list() == ["a"] and dropped == 1
     # Ids derived from the position are unique: never remembered, never dropped.
-    kept, dropped = seen.filter([event("", 6, 101, derived=True), event("", 6, 101, derived=True)])
-    assert len(kept) == 2 and dropped == 0
+    kept, dropped = seen.filter(events(event("", 6, 101, derived=True), event("", 6, 101, derived=True)))
+    assert kept.height == 2 and dropped == 0
 
 
 def test_the_seen_ids_survive_a_commit_and_merge_into_children():
     seen = SeenIds(horizon_s=60)
-    seen.filter([event("a", 1), event("b", 2, 1)])
+    seen.filter(events(event("a", 1), event("b", 2, 1)))
     restored = SeenIds.restore(seen.snapshot(), horizon_s=60)
-    assert len(restored) == 2 and restored.filter([event("a", 3, 2)])[1] == 1
+    assert len(restored) == 2 and restored.filter(events(event("a", 3, 2)))[1] == 1
     other = SeenIds(horizon_s=60)
-    other.filter([event("c", 1, 3)])
+    other.filter(events(event("c", 1, 3)))
     child = SeenIds.merge([seen, other], horizon_s=60)
-    assert child.filter([event("a", 9, 4), event("c", 10, 4), event("d", 11, 4)])[1] == 2
+    assert child.filter(events(event("a", 9, 4), event("c", 10, 4), event("d", 11, 4)))[1] == 2
 
 
 @pytest.mark.stack

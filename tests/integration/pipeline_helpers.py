@@ -13,7 +13,7 @@ from pathlib import Path
 
 import polars as pl
 
-from etl_platform.events import arrival_order, events_to_frame, with_depth
+from etl_platform.events import arrival_order, with_depth
 from etl_platform.lake import layout
 from etl_platform.lake.readers import read_processed, read_raw
 from etl_platform.stream.consumer import ConsumerConfig
@@ -38,8 +38,8 @@ def one_pass(kinesis, stream: str, config: ConsumerConfig | None = None) -> pl.D
             if not read.records and not read.cut:
                 break
         # Each event once: a later delivery of a producer id is dropped, as the consumer does.
-        events, _ = SeenIds(config.dedupe_horizon_s).filter(decode_records(shard.shard_id, records).events)
-        frames.append(with_depth(events_to_frame(events), depths[shard.shard_id]))
+        events, _ = SeenIds(config.dedupe_horizon_s).filter(decode_records(shard.shard_id, records).frame)
+        frames.append(with_depth(events, depths[shard.shard_id]))
     return config.analytics.new_detector().process(arrival_order(pl.concat(frames)))
 
 

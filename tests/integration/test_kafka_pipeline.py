@@ -16,7 +16,7 @@ from confluent_kafka import Producer
 from confluent_kafka.admin import AdminClient, NewPartitions
 from opensearchpy import OpenSearch
 
-from etl_platform.events import arrival_order, events_to_frame, with_depth
+from etl_platform.events import arrival_order, with_depth
 from etl_platform.lake import layout
 from etl_platform.lake.readers import read_processed, read_raw
 from etl_platform.ops.provisioning import ensure_bucket, ensure_topic
@@ -79,8 +79,8 @@ def one_pass(settings, pipeline) -> pl.DataFrame:
             if not read.records and not read.cut:
                 break
         reader.close()
-        events, _ = SeenIds(600).filter(decode_records(shard.shard_id, records, pipeline.contract).events)
-        frames.append(with_depth(events_to_frame(events, pipeline.contract.event_schema()), 0))
+        events, _ = SeenIds(600).filter(decode_records(shard.shard_id, records, pipeline.contract).frame)
+        frames.append(with_depth(events, 0))
     return pipeline.analytics.new_detector().process(arrival_order(pl.concat(frames)))
 
 

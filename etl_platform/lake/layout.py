@@ -84,9 +84,13 @@ GZIP_LEVEL = 1
 def gzip_lines(lines: Iterable[str]) -> bytes:
     """The lines, each ended by a newline, as one gzip member compressed in one call."""
     lines = list(lines)
-    data = ("\n".join(lines) + "\n").encode() if lines else b""
+    return gzip_text("\n".join(lines) + "\n" if lines else "")
+
+
+def gzip_text(text: str) -> bytes:
+    """Text (UTF-8) as one gzip member compressed in one call."""
     # mtime=0: identical content gives identical bytes, so a retried write is byte-for-byte the same.
-    return igzip.compress(data, compresslevel=GZIP_LEVEL, mtime=0)
+    return igzip.compress(text.encode(), compresslevel=GZIP_LEVEL, mtime=0)
 
 
 def jsonl_gz(rows: Iterable[dict[str, Any]]) -> bytes:

@@ -21,7 +21,7 @@ from etl_platform.lake import layout
 @dataclass
 class RawObject:
     key: str
-    lines: list[str]  # the events as JSON lines
+    text: str  # the events as JSON lines, each ended by "\n"
     rows: pl.Series  # their row numbers in the flush's frame
     day: str  # event-time day (YYYY-MM-DD)
 
@@ -45,7 +45,7 @@ class FlushPlan:
     def rows_by_day(self) -> dict[str, int]:
         days: dict[str, int] = {}
         for obj in self.raw:
-            days[obj.day] = days.get(obj.day, 0) + len(obj.lines)
+            days[obj.day] = days.get(obj.day, 0) + len(obj.rows)
         return days
 
 
@@ -60,6 +60,17 @@ def split_by_bytes(lines: list[str], max_bytes: int) -> list[tuple[int, int]]:
     if start < len(lines):
         ranges.append((start, len(lines)))
     return ranges
+
+
+def _json_line_parts(text: str, max_bytes: int) -> list[tuple[int, int, str]]:
+    """JSON lines (each ended by "\n") as parts of at most `max_bytes` characters (at least one line
+    each): (first row, end row, text). Most flushes fit one part and are never split into lines. Lines
+    are split on "\n" alone, which JSON escapes inside strings; `str.splitlines` would also split on
+    U+2028, U+0085 and the like, which JSON leaves as they are."""
+    if len(text) <= max_bytes:
+        return [(0, text.count("\n"), text)]
+    lines = text.split("\n")[:-1]
+    return [(start, end, "\n".join(lines[start:end]) + "\n") for start, end in split_by_bytes(lines, max_bytes)]
 
 
 def plan_flush(
@@ -80,11 +91,11 @@ def plan_flush(
         for (moment,), group in indexed.group_by("_hour", maintain_order=True):
             partition = layout.HourPartition.of(moment)  # type: ignore[arg-type]
             rows = group.drop("_hour")
-            lines = rows.drop("_row").write_ndjson().splitlines()
-            for part, (start, end) in enumerate(split_by_bytes(lines, max_object_bytes)):
+            text = rows.drop("_row").write_ndjson()
+            for part, (start, end, part_text) in enumerate(_json_line_parts(text, max_object_bytes)):
                 key = layout.object_key(root + layout.RAW, partition, shard_id, first_sequence, part)
                 plan.raw.append(
-                    RawObject(key, lines[start:end], rows["_row"].slice(start, end - start), partition.day.isoformat())
+                    RawObject(key, part_text, rows["_row"].slice(start, end - start), partition.day.isoformat())
                 )
     for err in errors:
         arrival = err.get("arrival_time") or datetime.now(UTC)
@@ -96,7 +107,7 @@ def plan_flush(
 def write_raw(s3: Any, bucket: str, plan: FlushPlan) -> None:
     """The raw objects (gzip JSON lines) and the error objects of a planned flush."""
     for obj in plan.raw:
-        layout.put(s3, bucket, obj.key, layout.gzip_lines(obj.lines))
+        layout.put(s3, bucket, obj.key, layout.gzip_text(obj.text))
     for key, rows in plan.errors.items():
         layout.put(s3, bucket, key, layout.jsonl_gz(rows))
 

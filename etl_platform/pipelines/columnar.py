@@ -21,7 +21,7 @@ from typing import Any
 import polars as pl
 
 from etl_platform.events import EARLIEST_EVENT_TIME, MAX_AHEAD_OF_ARRIVAL, InvalidEvent
-from etl_platform.pipelines.contract import ARRIVAL, Contract, FieldSpec, canonical_json
+from etl_platform.pipelines.contract import ARRIVAL, Contract, FieldSpec, fast_canonical_json
 
 # Text the fast path clears: printable ASCII. Anything else (control characters, NUL, non-ASCII that
 # may hold a lone surrogate, whitespace Python and Rust strip differently) goes to `to_event`.
@@ -31,7 +31,6 @@ _PLAIN_TEXT = r"^[\x20-\x7e]*$"
 _ISO_DATETIME = r"2\d{3}-(0[1-9]|1[0-2])-(0[1-9]|[12]\d|3[01])T([01]\d|2[0-3]):[0-5]\d:[0-5]\d(\.\d{1,6})?"
 _ISO_OFFSET = r"(Z|[+-]([01]\d|2[0-3]):[0-5]\d)"
 _FLOAT_EXACT_INT = 2**53  # ints up to this are exact in float64 (larger ones go to `to_event`)
-_MISREAD_INT = 2.0**63  # orjson reads integers beyond 64 bits as floats at least this large
 _LAST_EPOCH_MS = 253_402_300_800_000  # 10000-01-01: later epoch milliseconds overflow `datetime`
 
 
@@ -66,11 +65,15 @@ class ColumnBuilder:
                 append(None)
             self.attributes.append(None)
             return
-        self.not_object.append(False)
+        try:
+            attributes = self._attributes_text(payload)
+        except Exception:  # whatever it is, `to_event` decides the row and says what is wrong
+            attributes = None
         get = payload.get
         for name, append in self._getters:
             append(get(name))
-        self.attributes.append(self._attributes_text(payload))
+        self.not_object.append(False)
+        self.attributes.append(attributes)
 
     def _attributes_text(self, obj: dict[str, Any]) -> str | None:
         """The `attributes` column of one payload: the attributes field's object with unknown fields
@@ -93,10 +96,8 @@ class ColumnBuilder:
             attributes = merged
         if not attributes:
             return "{}"
-        if not _as_json_loads_reads(attributes):
-            return None
         try:
-            return canonical_json(name or "attributes", attributes)
+            return fast_canonical_json(name or "attributes", attributes)
         except InvalidEvent:
             return None
 
@@ -201,16 +202,12 @@ def _json(spec: FieldSpec, values: list[Any]) -> tuple[pl.Series, pl.Series]:
             texts.append(None)
             wrong.append(False)
             continue
-        if not _as_json_loads_reads(value):
-            texts.append(None)
-            wrong.append(True)
-            continue
         try:
-            texts.append(canonical_json(spec.name, value))
-            wrong.append(False)
+            text = fast_canonical_json(spec.name, value)
         except InvalidEvent:
-            texts.append(None)
-            wrong.append(True)
+            text = None
+        texts.append(text)
+        wrong.append(text is None)
     return pl.Series(texts, dtype=pl.String), pl.Series(wrong, dtype=pl.Boolean)
 
 
@@ -247,27 +244,6 @@ def _constraint_flags(spec: FieldSpec, series: pl.Series) -> pl.Series:
         if spec.maximum is not None:
             out = out | (series > spec.maximum)
     return out
-
-
-def _as_json_loads_reads(value: Any) -> bool:
-    """Whether an orjson-parsed value is what `json.loads` gives: orjson reads an integer beyond the
-    64-bit range as a float, which is then 2**63 or more in magnitude (json.loads keeps the int).
-    Only JSON texts (attributes, json fields) need this: a typed field refuses or converts alike."""
-    kind = type(value)
-    if kind is float:
-        return abs(value) < _MISREAD_INT
-    if kind is dict:
-        value = value.values()
-    elif kind is not list:
-        return True
-    for item in value:
-        kind = type(item)
-        if kind is float:
-            if not abs(item) < _MISREAD_INT:
-                return False
-        elif (kind is dict or kind is list) and not _as_json_loads_reads(item):
-            return False
-    return True
 
 
 def arrival_series(arrivals: Sequence[datetime]) -> pl.Series:

@@ -164,26 +164,19 @@ _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_asci
 _ORJSON_SORTED = orjson.OPT_SORT_KEYS
 # orjson writes floats as `repr` does except below 1e-4 (`1e-05` vs `0.00001`, `1.5e-07` vs `1.5e-7`).
 _ORJSON_SMALLEST = 1e-4
+# orjson reads an integer beyond the 64-bit range as a float (json.loads keeps the int): such a float
+# is at least this large, so larger floats are left to the standard encoder and to json.loads' reading.
+_ORJSON_LARGEST = 2.0**63
 
 
 def canonical_json(name: str, raw: Any) -> str:
     """Sorted keys, no spaces: equal values give equal strings on replay; refuses what no sink takes.
 
-    The text is `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`'s. orjson
-    writes the same text ten times faster for values it writes alike (`_orjson_writes_alike`); for
-    the rest, and whatever orjson refuses (a lone surrogate, an integer over 64 bits, nesting over
-    its limit), the standard encoder decides."""
-    if _orjson_writes_alike(raw, 0):
-        try:
-            data = orjson.dumps(raw, option=_ORJSON_SORTED)
-        except orjson.JSONEncodeError:
-            pass
-        else:
-            if len(data) > MAX_ATTRIBUTES_BYTES:
-                raise InvalidEvent(
-                    name, f"{len(data)} bytes of JSON, over the warehouse's {MAX_ATTRIBUTES_BYTES}-byte limit"
-                )
-            return data.decode("utf-8")
+    The text is `json.dumps(sort_keys=True, separators=(",", ":"), ensure_ascii=False)`'s: written by
+    orjson when it writes it alike (`fast_canonical_json`), else by the standard encoder."""
+    text = fast_canonical_json(name, raw)
+    if text is not None:
+        return text
     try:
         text = _CANONICAL.encode(raw)
     except ValueError:
@@ -199,10 +192,26 @@ def canonical_json(name: str, raw: Any) -> str:
     return text
 
 
+def fast_canonical_json(name: str, raw: Any) -> str | None:
+    """`canonical_json`'s text written by orjson, ten times faster, when orjson writes it alike: None
+    when the standard encoder must decide (a float under 1e-4 or non-finite, which orjson writes
+    otherwise; a float of 2**63 or more, which may be an integer orjson read as a float; a lone
+    surrogate, an integer over 64 bits or deep nesting, which orjson refuses). Raises `InvalidEvent`
+    for JSON over the warehouse's size limit."""
+    if not _orjson_writes_alike(raw, 0):
+        return None
+    try:
+        data = orjson.dumps(raw, option=_ORJSON_SORTED)
+    except orjson.JSONEncodeError:
+        return None
+    if len(data) > MAX_ATTRIBUTES_BYTES:
+        raise InvalidEvent(name, f"{len(data)} bytes of JSON, over the warehouse's {MAX_ATTRIBUTES_BYTES}-byte limit")
+    return data.decode("utf-8")
+
+
 def _orjson_writes_alike(value: Any, depth: int) -> bool:
-    """Whether orjson writes `value` as the standard encoder does: JSON's own types and no float that
-    is non-finite (orjson writes null) or under 1e-4 in magnitude (another notation). Keys need no
-    look: orjson refuses any but str, and the standard encoder then decides."""
+    """Whether `value` holds only JSON's own types and floats orjson writes as `repr` does, read as
+    json.loads reads them (see `fast_canonical_json`). Keys need no look: orjson refuses any but str."""
     if depth > 64:  # deeper than any payload worth the fast path
         return False
     kind = type(value)
@@ -217,7 +226,7 @@ def _orjson_writes_alike(value: Any, depth: int) -> bool:
         if kind is str or kind is int or kind is bool or item is None:
             continue
         if kind is float:
-            if item != 0.0 and not _ORJSON_SMALLEST <= abs(item) < math.inf:
+            if item != 0.0 and not _ORJSON_SMALLEST <= abs(item) < _ORJSON_LARGEST:
                 return False
         elif kind is dict or kind is list:
             if not _orjson_writes_alike(item, depth + 1):

@@ -134,49 +134,72 @@ def _column(spec: FieldSpec, values: list[Any]) -> tuple[pl.Series, pl.Series]:
     builder = _BUILDERS[spec.type]
     series, wrong_type = builder(spec, values)
     flagged = wrong_type | _constraint_flags(spec, series).fill_null(False)
-    if spec.required:
-        flagged = flagged | pl.Series([v is None for v in values], dtype=pl.Boolean)
+    if spec.required:  # a null is a missing value, or one of a wrong type (flagged already)
+        flagged = flagged | series.is_null()
     return series, flagged
 
 
-def _typed(values: list[Any], dtype: pl.DataType, accept: Any) -> tuple[pl.Series, pl.Series]:
-    """`values` kept where `accept(v)`, null elsewhere; wrong type: present but not accepted."""
-    kept = [v if accept(v) else None for v in values]
+_NONE = type(None)
+
+
+def _kept(
+    values: list[Any], dtype: pl.DataType, convert: Any, exact: frozenset[type] = frozenset()
+) -> tuple[pl.Series, pl.Series]:
+    """Each value converted by `convert` (None: refused), and the wrong types: present but refused.
+    When every value is of an `exact` type (or None), the values are taken as they are, without a
+    look at each (the common batch)."""
+    if exact and set(map(type, values)) <= exact | {_NONE}:
+        return pl.Series(values, dtype=dtype, strict=True), pl.zeros(len(values), pl.Boolean, eager=True)
+    kept = [convert(v) for v in values]
     wrong = [v is not None and k is None for v, k in zip(values, kept, strict=True)]
     return pl.Series(kept, dtype=dtype, strict=True), pl.Series(wrong, dtype=pl.Boolean)
 
 
+def _as_str(value: Any) -> str | None:
+    return value if type(value) is str else None
+
+
+def _as_float(value: Any) -> float | None:
+    if type(value) is float:
+        return value
+    if type(value) is int and -_FLOAT_EXACT_INT <= value <= _FLOAT_EXACT_INT:
+        return float(value)
+    return None
+
+
+def _as_int(value: Any) -> int | None:
+    # Within 2**53 a bound (a float) compares with the value in Polars exactly as in Python.
+    return value if type(value) is int and -_FLOAT_EXACT_INT <= value <= _FLOAT_EXACT_INT else None
+
+
+def _as_bool(value: Any) -> bool | None:
+    return value if type(value) is bool else None
+
+
+def _as_epoch_millis(value: Any) -> int | None:
+    return value if type(value) is int and 0 <= value < _LAST_EPOCH_MS else None
+
+
 def _string(spec: FieldSpec, values: list[Any]) -> tuple[pl.Series, pl.Series]:
-    return _typed(values, pl.String(), lambda v: type(v) is str)
+    return _kept(values, pl.String(), _as_str, frozenset({str}))
 
 
 def _float(spec: FieldSpec, values: list[Any]) -> tuple[pl.Series, pl.Series]:
-    def exact(v: Any) -> Any:
-        if type(v) is float:
-            return v
-        if type(v) is int and -_FLOAT_EXACT_INT <= v <= _FLOAT_EXACT_INT:
-            return float(v)
-        return None
-
-    kept = [exact(v) for v in values]
-    wrong = [v is not None and k is None for v, k in zip(values, kept, strict=True)]
-    return pl.Series(kept, dtype=pl.Float64, strict=True), pl.Series(wrong, dtype=pl.Boolean)
+    return _kept(values, pl.Float64(), _as_float, frozenset({float}))
 
 
 def _int(spec: FieldSpec, values: list[Any]) -> tuple[pl.Series, pl.Series]:
-    # Within 2**53 a bound (a float) compares with the value in Polars exactly as in Python.
-    return _typed(values, pl.Int64(), lambda v: type(v) is int and -_FLOAT_EXACT_INT <= v <= _FLOAT_EXACT_INT)
+    return _kept(values, pl.Int64(), _as_int)
 
 
 def _bool(spec: FieldSpec, values: list[Any]) -> tuple[pl.Series, pl.Series]:
-    return _typed(values, pl.Boolean(), lambda v: type(v) is bool)
+    return _kept(values, pl.Boolean(), _as_bool, frozenset({bool}))
 
 
 def _timestamp(spec: FieldSpec, values: list[Any]) -> tuple[pl.Series, pl.Series]:
     """ISO-8601 strings of the common shape (naive ones too when the field reads them as UTC) and
     integer epoch milliseconds; any other present value is flagged for `to_event`."""
-    text, _ = _typed(values, pl.String(), lambda v: type(v) is str)
-    millis, _ = _typed(values, pl.Int64(), lambda v: type(v) is int and 0 <= v < _LAST_EPOCH_MS)
+    text, not_text = _kept(values, pl.String(), _as_str, frozenset({str}))
     naive_as_utc = spec.naive_timestamps == "utc"
     shaped = text.str.contains(f"^{_ISO_DATETIME}{_ISO_OFFSET}{'?' if naive_as_utc else ''}$")
     iso = text.str.replace(r"Z$", "+00:00")
@@ -187,8 +210,10 @@ def _timestamp(spec: FieldSpec, values: list[Any]) -> tuple[pl.Series, pl.Series
         .to_series()
         .str.to_datetime("%Y-%m-%dT%H:%M:%S%.f%z", time_unit="us", time_zone="UTC", strict=False)
     )
-    from_millis = (millis * 1000).cast(pl.Datetime("us", "UTC"))
-    series = pl.select(pl.coalesce(parsed, from_millis)).to_series()
+    if not not_text.any():  # only strings (the common batch)
+        return parsed, text.is_not_null() & parsed.is_null()
+    millis, _ = _kept(values, pl.Int64(), _as_epoch_millis)
+    series = pl.select(pl.coalesce(parsed, (millis * 1000).cast(pl.Datetime("us", "UTC")))).to_series()
     # Present but of no cleared shape: a string of another shape, a float, a bool, a container.
     present = pl.Series([v is not None for v in values], dtype=pl.Boolean)
     return series, present & series.is_null()

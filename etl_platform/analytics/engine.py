@@ -310,9 +310,8 @@ class RollingAnomalyDetector:
             self._hash_collision = self._index is None
         if self._index is not None and len(self._index) == tab.height:
             ids, new_rows = self._index.assign(kf)
-            grown = self._with_new_keys(tab, kf[new_rows]) if len(new_rows) else tab
-            if KeyIndex.verify(kf, ids, self._key_columns(grown)):
-                return ids, grown
+            if KeyIndex.verify(kf, ids, self._key_columns(tab), new_rows):
+                return ids, self._with_new_keys(tab, kf[new_rows]) if len(new_rows) else tab
             self._hash_collision = True
         self._index = None  # dropped on a collision (rare: two keys sharing a 64-bit hash), or stale
         kids = self._key_ids(kf, tab)

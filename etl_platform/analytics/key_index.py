@@ -66,9 +66,22 @@ class KeyIndex:
         return ids, new_rows[:added]
 
     @staticmethod
-    def verify(keys: pl.DataFrame, ids: np.ndarray, table: pl.DataFrame) -> bool:
-        """Whether every row of ``keys`` equals row ``ids[i]`` of ``table`` (nulls equal): no collision."""
-        return table[ids].equals(keys, null_equal=True)
+    def verify(keys: pl.DataFrame, ids: np.ndarray, table: pl.DataFrame, new_rows: np.ndarray | None = None) -> bool:
+        """Whether every row of ``keys`` equals row ``ids[i]`` of ``table`` (nulls equal): no collision.
+
+        With ``new_rows`` (from :meth:`assign`; ``table`` then holds only the keys known before the
+        batch), a row whose id is new is compared with the batch row that introduced it, which is
+        what the table gets as that id's key: the same check, without reading a large table at
+        random for keys the batch itself holds (most of a high-cardinality batch).
+        """
+        if new_rows is None or not len(new_rows) or keys.schema != table.schema:
+            grown = table if new_rows is None or not len(new_rows) else pl.concat([table, keys[new_rows]])
+            return grown[ids].equals(keys, null_equal=True)
+        known = table.height
+        at = ids.copy()
+        new = ids >= known
+        at[new] = known + new_rows[ids[new] - known]
+        return pl.concat([table, keys], how="vertical", rechunk=False)[at].equals(keys, null_equal=True)
 
     def _reserve(self, count: int) -> None:
         """Keep the table at most half full for ``count`` keys (short probe runs), rehashing on growth."""

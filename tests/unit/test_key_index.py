@@ -63,6 +63,17 @@ def test_verify_compares_the_real_keys():
     assert not KeyIndex.verify(keys(["a"], [None]), np.array([0]), table)
 
 
+def test_verify_checks_new_keys_against_the_rows_that_introduced_them():
+    """Ids 2 and 3 are new in the batch (introduced by rows 1 and 2): a row given id 2 must hold row
+    1's key, as the grown table would; a hash collision between two new keys is caught too."""
+    table = keys(["a", "b"], ["x", "x"])
+    batch = keys(["a", "c", "d", "c"], ["x", "x", "x", "x"])
+    assert KeyIndex.verify(batch, np.array([0, 2, 3, 2]), table, np.array([1, 2]))
+    colliding = keys(["a", "c", "d", "e"], ["x", "x", "x", "x"])  # "e" got "c"'s new id
+    assert not KeyIndex.verify(colliding, np.array([0, 2, 3, 2]), table, np.array([1, 2]))
+    assert not KeyIndex.verify(batch, np.array([1, 2, 3, 2]), table, np.array([1, 2]))  # "a" is not "b"
+
+
 def test_precompile_writes_the_cache_of_both_loops(tmp_path):
     """docs/deploy.md's image step: after it, a read-only image loads the loops instead of compiling."""
     import os

@@ -18,6 +18,7 @@ from etl_platform.events import EVENT_SCHEMA, derive_event_id
 from etl_platform.lake import layout
 from etl_platform.stream import dead_letters
 from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
+from etl_platform.stream import dedupe
 from etl_platform.stream.dedupe import SeenIds
 from etl_platform.stream.producer import KinesisProducer
 from etl_platform.stream.reader import ShardReader
@@ -56,6 +57,8 @@ def test_a_producer_id_delivered_again_within_the_horizon_is_dropped():
 def test_the_seen_ids_survive_a_commit_and_merge_into_children():
     seen = SeenIds(horizon_s=60)
     seen.filter(events(event("a", 1), event("b", 2, 1)))
+    # The snapshot is the `<16sd` records checkpoints have always held.
+    assert seen.snapshot() == dedupe._MAGIC + b"".join(dedupe._ENTRY.pack(*entry) for entry in seen._seen.items())
     restored = SeenIds.restore(seen.snapshot(), horizon_s=60)
     assert len(restored) == 2 and restored.filter(events(event("a", 3, 2)))[1] == 1
     other = SeenIds(horizon_s=60)

@@ -16,9 +16,8 @@ import pytest
 
 from etl_platform.events import EVENT_SCHEMA, derive_event_id
 from etl_platform.lake import layout
-from etl_platform.stream import dead_letters
+from etl_platform.stream import dead_letters, dedupe
 from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
-from etl_platform.stream import dedupe
 from etl_platform.stream.dedupe import SeenIds
 from etl_platform.stream.producer import KinesisProducer
 from etl_platform.stream.reader import ShardReader

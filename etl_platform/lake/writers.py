@@ -115,7 +115,6 @@ def write_raw(s3: Any, bucket: str, plan: FlushPlan) -> None:
 def write_processed(s3: Any, bucket: str, processed: pl.DataFrame, plan: FlushPlan) -> None:
     """One Parquet object per raw object, holding exactly the same events (`processed` is row-aligned
     with the frame the plan was made from)."""
-    indexed = processed.with_row_index("_row")
     for obj, key in zip(plan.raw, plan.processed_keys, strict=True):
-        part = indexed.join(obj.rows.to_frame("_row"), on="_row", how="semi").drop("_row")
+        part = processed if len(obj.rows) == processed.height else processed[obj.rows]  # rows ascending
         layout.put(s3, bucket, key, layout.parquet_bytes(part))

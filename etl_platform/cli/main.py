@@ -201,13 +201,18 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
         reporter.update(stats)
 
     producer = stream_producer(pipeline, settings, stream, compress=args.gzip, progress=on_progress)
+    # KPL aggregation packs per Kinesis shard; a Kafka topic gets one message per event (the Kafka
+    # client batches messages itself, and its partitioner is not Kinesis' hash ranges).
+    aggregate = pipeline.stream.kind == "kinesis" and not args.no_kpl
+    if args.kpl and not aggregate:
+        print(f"produce: --kpl ignored: {pipeline.stream.kind} pipelines send one record per event", file=sys.stderr)
     if args.file:
         events = _events_from_file(args.file)
     else:
         events = _demo_events(args.rate, args.duration, args.seed, pipeline)
     try:
-        if args.kpl:
-            stats = producer.send_kpl_aggregated(events)
+        if aggregate:
+            stats = producer.send_kpl_aggregated(events)  # lazily, each event sent within 100 ms
         else:
             stats = producer.send(events)  # lazily: live demo events flow as generated
     except ProducerError as exc:
@@ -230,6 +235,10 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
                 "rejected": len(stats.rejected),
                 "requests": stats.requests,
                 "bytes": stats.bytes,
+                "records": stats.records,
+                "aggregated": aggregate,
+                "shard_map_refreshes": stats.shard_map_refreshes,
+                "misrouted": stats.misrouted,
             }
         )
     )
@@ -379,7 +388,13 @@ def build_parser() -> argparse.ArgumentParser:
     produce.add_argument("--duration", type=float, default=10.0, help="demo seconds (0 = until Ctrl-C)")
     produce.add_argument("--seed", type=int, default=0)
     produce.add_argument("--gzip", action="store_true", help="gzip each record, as the seed's producer does")
-    produce.add_argument("--kpl", action="store_true", help="KPL-aggregate records")
+    kpl = produce.add_mutually_exclusive_group()
+    kpl.add_argument(
+        "--no-kpl",
+        action="store_true",
+        help="one Kinesis record per event (default: KPL-aggregate per shard, as the KPL does; Kafka: never)",
+    )
+    kpl.add_argument("--kpl", action="store_true", help="KPL-aggregate records (the default; kept for old scripts)")
     produce.add_argument("--stream", help="stream name (default: the pipeline's)")
     produce.add_argument("--quiet", action="store_true", help="no progress line")
     add_pipeline_option(produce)

@@ -199,7 +199,7 @@ class KafkaPartitionReader:
 
 class KafkaProducer(KinesisProducer):
     """`KinesisProducer`'s events, encoding and checks, produced to a Kafka topic (`stream_name`):
-    one message per event keyed by `partition_key_field` (or per KPL aggregate), idempotently."""
+    one message per event keyed by `partition_key_field` (Kafka has no KPL aggregates), idempotently."""
 
     def __init__(self, config: dict[str, Any], topic: str, **kwargs: Any) -> None:
         from confluent_kafka import Producer

@@ -33,9 +33,11 @@ def consumer(kinesis, s3, bucket, stream, leases, **config) -> StreamConsumer:
 def test_end_to_end_file_gzip_and_kpl_across_shards(kinesis, s3, bucket, stream, leases, tmp_path):
     batch = events(900, seed=1)
     env = {"ETL_STREAM_NAME": stream}
-    cli("produce", "--file", str(write_jsonl(tmp_path / "a.jsonl", batch[:300])), "--quiet", env=env)
-    cli("produce", "--file", str(write_jsonl(tmp_path / "b.jsonl", batch[300:600])), "--gzip", "--quiet", env=env)
-    cli("produce", "--file", str(write_jsonl(tmp_path / "c.jsonl", batch[600:])), "--kpl", "--gzip", "--quiet", env=env)
+    # One record per event (plain, then gzip), then aggregated per shard (the default) with gzip members.
+    cli("produce", "--file", str(write_jsonl(tmp_path / "a.jsonl", batch[:300])), "--no-kpl", "--quiet", env=env)
+    b = write_jsonl(tmp_path / "b.jsonl", batch[300:600])
+    cli("produce", "--file", str(b), "--no-kpl", "--gzip", "--quiet", env=env)
+    cli("produce", "--file", str(write_jsonl(tmp_path / "c.jsonl", batch[600:])), "--gzip", "--quiet", env=env)
 
     results = consumer(kinesis, s3, bucket, stream, leases).drain()
 

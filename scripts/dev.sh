@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make dev`: local stack + Dagster UI (webserver and daemon) at http://127.0.0.1:3000 + demo traffic.
+# `make dev`: local stack + Dagster UI (webserver and daemon) at http://127.0.0.1:3000 + the live dashboard
+# page at http://127.0.0.1:8050 (ETL_DASHBOARD_PORT) + demo traffic.
 # Ctrl-C stops everything, servers included.
 set -uo pipefail
 # Job control: background jobs get their own process group and default signal handling (without it a
@@ -32,6 +33,11 @@ port=${ETL_DAGSTER_PORT:-3000}
 dagster dev -w workspace.yaml -h 127.0.0.1 -p "$port" &
 pids+=($!)
 
+# The live dashboard page (etl_platform.dashboard): every pipeline's OpenSearch aggregations, leases and metrics.
+dashboard_port=${ETL_DASHBOARD_PORT:-8050}
+python -m etl_platform.dashboard &
+pids+=($!)
+
 # Demo traffic from the five simulated sources; the Kinesis sensor picks it up within seconds.
 etl-platform produce --source demo --rate "${ETL_DEMO_RATE:-20}" --duration 0 --gzip --quiet &
 pids+=($!)
@@ -42,5 +48,5 @@ pids+=($!)
 etl-platform produce --pipeline msk-events --source demo --rate "${ETL_KAFKA_DEMO_RATE:-5}" --duration 0 --quiet &
 pids+=($!)
 
-echo "dev: Dagster UI at http://127.0.0.1:${port} (Ctrl-C stops everything)"
+echo "dev: Dagster UI at http://127.0.0.1:${port}, live dashboard at http://127.0.0.1:${dashboard_port} (Ctrl-C stops everything)"
 wait "${pids[0]}"

@@ -13,8 +13,12 @@ from etl_platform.config import ConfigError, Settings, load_settings
 
 
 def _dagster_up(url: str) -> bool:
+    return _answers(f"{url}/server_info")
+
+
+def _answers(url: str) -> bool:
     try:
-        with urllib.request.urlopen(f"{url}/server_info", timeout=1) as resp:
+        with urllib.request.urlopen(url, timeout=1) as resp:
             return resp.status == 200
     except OSError:
         return False
@@ -87,6 +91,10 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     status = stack.status(settings)
     status["pipelines"] = pipelines_status(settings)
     status["healthy"]["dagster"] = _dagster_up(settings.dagster_url)
+    from etl_platform.dashboard import dashboard_url
+
+    status["dashboard_url"] = dashboard_url()
+    status["healthy"]["dashboard"] = _answers(status["dashboard_url"])
     if args.json:
         print(json.dumps(status, indent=2))
     else:
@@ -99,8 +107,8 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
             )
         for name, ok in status["healthy"].items():
             print(f"{name:<20} {'healthy' if ok else 'DOWN'}")
-    # Dagster is optional for `status` (it only runs under `make dev`).
-    core = {k: v for k, v in status["healthy"].items() if k != "dagster"}
+    # Dagster and the dashboard are optional for `status` (they only run under `make dev`).
+    core = {k: v for k, v in status["healthy"].items() if k not in ("dagster", "dashboard")}
     return 0 if all(core.values()) else 1
 
 

@@ -104,9 +104,12 @@ def user_events(
     limit: int = 100,
     fields: Sequence[str] | None = None,
     names: QueryFields = DEFAULT_FIELDS,
+    newest_first: bool = False,
 ) -> list[dict[str, Any]]:
-    """A user's events in [start, end), oldest first (ties by event_id), at most `limit`."""
+    """A user's events in [start, end), oldest first (ties by event_id), at most `limit`;
+    `newest_first`: the latest `limit` of them, newest first (a drill-down's "recent events")."""
     fields = names.user_event_fields if fields is None else fields
+    order = "desc" if newest_first else "asc"
     query = {"bool": {"filter": [{"term": {names.user: user_id}}, _range(start, end)]}}
     rows: list[dict[str, Any]] = []
     after: list[Any] | None = None
@@ -115,7 +118,7 @@ def user_events(
             "size": min(PAGE, limit - len(rows)),
             "query": query,
             "_source": list(fields),
-            "sort": [{"event_time": "asc"}, {"event_id": "asc"}],
+            "sort": [{"event_time": order}, {"event_id": order}],
             "track_total_hits": False,
         }
         if after is not None:
@@ -227,6 +230,118 @@ def top_anomalous_users(
         }
         for b in buckets
     ]
+
+
+OTHER = "(other)"  # over_time's group for everything outside the top `limit` groups
+ALL = "(all)"  # over_time's group when nothing splits the series
+
+
+def over_time(
+    client: Any,
+    family: str,
+    start: datetime,
+    end: datetime,
+    interval_s: int,
+    by: str | None = None,
+    prefix: str = "",
+    limit: int = 10,
+    average: str | None = None,
+) -> list[dict[str, Any]]:
+    """Documents of `family` (EVENTS or ANOMALIES) in [start, end) per `interval_s` bucket of event
+    time, split by field `by` (None: one series, ALL): rows {time, group, count} (and `average`: the
+    mean of that field), every bucket of the range present (empty ones count 0), oldest first.
+
+    One request: a `terms` split (the top `limit` groups over the range; `shard_size` large, so exact
+    for realistic cardinalities) with a `date_histogram` inside, and the unsplit histogram beside it,
+    so counts outside the top groups come back as OTHER and every bucket's counts add up exactly.
+    `time` is the bucket's start (ISO 8601, UTC); align `start` to `interval_s` for whole buckets.
+    """
+    if interval_s < 1:
+        raise ValueError(f"interval_s must be at least 1, got {interval_s}")
+    histogram: dict[str, Any] = {
+        "date_histogram": {
+            "field": "event_time",
+            "fixed_interval": f"{interval_s}s",
+            "min_doc_count": 0,
+            "extended_bounds": {"min": _millis(start), "max": _millis(end) - 1},
+        }
+    }
+    if average:
+        histogram["aggs"] = {"average": {"avg": {"field": average}}}
+    aggs: dict[str, Any] = {"total": histogram}
+    if by:
+        aggs["groups"] = {
+            "terms": {
+                "field": by,
+                "size": limit,
+                "shard_size": max(1000, limit * 50),
+                "order": [{"_count": "desc"}, {"_key": "asc"}],
+            },
+            "aggs": {"time": histogram},
+        }
+    body = {"size": 0, "query": {"bool": {"filter": [_range(start, end)]}}, "aggs": aggs}
+    found = _search(client, alias_name(family, prefix), body).get("aggregations")
+    if not found:  # no index yet: the buckets the histogram would have had, empty
+        if by:
+            return []
+        step = interval_s * 1000
+        first = _millis(start) // step * step
+        times = [datetime.fromtimestamp(ms / 1000, UTC) for ms in range(first, _millis(end), step)]
+        return [_bucket_row(_iso(t), ALL, 0, None, average) for t in times]
+    total = found["total"]["buckets"]
+
+    def row(bucket: dict[str, Any], group: str, count: int) -> dict[str, Any]:
+        value = bucket.get("average", {}).get("value") if average else None
+        return _bucket_row(bucket["key_as_string"], group, count, value, average)
+
+    if not by:
+        return [row(b, ALL, b["doc_count"]) for b in total]
+    rows: list[dict[str, Any]] = []
+    shown = [0] * len(total)
+    for group in found["groups"]["buckets"]:
+        by_time = {b["key"]: b for b in group["time"]["buckets"]}
+        for i, bucket in enumerate(total):
+            inner = by_time.get(bucket["key"], {"key_as_string": bucket["key_as_string"], "doc_count": 0})
+            inner.setdefault("key_as_string", bucket["key_as_string"])
+            shown[i] += inner["doc_count"]
+            rows.append(row(inner, str(group["key"]), inner["doc_count"]))
+    if not average and any(b["doc_count"] > n for b, n in zip(total, shown, strict=True)):
+        rows += [row(b, OTHER, b["doc_count"] - n) for b, n in zip(total, shown, strict=True)]
+    rows.sort(key=lambda r: r["time"])  # stable: groups keep their rank within a bucket
+    return rows
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.000Z")
+
+
+def _bucket_row(time: str, group: str, count: int, value: float | None, average: str | None) -> dict[str, Any]:
+    row: dict[str, Any] = {"time": time, "group": group, "count": count}
+    if average:
+        row["average"] = value
+    return row
+
+
+def latest_anomalies(
+    client: Any,
+    start: datetime,
+    end: datetime,
+    prefix: str = "",
+    limit: int = 20,
+    names: QueryFields = DEFAULT_FIELDS,
+) -> list[dict[str, Any]]:
+    """The newest `limit` anomalies in [start, end), newest first (ties by event_id): one sorted
+    top-k request (no paging: `limit` is a screenful), the user and the fields `user_events` shows."""
+    fields = (names.user, *names.user_event_fields)
+    body = {
+        "size": limit,
+        "query": {"bool": {"filter": [_range(start, end)]}},
+        "_source": list(fields),
+        "sort": [{"event_time": "desc"}, {"event_id": "desc"}],
+        "track_total_hits": False,
+    }
+    hits = _search(client, alias_name(ANOMALIES, prefix), body)["hits"]["hits"]
+    return [{name: hit["_source"].get(name) for name in fields} for hit in hits]
 
 
 # --- presentation ---------------------------------------------------------------------------------

@@ -280,3 +280,62 @@ def page(tmp_path):
             yield context.pages[0] if context.pages else context.new_page()
         finally:
             context.close()
+
+
+# --- the live dashboard page (etl_platform.dashboard) -----------------------------------------------
+DASHBOARD_START_TIMEOUT_S = 60  # imports and first answer on a loaded 2-core machine
+
+
+@dataclass
+class DashboardPage:
+    url: str
+    log_path: Path
+    prefix: str  # the test's index prefix: the default pipeline's indices
+    stream: str  # the default pipeline's stream (its leases are the shards panel)
+
+    def log_tail(self, lines: int = 40) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError as exc:
+            return f"(no dashboard log: {exc})"
+
+
+@pytest.fixture
+def dashboard(prefix, unique_name, tmp_path) -> Iterator[DashboardPage]:
+    """`python -m etl_platform.dashboard` on a free loopback port, as `make dev` starts it, reading the
+    test's index prefix and stream name (the repo's pipelines file), in its own process group."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETL_")}  # the local profile, default ports
+    env.update(
+        ETL_OPENSEARCH_INDEX_PREFIX=prefix,
+        ETL_STREAM_NAME=unique_name,
+        ETL_DASHBOARD_PORT=str(port),
+        PYTHONUNBUFFERED="1",
+    )
+    page = DashboardPage(f"http://127.0.0.1:{port}", tmp_path / "dashboard.log", prefix, unique_name)
+    with page.log_path.open("wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "etl_platform.dashboard"],
+            cwd=REPO,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        try:
+            deadline = time.monotonic() + DASHBOARD_START_TIMEOUT_S
+            while True:
+                if proc.poll() is not None:
+                    pytest.fail(f"the dashboard exited with code {proc.returncode}:\n{page.log_tail()}", pytrace=False)
+                try:
+                    if _http.get(page.url, timeout=2).ok:
+                        break
+                except requests.RequestException:
+                    pass
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the dashboard at {page.url} did not answer:\n{page.log_tail()}", pytrace=False)
+                time.sleep(0.2)
+            yield page
+        finally:
+            _stop_group(proc)

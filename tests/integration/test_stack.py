@@ -14,6 +14,7 @@ pytestmark = pytest.mark.stack
 
 REQUIRED_KEYS = {
     "kinesis_endpoint",
+    "dashboard_url",
     "s3_endpoint",
     "lake_bucket",
     "stream_name",
@@ -44,7 +45,7 @@ def test_status_json_lists_every_endpoint_and_health(settings):
     }
     assert status["kafka_bootstrap"] == "127.0.0.1:9092"
     assert status["postgres_dsn"].startswith("postgresql://") and "127.0.0.1" in status["postgres_dsn"]
-    for key in ("kinesis_endpoint", "s3_endpoint", "opensearch_url", "dagster_url"):
+    for key in ("kinesis_endpoint", "s3_endpoint", "opensearch_url", "dagster_url", "dashboard_url"):
         assert status[key].startswith("http://127.0.0.1:")
 
 

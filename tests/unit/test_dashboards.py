@@ -81,5 +81,5 @@ def test_references_resolve_and_index_patterns_match_the_index_families():
     dashboard = next(o for o in objects if o["type"] == "dashboard")
     panels = json.loads(dashboard["attributes"]["panelsJSON"])
     refs = {r["name"] for r in dashboard["references"]}
-    assert [p["panelRefName"] for p in panels] == sorted(refs) and len(panels) == 4
+    assert [p["panelRefName"] for p in panels] == sorted(refs) and len(panels) == 6
     assert dashboard["attributes"]["refreshInterval"] == {"pause": False, "value": 5000}

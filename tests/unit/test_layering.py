@@ -20,6 +20,7 @@ LAYERS: list[set[str]] = [
     {"lake", "pipelines"},  # the lake's layout, writers, readers, replay; pipelines: contracts and names
     {"stream", "search", "warehouse"},  # the stages that read and write the lake
     {"ops"},  # metrics, alarms, alerts, scaling, security, provisioning
+    {"dashboard"},  # the live page: search aggregations, the lease table (stream), metrics (ops)
     {"cli"},  # the command line
 ]
 LAYER_OF = {piece: level for level, pieces in enumerate(LAYERS) for piece in pieces}

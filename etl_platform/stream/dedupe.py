@@ -53,28 +53,27 @@ class SeenIds:
         # A derived id is the SHA-1 hex of the position: only ids of that shape need the check.
         maybe_derived = events["event_id"].str.contains(r"^[0-9a-f]{40}$").to_list()
         arrivals = (events["arrival_time"].dt.epoch("us") / 1_000_000).to_list()
-        keep: list[bool] = []
-        duplicates = 0
-        rows = zip(
-            events["event_id"], maybe_derived, events["shard_id"], events["sequence_number"],
-            events["sub_sequence"], arrivals, strict=True,
-        )  # fmt: skip
-        for event_id, maybe, shard_id, sequence_number, sub_sequence, arrival in rows:
+        dropped: list[int] = []  # row numbers of the duplicates
+        seen, horizon, newest = self._seen, self.horizon_s, self._newest
+        columns = [events[name].to_list() for name in ("event_id", "shard_id", "sequence_number", "sub_sequence")]
+        rows = zip(columns[0], maybe_derived, *columns[1:], arrivals, strict=True)
+        for row, (event_id, maybe, shard_id, sequence_number, sub_sequence, arrival) in enumerate(rows):
             if maybe and event_id == derive_event_id(shard_id, sequence_number, sub_sequence):
-                keep.append(True)  # no producer id: the position's, which no other record has
-                continue
+                continue  # no producer id: the position's, which no other record has
             digest = _digest(event_id)
-            first = self._seen.get(digest)
-            if first is not None and arrival - first <= self.horizon_s:
-                duplicates += 1
-                keep.append(False)
+            first = seen.get(digest)
+            if first is not None and arrival - first <= horizon:
+                dropped.append(row)
                 continue
-            self._seen.pop(digest, None)  # re-inserted last: the dict stays in arrival order
-            self._seen[digest] = arrival
-            self._newest = max(self._newest, arrival)
-            keep.append(True)
+            seen.pop(digest, None)  # re-inserted last: the dict stays in arrival order
+            seen[digest] = arrival
+            if arrival > newest:
+                newest = arrival
+        self._newest = newest
         self._evict()
-        return (events.filter(pl.Series(keep, dtype=pl.Boolean)) if duplicates else events), duplicates
+        if not dropped:
+            return events, 0
+        return events.with_row_index("_row").filter(~pl.col("_row").is_in(dropped)).drop("_row"), len(dropped)
 
     def _evict(self) -> None:
         cutoff = self._newest - self.horizon_s

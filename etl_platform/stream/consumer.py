@@ -49,7 +49,7 @@ from etl_platform.stream.checkpoints import StateStore, legacy_checkpoints
 from etl_platform.stream.decoding import DecodedChunk, decode_chunks
 from etl_platform.stream.dedupe import SeenIds
 from etl_platform.stream.leases import Lease, LeaseHolder, LeaseLost, LeaseTable, readable
-from etl_platform.stream.reader import KinesisSource, ReadResult, Source, SourceReader, record_size
+from etl_platform.stream.reader import KinesisSource, ReadResult, Source, SourceReader
 from etl_platform.stream.shards import Shard
 
 # Firehose's S3 defaults are 5 MiB / 300 s.
@@ -199,7 +199,7 @@ class _Buffer:
         self.result.events += frame.height
         self.result.errors += len(errors)
         self.result.anomalies += int((processed["anomaly_status"] == "ANOMALY").sum())
-        self.bytes += sum(record_size(r) for r in chunk.records)
+        self.bytes += chunk.result.record_bytes
         self.decoded_bytes += chunk.result.decoded_bytes
         self.result.decoded_bytes = self.decoded_bytes
         self.frames.append(frame)

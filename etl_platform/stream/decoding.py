@@ -55,6 +55,7 @@ class DecodeResult:
     frame: pl.DataFrame
     errors: list[dict[str, Any]] = field(default_factory=list)
     decoded_bytes: int = 0  # payload bytes after decompression
+    record_bytes: int = 0  # the records' Data and PartitionKey, as Kinesis counts them (`reader.record_size`)
 
     @property
     def events(self) -> list[dict[str, Any]]:
@@ -65,7 +66,9 @@ class DecodeResult:
         if not isinstance(other, DecodeResult):
             return NotImplemented
         return (
-            self.frame.equals(other.frame) and self.errors == other.errors and self.decoded_bytes == other.decoded_bytes
+            self.frame.equals(other.frame)
+            and self.errors == other.errors
+            and self.decoded_bytes == other.decoded_bytes  # what was decoded, not how it came (record_bytes)
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq would be
@@ -141,6 +144,7 @@ class _Shard:
         self.shard_id = shard_id
         self.contract = contract
         self.decoded_bytes = 0
+        self.record_bytes = 0
         self.ordinal = 0  # stream order of events and errors alike
         self.errors: list[tuple[int, dict[str, Any]]] = []
         # One entry per payload to validate, in stream order.
@@ -226,6 +230,7 @@ class _Shard:
             and raw[:2] != GZIP_MAGIC
             and raw[: len(KPL_MAGIC)] != KPL_MAGIC
         ):
+            self.record_bytes += len(raw) + len(key)
             self.decoded_bytes += len(raw)
             self.ordinals.append(self.ordinal)
             self.ordinal += 1
@@ -245,6 +250,7 @@ class _Shard:
         seq = record.get("SequenceNumber")
         seq = None if seq is None else str(seq)
         key = record.get("PartitionKey")
+        self.record_bytes += len(data) + (len(key) if isinstance(key, str) else 0)
         arrival: datetime | None = None
         try:
             arrival = _arrival(record.get("ApproximateArrivalTimestamp"))
@@ -275,7 +281,7 @@ class _Shard:
         """Every payload parsed and validated: the events frame and the error rows, in stream order."""
         frame, payload_errors = self._validate()
         errors = sorted([*self.errors, *payload_errors], key=lambda item: item[0])
-        return DecodeResult(frame, [row for _, row in errors], self.decoded_bytes)
+        return DecodeResult(frame, [row for _, row in errors], self.decoded_bytes, self.record_bytes)
 
     def _validate(self) -> tuple[pl.DataFrame, list[tuple[int, dict[str, Any]]]]:
         """The batch's payloads (parsed by orjson as they came) checked column-wise

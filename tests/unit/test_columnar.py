@@ -23,6 +23,7 @@ from etl_platform.events import EARLIEST_EVENT_TIME, InvalidEvent, derive_event_
 from etl_platform.pipelines.contract import ARRIVAL, DEFAULT_CONTRACT, Contract, FieldSpec, canonical_json
 from etl_platform.stream import decoding
 from etl_platform.stream.decoding import decode_records
+from etl_platform.stream.reader import record_size
 
 SHARD = "shardId-000000000001"
 ARRIVED = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -176,6 +177,7 @@ def check_equivalent(contract: Contract, payload_list: list[bytes]) -> None:
     recs = records(payload_list)
     result = decode_records(SHARD, recs, contract)
     assert result.frame.schema == pl.Schema(contract.event_schema())
+    assert result.record_bytes == sum(record_size(r) for r in recs)
     events = {e["sequence_number"]: e for e in result.events}
     errors = {e["sequence_number"]: e["reason"] for e in result.errors}
     assert len(events) + len(errors) == len(recs)

@@ -37,9 +37,9 @@ from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform import aws
 from etl_platform.analytics import kernel
-from etl_platform.config import load_settings
 from etl_platform.ops.provisioning import ensure_bucket
 from etl_platform.stream.consumer import BatchResult, ConsumerConfig, StreamConsumer
 from etl_platform.stream.leases import LeaseTable, ensure_table
@@ -144,6 +144,7 @@ def drain(s3: Any, dynamodb: Any, settings: Any, shards: dict[str, list[dict[str
         s3.delete_bucket(Bucket=name)
 
 
+@stack_benchmark("moto")
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=200_000)
@@ -151,7 +152,7 @@ def main() -> None:
     parser.add_argument("--gzip", action="store_true", help="gzip each record, as the seed's producer does")
     parser.add_argument("--json", action="store_true", help="only the JSON line (no tables)")
     args = parser.parse_args()
-    settings = load_settings({})
+    settings = local_settings()
     events = [e.to_dict() if hasattr(e, "to_dict") else dict(e) for e in demo_mix(args.events, seed=7, users=500)]
     shards = build_shards(events, args.shards, args.gzip)
     reference_cpu = bare_parse_cpu(shards, args.gzip)

@@ -16,8 +16,8 @@ import uuid
 from collections import Counter
 from datetime import UTC, datetime
 
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform import aws
-from etl_platform.config import load_settings
 from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
 from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
 from etl_platform.stream.leases import LeaseTable, ensure_table
@@ -44,12 +44,13 @@ def _cleanup(kinesis, s3, name):
     s3.delete_bucket(Bucket=name)
 
 
+@stack_benchmark("kinesis", "moto")
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--shards", type=int, default=4)
     args = parser.parse_args()
-    settings = load_settings({})
+    settings = local_settings()
     events = list(demo_mix(args.events, seed=7, start=datetime(2026, 5, 1, tzinfo=UTC), users=500))
 
     # Reference producer: bare PutRecords of the same JSON, 500 per call, no retries or accounting.

@@ -23,8 +23,8 @@ import uuid
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform import aws
-from etl_platform.config import load_settings
 from etl_platform.ops.provisioning import ensure_bucket, ensure_stream, ensure_topic
 from etl_platform.pipelines import load_pipelines
 from etl_platform.stream.consumer import ConsumerConfig, StreamConsumer
@@ -75,12 +75,13 @@ def read_bare(config: dict, topic: str, partitions: int, n: int) -> float:
     return n / (time.perf_counter() - started)
 
 
+@stack_benchmark("kafka", "kinesis", "moto")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000)
     parser.add_argument("--partitions", type=int, default=4)
     args = parser.parse_args()
-    settings = load_settings({})
+    settings = local_settings()
     pipeline = load_pipelines(settings, {}).default  # the envelope contract on either source
     name = f"bench-kafka-{uuid.uuid4().hex[:8]}"
     stream = f"{name}-stream"  # leases are keyed by the source's name: the two must differ

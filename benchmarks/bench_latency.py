@@ -32,8 +32,8 @@ from pathlib import Path
 
 import polars as pl
 
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform import aws
-from etl_platform.config import load_settings
 from etl_platform.lake import layout
 from etl_platform.search.client import make_client
 from etl_platform.search.indices import EVENTS, alias_name
@@ -86,13 +86,14 @@ class HandoverWatch(threading.Thread):
                 last[sid] = (lease.owner, now)
 
 
+@stack_benchmark()
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rate", type=float, default=20.0, help="probe events per second")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--worker-budget-s", type=float, help="ETL_WORKER_BUDGET_S for the make dev it starts")
     args = parser.parse_args()
-    settings = load_settings({})
+    settings = local_settings()
     dev = None
     watch: HandoverWatch | None = None
     env = dict(os.environ)

@@ -36,8 +36,8 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform import aws
-from etl_platform.config import load_settings
 from etl_platform.ops.provisioning import ensure_stream
 from etl_platform.stream.producer import KPL_DEFAULT_AGGREGATE_BYTES, KinesisProducer, ProducerStats
 from etl_platform.stream.sources import demo_mix
@@ -100,6 +100,7 @@ def run(kinesis: Any, shards: int, events: list[dict[str, Any]], compress: bool,
     }
 
 
+@stack_benchmark("kinesis")
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=10_000)
@@ -107,7 +108,7 @@ def main() -> None:
     parser.add_argument("--json", action="store_true", help="only the JSON line")
     args = parser.parse_args()
 
-    settings = load_settings({})
+    settings = local_settings()
     kinesis = aws.client("kinesis", settings)
     shapes = {
         "demo": list(demo_mix(args.events, seed=1)),

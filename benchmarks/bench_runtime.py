@@ -25,8 +25,8 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform import aws
-from etl_platform.config import load_settings
 from etl_platform.ops.provisioning import ensure_bucket, ensure_stream
 from etl_platform.search import indices
 from etl_platform.search.client import make_client
@@ -70,13 +70,14 @@ def _mkdir(path: Path) -> str:
     return str(path)
 
 
+@stack_benchmark("kinesis", "moto", "opensearch")
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=40_000)
     parser.add_argument("--shards", type=int, default=4)
     parser.add_argument("--shards-per-worker", type=int, default=2)
     args = parser.parse_args()
-    settings = load_settings({})
+    settings = local_settings()
     ensure_table(aws.client("dynamodb", settings), settings.lease_table)
     events = list(demo_mix(args.events, seed=9, start=datetime(2026, 5, 2, tzinfo=UTC), users=2_000))
     prefix = f"bench-{uuid.uuid4().hex[:6]}-"

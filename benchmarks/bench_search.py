@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from opensearchpy import helpers
 
-from etl_platform.config import load_settings
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform.search import indices
 from etl_platform.search.bulk import IndexerConfig
 from etl_platform.search.client import make_client
@@ -45,12 +45,13 @@ def _count(client, prefix: str) -> int:
     return int(client.count(index=f"{prefix}*")["count"])
 
 
+@stack_benchmark("opensearch")
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--docs", type=int, default=200_000)
     parser.add_argument("--rounds", type=int, default=1, help="repeat each method; the best round is kept")
     args = parser.parse_args()
-    settings = load_settings({})
+    settings = local_settings()
     client = make_client(settings, timeout=120)
     run_id = uuid.uuid4().hex[:8]
 

@@ -26,9 +26,9 @@ import uuid
 import numpy as np
 import polars as pl
 
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform import aws
 from etl_platform.analytics import RollingAnomalyDetector
-from etl_platform.config import load_settings
 from etl_platform.ops.provisioning import ensure_bucket
 from etl_platform.stream.checkpoints import StateStore, pack_state
 from etl_platform.stream.dedupe import SeenIds
@@ -53,7 +53,7 @@ def timed(store: StateStore, commit) -> tuple[float, int, str]:
 
 
 def measure(keys: int, touched: int, repeat: int) -> dict:
-    settings = load_settings({})
+    settings = local_settings()
     s3 = aws.client("s3", settings)
     bucket = f"bench-state-{uuid.uuid4().hex[:8]}"
     ensure_bucket(s3, bucket, settings.aws_region)
@@ -111,6 +111,7 @@ def measure(keys: int, touched: int, repeat: int) -> dict:
     return out
 
 
+@stack_benchmark("moto")
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=400_000)

@@ -17,8 +17,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from benchmarks.bench_ingestion import _cleanup, _fresh
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform import aws
-from etl_platform.config import load_settings
 from etl_platform.ops.tracing import TraceConfig, batch_tracer
 from etl_platform.stream.consumer import BatchResult, ConsumerConfig, StreamConsumer
 from etl_platform.stream.leases import LeaseTable, ensure_table
@@ -26,13 +26,14 @@ from etl_platform.stream.producer import KinesisProducer
 from etl_platform.stream.sources import demo_mix
 
 
+@stack_benchmark("kinesis", "moto")
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--events", type=int, default=20_000)
     parser.add_argument("--shards", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
-    settings = load_settings({})
+    settings = local_settings()
     events = list(demo_mix(args.events, seed=7, start=datetime(2026, 5, 1, tzinfo=UTC), users=500))
     dynamodb = aws.client("dynamodb", settings)
     ensure_table(dynamodb, settings.lease_table)

@@ -36,8 +36,8 @@ import psycopg
 import pyarrow as pa
 from psycopg import sql
 
+from benchmarks.common import local_settings, stack_benchmark
 from etl_platform import aws
-from etl_platform.config import load_settings
 from etl_platform.lake import layout
 from etl_platform.ops.provisioning import ensure_bucket
 from etl_platform.warehouse import connect, pgcopy, source
@@ -249,6 +249,7 @@ def merge_alternative(dsn: str, s3, bucket: str, schema: str) -> list[tuple[str,
     return results
 
 
+@stack_benchmark("moto", "postgres")
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rows", type=int, default=1_000_000)
@@ -256,7 +257,7 @@ def main() -> None:
     parser.add_argument("--encoders", action=argparse.BooleanOptionalAction, default=True)
     parser.add_argument("--merge-alternative", action="store_true")
     args = parser.parse_args()
-    settings = load_settings({})
+    settings = local_settings()
     s3 = aws.client("s3", settings)
     bucket = f"bench-wh-{uuid.uuid4().hex[:8]}"
     ensure_bucket(s3, bucket, settings.aws_region)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
 # `make dev`: local stack + Dagster UI (webserver and daemon) at http://127.0.0.1:3000 + the live dashboard
 # page at http://127.0.0.1:8050 (ETL_DASHBOARD_PORT) + demo traffic.
-# Ctrl-C stops everything, servers included.
+# Ctrl-C or SIGTERM (also `kill` of `make dev`, which passes SIGTERM on) stops everything, servers included,
+# within a few seconds: what has not exited ETL_DEV_STOP_SECONDS (default 5) after SIGTERM gets SIGKILL.
+# ETL_DEV_SKIP_STACK=1: neither `etl-platform stack up` nor `stack down` (a stack someone else runs, and the
+# test of this script); ETL_DAGSTER_HOME: the Dagster instance directory (default .dagster_home).
 set -uo pipefail
 # Job control: background jobs get their own process group and default signal handling (without it a
 # script's background jobs ignore SIGINT, and dagster would only stop on SIGKILL).
@@ -9,25 +12,41 @@ set -m
 cd "$(dirname "$0")/.."
 export PATH="$PWD/.venv/bin:$PATH"
 export ETL_PROFILE=local
-export DAGSTER_HOME="$PWD/.dagster_home"
+export DAGSTER_HOME="${ETL_DAGSTER_HOME:-$PWD/.dagster_home}"
 mkdir -p "$DAGSTER_HOME"
 cp config/dagster.local.yaml "$DAGSTER_HOME/dagster.yaml"
 
+skip_stack=${ETL_DEV_SKIP_STACK:-0}
 pids=()
 stop_all() {
-  trap - INT TERM EXIT
-  trap '' PIPE  # a closed terminal or pipe must not cut the shutdown short
+  # A second INT/TERM while stopping (make passes SIGTERM on, and a supervisor may also signal the whole
+  # process group) must not cut the shutdown short and orphan the servers; SIGKILL still ends it.
+  trap '' INT TERM PIPE  # PIPE: a closed terminal or pipe must not cut it short either
+  trap - EXIT
   echo; echo "dev: stopping" || true
   for pid in "${pids[@]}"; do kill -TERM -- "-$pid" 2>/dev/null || true; done
+  # One deadline for all (not one per job): each job's whole process group gets SIGKILL after it.
+  local deadline=$((SECONDS + ${ETL_DEV_STOP_SECONDS:-5}))
   for pid in "${pids[@]}"; do
-    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
-    kill -KILL -- "-$pid" 2>/dev/null || true
+    while kill -0 "$pid" 2>/dev/null && [ "$SECONDS" -lt "$deadline" ]; do sleep 0.1; done
   done
-  etl-platform stack down 2>/dev/null || etl-platform stack down >/dev/null 2>&1 || true
+  for pid in "${pids[@]}"; do kill -KILL -- "-$pid" 2>/dev/null || true; done
+  if [ "$skip_stack" != 1 ]; then
+    etl-platform stack down 2>/dev/null || etl-platform stack down >/dev/null 2>&1 || true
+  fi
+  [ $# -eq 0 ] || exit "$1"  # after a signal: 128 + its number, as the shell would
 }
-trap stop_all INT TERM EXIT
+trap 'stop_all 130' INT
+trap 'stop_all 143' TERM
+trap stop_all EXIT
 
-etl-platform stack up || exit 1
+if [ "$skip_stack" != 1 ]; then
+  # In the background and waited for, so that a signal is handled at once, not after the start.
+  etl-platform stack up &
+  pids+=($!)
+  wait "${pids[0]}" || exit 1
+  pids=()
+fi
 
 port=${ETL_DAGSTER_PORT:-3000}
 dagster dev -w workspace.yaml -h 127.0.0.1 -p "$port" &

@@ -14,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from etl_platform.config import Settings
@@ -22,7 +22,7 @@ from etl_platform.config import Settings
 
 def add_errors_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `errors` and its sub-commands on the main CLI's subparsers; handler: `cmd_errors`."""
-    from etl_platform.cli.options import add_pipeline_option
+    from etl_platform.cli.options import add_pipeline_option, iso_date
 
     errors = subparsers.add_parser(
         "errors",
@@ -31,8 +31,8 @@ def add_errors_parser(subparsers: Any) -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     errors.add_argument("action", choices=["list", "replay"])
-    errors.add_argument("--from", dest="first", type=date.fromisoformat, help="first arrival day (YYYY-MM-DD)")
-    errors.add_argument("--to", dest="last", type=date.fromisoformat, help="last arrival day (default: today)")
+    errors.add_argument("--from", dest="first", type=iso_date, help="first arrival day (YYYY-MM-DD)")
+    errors.add_argument("--to", dest="last", type=iso_date, help="last arrival day (default: today)")
     errors.add_argument("--json", action="store_true", help="print JSON")
     add_pipeline_option(errors)
     errors.set_defaults(func=cmd_errors)
@@ -40,9 +40,8 @@ def add_errors_parser(subparsers: Any) -> argparse.ArgumentParser:
 
 
 def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
-    from botocore.exceptions import BotoCoreError, ClientError
-
     from etl_platform import aws
+    from etl_platform.cli.failures import EXIT_USAGE, UserError, require_stack
     from etl_platform.cli.options import selected_pipeline
     from etl_platform.search.queries import format_table
     from etl_platform.stream import dead_letters
@@ -53,37 +52,31 @@ def cmd_errors(args: argparse.Namespace, settings: Settings) -> int:
     last = args.last or datetime.now(UTC).date()
     first = args.first or last - timedelta(days=6)
     if first > last:
-        print(f"errors: --from {first} is after --to {last}", file=sys.stderr)
-        return 2
+        raise UserError(f"--from {first} is after --to {last}", "give the earlier day to --from", EXIT_USAGE)
+    stream_server = "kinesis" if pipeline.stream.kind == "kinesis" else "kafka"
+    require_stack(settings, "moto", *([stream_server] if args.action == "replay" else []))
     s3 = aws.client("s3", settings)
-    try:
-        if args.action == "list":
-            rows = dead_letters.summarize(s3, settings.lake_bucket, first, last, pipeline.lake_root)
-            if args.json:
-                print(json.dumps(rows, indent=2))
-            elif rows:
-                print(format_table(rows, ["day", "kind", "records", "redriven", "example"]))
-            else:
-                print(f"no dead-lettered records from {first} to {last}")
-            return 0
-        result = dead_letters.redrive(
-            s3,
-            settings.lake_bucket,
-            aws.client("kinesis", settings),
-            pipeline.stream.name,
-            first,
-            last,
-            progress=None if args.json else lambda line: print(line, file=sys.stderr),
-            root=pipeline.lake_root,
-            contract=pipeline.contract,
-            producer=stream_producer(pipeline, settings),
-        )
-    except (BotoCoreError, ClientError) as exc:
-        print(
-            f"errors: the lake or the stream is unreachable ({exc}); is the stack running? `etl-platform stack up`",
-            file=sys.stderr,
-        )
-        return 1
+    if args.action == "list":
+        rows = dead_letters.summarize(s3, settings.lake_bucket, first, last, pipeline.lake_root)
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        elif rows:
+            print(format_table(rows, ["day", "kind", "records", "redriven", "example"]))
+        else:
+            print(f"no dead-lettered records from {first} to {last}")
+        return 0
+    result = dead_letters.redrive(
+        s3,
+        settings.lake_bucket,
+        aws.client("kinesis", settings),
+        pipeline.stream.name,
+        first,
+        last,
+        progress=None if args.json else lambda line: print(line, file=sys.stderr),
+        root=pipeline.lake_root,
+        contract=pipeline.contract,
+        producer=stream_producer(pipeline, settings),
+    )
     summary = {
         "objects": result.objects,
         "redriven": result.redriven,

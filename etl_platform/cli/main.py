@@ -4,24 +4,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
-import urllib.request
 from dataclasses import replace
 
 from etl_platform import aws
+from etl_platform.cli.failures import STACK_UP
 from etl_platform.config import ConfigError, Settings, load_settings
+from etl_platform.stack.service import http_ok
 
 
 def _dagster_up(url: str) -> bool:
-    return _answers(f"{url}/server_info")
-
-
-def _answers(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(url, timeout=1) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+    return http_ok(f"{url}/server_info")
 
 
 def bootstrap(settings: Settings, log=print) -> None:
@@ -94,30 +88,80 @@ def cmd_stack(args: argparse.Namespace, settings: Settings) -> int:
     from etl_platform.dashboard import dashboard_url
 
     status["dashboard_url"] = dashboard_url()
-    status["healthy"]["dashboard"] = _answers(status["dashboard_url"])
+    status["healthy"]["dashboard"] = http_ok(status["dashboard_url"])
     if args.json:
         print(json.dumps(status, indent=2))
     else:
-        for key, value in status.items():
-            if key not in ("healthy", "logs", "pipelines"):
-                print(f"{key:<20} {value}")
-        for name, pipeline in status["pipelines"].items():
-            print(
-                f"{'pipeline ' + name:<20} stream {pipeline['stream_name']}, processed {pipeline['processed_prefix']}"
-            )
-        for name, ok in status["healthy"].items():
-            print(f"{name:<20} {'healthy' if ok else 'DOWN'}")
+        print(status_table(status))
     # Dagster and the dashboard are optional for `status` (they only run under `make dev`).
-    core = {k: v for k, v in status["healthy"].items() if k not in ("dagster", "dashboard")}
-    return 0 if all(core.values()) else 1
+    core = {k: v for k, v in status["healthy"].items() if k not in OPTIONAL_SERVICES}
+    down = sorted(name for name, ok in core.items() if not ok)
+    if down and not args.json:
+        print(f"etl-platform stack: {', '.join(down)} not running — {STACK_UP}", file=sys.stderr)
+    return 0 if not down else 1
+
+
+# Where each service of `stack status` answers (keys of its dict); dagster and the dashboard only run
+# under `make dev`, so their being down is not a failure of the stack.
+SERVICE_ENDPOINTS = {
+    "kinesis": "kinesis_endpoint",
+    "moto": "s3_endpoint",
+    "postgres": "postgres_dsn",
+    "opensearch": "opensearch_url",
+    "kafka": "kafka_bootstrap",
+    "dagster": "dagster_url",
+    "dashboard": "dashboard_url",
+}
+OPTIONAL_SERVICES = ("dagster", "dashboard")
+
+
+def status_table(status: dict) -> str:
+    """`stack status` for people: services with state and endpoint, then the pipelines and the names."""
+    from etl_platform.search.queries import format_table
+
+    services = [
+        {
+            "service": name,
+            "state": ("up" if ok else "DOWN") + (" (make dev)" if name in OPTIONAL_SERVICES and not ok else ""),
+            "endpoint": status.get(SERVICE_ENDPOINTS.get(name, f"{name}_url"), "") or "",
+        }
+        for name, ok in status["healthy"].items()
+    ]
+    pipelines = [
+        {
+            "pipeline": name,
+            "stream": p["stream_name"],
+            "shards": p["shards"],
+            "processed": p["processed_prefix"],
+            "schema": p["warehouse_schema"],
+        }
+        for name, p in status.get("pipelines", {}).items()
+    ]
+    shown = ("healthy", "logs", "pipelines", *SERVICE_ENDPOINTS.values())
+    rest = [f"{key + ':':<20} {value}" for key, value in status.items() if key not in shown]
+    parts = [format_table(services, ["service", "state", "endpoint"])]
+    if pipelines:
+        parts.append(format_table(pipelines))
+    return "\n\n".join([*parts, "\n".join(rest)])
 
 
 class Progress:
-    """One self-rewriting status line on stderr (a plain line per update when not a terminal)."""
+    """One self-rewriting status line on stderr (a plain line per update when not a terminal), and the
+    rate of a count since the command started."""
 
     def __init__(self, quiet: bool = False) -> None:
+        import time
+
         self.quiet = quiet
         self.tty = sys.stderr.isatty()
+        self.started = time.monotonic()
+
+    def per_second(self, count: int) -> float:
+        """`count` over the seconds since this Progress was made."""
+        import time
+
+        elapsed = time.monotonic() - self.started
+        return count / elapsed if elapsed > 0 else 0.0
 
     def __call__(self, text: str) -> None:
         if self.quiet:
@@ -134,16 +178,25 @@ class Progress:
 
 
 def _events_from_file(path: str):
-    """Envelope events, one JSON object per line; '-' reads stdin. Blank lines are skipped."""
+    """Envelope events, one JSON object per line; '-' reads stdin. Blank lines are skipped.
+
+    The file is opened here, before anything is sent, so a wrong path fails at once.
+    """
+    from etl_platform.cli.failures import EXIT_USAGE, UserError
+
     stream = sys.stdin if path == "-" else open(path, encoding="utf-8")  # noqa: SIM115
-    with stream:
-        for number, line in enumerate(stream, 1):
-            if not line.strip():
-                continue
-            try:
-                yield json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise SystemExit(f"{path}:{number}: not a JSON object: {exc}") from None
+
+    def events():
+        with stream:
+            for number, line in enumerate(stream, 1):
+                if not line.strip():
+                    continue
+                try:
+                    yield json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise UserError(f"{path}:{number}: not a JSON object: {exc}", "fix that line", EXIT_USAGE) from None
+
+    return events()
 
 
 def pipelines_status(settings: Settings) -> dict:
@@ -191,6 +244,7 @@ def _demo_events(rate: float, duration: float, seed: int, pipeline):
 
 
 def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
+    from etl_platform.cli.failures import require_stack
     from etl_platform.cli.options import selected_pipeline
     from etl_platform.ops.metrics import ProducerMetricsReporter, native_metrics_for
     from etl_platform.stream.connect import stream_producer
@@ -198,6 +252,8 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
 
     progress = Progress(args.quiet)
     pipeline = selected_pipeline(args, settings)
+    events = _events_from_file(args.file) if args.file else None
+    require_stack(settings, "moto", "kinesis" if pipeline.stream.kind == "kinesis" else "kafka")
     stream = args.stream or pipeline.stream.name
     # IncomingRecords/IncomingBytes for CloudWatch: the shard scaler and the throttling alarm read them
     # (from AWS/Kinesis instead where Kinesis measures them: then the reporter publishes nothing).
@@ -205,7 +261,11 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     reporter = ProducerMetricsReporter(aws.client("cloudwatch", settings), stream, native=native)
 
     def on_progress(stats) -> None:
-        progress(f"produce: {stats.summary()}")
+        # What a user watches first, then the rest of ProducerStats.summary().
+        progress(
+            f"produce: sent={stats.sent} failed={stats.failed} events/s={progress.per_second(stats.sent):.1f} "
+            f"retried={stats.retried} rejected={len(stats.rejected)} requests={stats.requests} bytes={stats.bytes}"
+        )
         reporter.update(stats)
 
     producer = stream_producer(pipeline, settings, stream, compress=args.gzip, progress=on_progress)
@@ -214,9 +274,7 @@ def cmd_produce(args: argparse.Namespace, settings: Settings) -> int:
     aggregate = pipeline.stream.kind == "kinesis" and not args.no_kpl
     if args.kpl and not aggregate:
         print(f"produce: --kpl ignored: {pipeline.stream.kind} pipelines send one record per event", file=sys.stderr)
-    if args.file:
-        events = _events_from_file(args.file)
-    else:
+    if events is None:
         events = _demo_events(args.rate, args.duration, args.seed, pipeline)
     try:
         if aggregate:
@@ -297,7 +355,6 @@ def _fault_injector(stage_name: str | None):
     """
     if not stage_name:
         return None
-    import os
     import signal
 
     def on_stage(stage: str, result) -> None:
@@ -308,24 +365,27 @@ def _fault_injector(stage_name: str | None):
 
 
 def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
-    import os
     import time
 
-    if not (args.shard or args.until_caught_up):
-        print("consume: give --until-caught-up, or --shard ID to be one shard's worker", file=sys.stderr)
-        return 2
+    from etl_platform.cli.failures import EXIT_USAGE, UserError, require_stack
     from etl_platform.cli.options import selected_pipeline
 
+    if not (args.shard or args.until_caught_up):
+        raise UserError("nothing to do", "give --until-caught-up, or --shard ID to be one shard's worker", EXIT_USAGE)
+    pipeline = selected_pipeline(args, settings)
+    stream_server = "kinesis" if pipeline.stream.kind == "kinesis" else "kafka"
+    require_stack(settings, "moto", stream_server, *([] if args.no_index else ["opensearch"]))
     progress = Progress(args.quiet)
     consumer = make_consumer(
         settings,
         on_stage=_fault_injector(os.environ.get("ETL_FAULT_KILL_AFTER")),
         index=not args.no_index,
-        pipeline=selected_pipeline(args, settings),
+        pipeline=pipeline,
     )
     totals = {"batches": 0, "records": 0, "events": 0, "errors": 0, "dropped": 0, "anomalies": 0}
     stage_seconds: dict[str, float] = {}
     shards_seen: set[str] = set()
+    lag_ms: dict[str, int] = {}  # MillisBehindLatest of each shard's last batch
     started = time.monotonic()
 
     def report(result) -> None:
@@ -333,11 +393,15 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
         for name in ("records", "events", "errors", "dropped", "anomalies"):
             totals[name] += getattr(result, name)
         shards_seen.add(result.shard_id)
+        lag_ms[result.shard_id] = result.millis_behind_latest
         for stage, seconds in result.timings.items():
             stage_seconds[stage] = stage_seconds.get(stage, 0.0) + seconds
         progress(
-            f"consume: batches={totals['batches']} records={totals['records']} events={totals['events']} "
-            f"errors={totals['errors']} anomalies={totals['anomalies']} shard={result.shard_id}"
+            # lag: the largest MillisBehindLatest of the shards' last batches (0 once caught up)
+            f"consume: batches={totals['batches']} lag={max(lag_ms.values()) / 1000:.1f}s "
+            f"events={totals['events']} events/s={progress.per_second(totals['events']):.1f} "
+            f"records={totals['records']} errors={totals['errors']} anomalies={totals['anomalies']} "
+            f"shard={result.shard_id}"
         )
 
     extra: dict = {}
@@ -377,9 +441,10 @@ def cmd_consume(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from etl_platform.cli.options import add_pipeline_option
+    from etl_platform.cli.options import CliParser, add_debug_option, add_pipeline_option
 
-    parser = argparse.ArgumentParser(prog="etl-platform", description=__doc__)
+    parser = CliParser(prog="etl-platform", description=__doc__)
+    add_debug_option(parser, top=True)
     sub = parser.add_subparsers(dest="command", required=True)
 
     stack = sub.add_parser("stack", help="local stack of real servers (Kinesis, S3, PostgreSQL, OpenSearch)")
@@ -424,6 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_pipeline_option(consume)
     consume.set_defaults(func=cmd_consume)
 
+    from etl_platform.cli.doctor import add_doctor_parser
     from etl_platform.cli.errors import add_errors_parser
     from etl_platform.cli.scale import add_scale_parser
     from etl_platform.cli.search import add_search_parser
@@ -431,21 +497,44 @@ def build_parser() -> argparse.ArgumentParser:
     add_search_parser(sub)
     add_scale_parser(sub)
     add_errors_parser(sub)
+    add_doctor_parser(sub)
+    _add_debug_everywhere(parser)
     return parser
 
 
+def _add_debug_everywhere(parser: argparse.ArgumentParser) -> None:
+    from etl_platform.cli.options import add_debug_option
+
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                add_debug_option(child)
+                _add_debug_everywhere(child)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The `etl-platform` command: the one error boundary (etl_platform.cli.failures.run) around every
+    command, so a mistake is one line and an exit code, not a traceback."""
+    from etl_platform.cli.failures import debug_from_env, run
+
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
+    loaded: list[Settings] = []
+
+    def body() -> int:
         settings = load_settings()
+        loaded.append(settings)
         from etl_platform.ops.logs import configure_logging
 
         configure_logging(settings)
         return int(args.func(args, settings) or 0)
-    except ConfigError as exc:
-        print(f"configuration error: {exc}", file=sys.stderr)
-        return 2
+
+    return run(
+        f"etl-platform {args.command}",
+        body,
+        debug=args.debug or debug_from_env(),
+        settings=lambda: loaded[0] if loaded else None,
+    )
 
 
 if __name__ == "__main__":

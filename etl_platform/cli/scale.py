@@ -63,8 +63,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     path = Path(args.replay)
     try:
         series = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read load series: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read the load series: {(exc.strerror or str(exc)).lower()}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: the load series is not JSON: {exc}") from None
     steps = replay(series, _overrides(args))
     if args.json:
         print(json.dumps({"series": str(path), "steps": steps}, indent=2))
@@ -92,6 +94,7 @@ def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
     if args.replay:
         return cmd_replay(args)
     from etl_platform import aws
+    from etl_platform.cli.failures import require_stack
     from etl_platform.cli.options import selected_pipeline
     from etl_platform.ops.scaling import ScalingHistory, ScalingPolicy, scale_stream
 
@@ -101,6 +104,7 @@ def cmd_scale(args: argparse.Namespace, settings: Settings) -> int:
             f"pipeline {pipeline.name} reads the Kafka topic {pipeline.stream.name}: shard scaling is for Kinesis "
             "streams (a topic's partitions are added with the Kafka admin tools, and the workers pick them up)"
         )
+    require_stack(settings, "kinesis", "moto")
     stream = args.stream or pipeline.stream.name
     policy = ScalingPolicy.from_env(**_overrides(args))
     report = scale_stream(

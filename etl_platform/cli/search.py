@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from datetime import date
 from typing import Any
 
 from etl_platform.config import Settings
@@ -25,7 +24,7 @@ from etl_platform.pipelines import Pipeline
 
 def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Register `search` and its sub-commands on the main CLI's subparsers; handler: `cmd_search`."""
-    from etl_platform.cli.options import add_pipeline_option
+    from etl_platform.cli.options import add_pipeline_option, iso_date
 
     search = subparsers.add_parser(
         "search",
@@ -55,11 +54,11 @@ def add_search_parser(subparsers: Any) -> argparse.ArgumentParser:
     top = actions.add_parser("top-users", parents=[common, window], help="users with the most anomalies")
     top.add_argument("--limit", type=int, default=10)
     day = actions.add_parser("index-day", parents=[common], help="reindex one day from processed/ in the lake")
-    day.add_argument("day", type=date.fromisoformat, help="YYYY-MM-DD (event-time day)")
+    day.add_argument("day", type=iso_date, help="YYYY-MM-DD (event-time day)")
     replay = actions.add_parser(
         "replay-failed", parents=[common], help="re-index documents backed up under search-failed/"
     )
-    replay.add_argument("--day", type=date.fromisoformat, default=None, help="only this failure day")
+    replay.add_argument("--day", type=iso_date, default=None, help="only this failure day")
     actions.add_parser("templates", parents=[common], help="create or update the index templates")
     search.set_defaults(func=cmd_search)
     return search
@@ -76,8 +75,7 @@ def _print(rows: Any, as_json: bool, columns: list[str] | None = None) -> None:
 
 def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
     """Run one `search` sub-command; returns the process exit code."""
-    from opensearchpy.exceptions import ConnectionError as OSConnectionError
-
+    from etl_platform.cli.failures import require_stack
     from etl_platform.cli.options import selected_pipeline
     from etl_platform.search.client import make_client
     from etl_platform.search.indexer import prefix_from_env
@@ -85,12 +83,12 @@ def cmd_search(args: argparse.Namespace, settings: Settings) -> int:
 
     pipeline = selected_pipeline(args, settings)
     prefix = check_prefix(args.prefix) if args.prefix is not None else prefix_from_env() + pipeline.own_index_prefix
+    # index-day and replay-failed read the lake (moto) too; the lease table is there as well.
+    needs_lake = args.search_command in ("index-day", "replay-failed")
+    require_stack(settings, "opensearch", *(["moto"] if needs_lake else []))
     client = make_client(settings)
     try:
         return _run(args, settings, client, prefix, pipeline)
-    except OSConnectionError as exc:
-        print(f"search: OpenSearch at {settings.opensearch_url} is unreachable: {exc}", file=sys.stderr)
-        return 1
     except ValueError as exc:
         print(f"search: {exc}", file=sys.stderr)
         return 2

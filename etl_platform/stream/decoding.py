@@ -170,6 +170,10 @@ class _Shard:
         except _Bad as exc:
             self.error(seq, sub, arrival, key, payload, str(exc))
             return
+        self._queue(seq, sub, arrival, key, payload, data)
+
+    def _queue(self, seq: str, sub: int, arrival: datetime, key: str, payload: bytes, data: bytes) -> None:
+        """A payload (as it came, and decompressed) into the batch: parsed now, validated at `finish`."""
         self.decoded_bytes += len(data)
         self.ordinals.append(self.ordinal)
         self.ordinal += 1
@@ -231,16 +235,7 @@ class _Shard:
             and raw[: len(KPL_MAGIC)] != KPL_MAGIC
         ):
             self.record_bytes += len(raw) + len(key)
-            self.decoded_bytes += len(raw)
-            self.ordinals.append(self.ordinal)
-            self.ordinal += 1
-            self.sequences.append(seq)
-            self.subs.append(0)
-            self.arrivals.append(arrival.astimezone(UTC))
-            self.keys.append(key)
-            self.payloads.append(raw)
-            self.decoded.append(raw)
-            self.columns.add(_loads(raw))
+            self._queue(seq, 0, arrival.astimezone(UTC), key, raw, raw)
             return
         self._checked_record(record)
 

@@ -90,6 +90,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+def _start_group(args: list[str], env: dict[str, str], log) -> subprocess.Popen:
+    """A server from the repository root in its own process group (so `_stop_group` reaches all of
+    it), its output into `log`."""
+    return subprocess.Popen(
+        args, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
+
+
 def _stop_group(proc: subprocess.Popen) -> None:
     """SIGTERM the whole process group (webserver, daemon, code servers, runs), then SIGKILL what is left."""
     try:
@@ -232,15 +240,7 @@ def dagster_ui(stream, seed_stream, bucket, demo_events, tmp_path) -> Iterator[D
     log_path = tmp_path / "dagster-dev.log"
     ui = DagsterUI(url=f"http://127.0.0.1:{port}", log_path=log_path, stream=stream, bucket=bucket)
     with log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        proc = _start_group([str(dagster), "dev", "-w", "workspace.yaml", "-h", "127.0.0.1", "-p", str(port)], env, log)
         try:
             _wait_until_ready(ui, proc)
             yield ui
@@ -314,15 +314,7 @@ def dashboard(prefix, unique_name, tmp_path) -> Iterator[DashboardPage]:
     )
     page = DashboardPage(f"http://127.0.0.1:{port}", tmp_path / "dashboard.log", prefix, unique_name)
     with page.log_path.open("wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "etl_platform.dashboard"],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
+        proc = _start_group([sys.executable, "-m", "etl_platform.dashboard"], env, log)
         try:
             deadline = time.monotonic() + DASHBOARD_START_TIMEOUT_S
             while True:
